@@ -1,0 +1,2 @@
+//! The MQTT-SN gateway: a sans-IO session core and the tokio drivers around it.
+#![forbid(unsafe_code)]

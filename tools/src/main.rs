@@ -1,0 +1,2 @@
+//! `mqttsn`: command-line tools for MQTT-SN.
+fn main() {}
