@@ -1,0 +1,170 @@
+//! The upstream side of one sensor: the interface between a sensor's
+//! session and its MQTT session on the broker.
+//!
+//! The session core speaks to the upstream only through [`Command`] and
+//! [`Event`]. The driver behind them (one MQTT 3.1.1 connection per sensor
+//! today; an aggregating mode or MQTT v5 later) is an implementation of
+//! this one interface.
+
+use bytes::Bytes;
+
+pub use crate::mqtt::QoS;
+
+/// Identifies one request (publish, subscribe, unsubscribe) from the
+/// session to the upstream; chosen by the session, echoed in the event that
+/// completes it. Unique per sensor while the request is outstanding.
+pub type RequestId = u64;
+
+/// Identifies one message received from the broker that needs an
+/// acknowledgement (QoS 1 or 2). Echoed back in [`Command::Ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryId(pub u64);
+
+/// The last will of an upstream connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    /// The will topic.
+    pub topic: String,
+    /// The will message.
+    pub payload: Bytes,
+    /// The will QoS.
+    pub qos: QoS,
+    /// The will retain flag.
+    pub retain: bool,
+}
+
+/// How to open (or re-open) the upstream session of a sensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectSpec {
+    /// The MQTT ClientId on the broker (prefix applied already).
+    pub client_id: String,
+    /// CleanSession on this connect. Automatic reconnects after a lost
+    /// connection always use `false`, so the broker session survives.
+    pub clean_session: bool,
+    /// The MQTT keepalive in seconds, kept by the upstream itself.
+    pub keep_alive: u16,
+    /// The last will, if any.
+    pub will: Option<Will>,
+    /// Upstream username, if any.
+    pub username: Option<String>,
+    /// Upstream password, if any.
+    pub password: Option<Bytes>,
+}
+
+/// What a session asks of its upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Open the upstream session, or replace the current connection with a
+    /// new one (for a will update or a takeover): the old connection is
+    /// closed with DISCONNECT, so no will fires, and requests still in
+    /// flight are carried over to the new connection.
+    Connect(ConnectSpec),
+    /// Publish. Completed by [`Event::PublishAcked`] (QoS 0: once written,
+    /// QoS 1: PUBACK, QoS 2: PUBREC).
+    Publish {
+        /// Echoed in the completion events.
+        id: RequestId,
+        /// The topic name.
+        topic: String,
+        /// The payload.
+        payload: Bytes,
+        /// The QoS.
+        qos: QoS,
+        /// The retain flag.
+        retain: bool,
+    },
+    /// QoS 2: release a publish that was acknowledged with PUBREC (send
+    /// PUBREL). Completed by [`Event::PublishCompleted`].
+    Release {
+        /// The id of the publish.
+        id: RequestId,
+    },
+    /// Subscribe to one filter. Completed by [`Event::SubAcked`].
+    Subscribe {
+        /// Echoed in the completion event.
+        id: RequestId,
+        /// The topic filter.
+        filter: String,
+        /// The requested QoS.
+        qos: QoS,
+    },
+    /// Unsubscribe from one filter. Completed by [`Event::UnsubAcked`].
+    Unsubscribe {
+        /// Echoed in the completion event.
+        id: RequestId,
+        /// The topic filter.
+        filter: String,
+    },
+    /// Acknowledge a received QoS 1 (PUBACK) or QoS 2 (PUBREC; the PUBREL
+    /// and PUBCOMP that follow are handled by the upstream) message.
+    /// Acknowledgements go out in the order the messages were received.
+    Ack(DeliveryId),
+    /// End the upstream session cleanly with DISCONNECT: no will.
+    Disconnect,
+    /// Drop the connection without DISCONNECT, so the broker publishes the
+    /// will (a lost sensor).
+    Abort,
+}
+
+/// What the upstream reports to a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// CONNACK accepted.
+    Connected {
+        /// The broker kept a session for this ClientId.
+        session_present: bool,
+    },
+    /// CONNACK refused with this MQTT return code; no retry follows.
+    Refused {
+        /// The MQTT 3.1.1 CONNACK return code (1 to 5).
+        code: u8,
+    },
+    /// The connection failed or was lost; the upstream retries with
+    /// backoff and reports [`Event::Connected`] when it is back.
+    Unavailable {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// A publish was acknowledged (see [`Command::Publish`]).
+    PublishAcked {
+        /// The request.
+        id: RequestId,
+    },
+    /// A QoS 2 publish was completed (PUBCOMP).
+    PublishCompleted {
+        /// The request.
+        id: RequestId,
+    },
+    /// SUBACK for one filter: the granted QoS, or `None` for a refusal
+    /// (return code 0x80).
+    SubAcked {
+        /// The request.
+        id: RequestId,
+        /// The granted QoS.
+        granted: Option<QoS>,
+    },
+    /// UNSUBACK.
+    UnsubAcked {
+        /// The request.
+        id: RequestId,
+    },
+    /// A message from the broker. QoS 1 and 2 carry a delivery id that must
+    /// be acknowledged exactly once with [`Command::Ack`].
+    Message {
+        /// `Some` for QoS 1 and 2.
+        delivery: Option<DeliveryId>,
+        /// The topic name.
+        topic: String,
+        /// The payload.
+        payload: Bytes,
+        /// The QoS of the delivery.
+        qos: QoS,
+        /// The retain flag.
+        retain: bool,
+        /// The DUP flag.
+        dup: bool,
+    },
+    /// The upstream session ended after [`Command::Disconnect`] or
+    /// [`Command::Abort`].
+    Closed,
+}
