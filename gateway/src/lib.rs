@@ -2,4 +2,5 @@
 #![forbid(unsafe_code)]
 
 pub mod mqtt;
+pub mod session;
 pub mod upstream;

@@ -1,0 +1,92 @@
+//! The settings one session runs with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::topics::Predefined;
+
+/// How long past its keepalive period a sensor may stay silent before the
+/// gateway declares it lost (spec 7.2: "e.g. 1.5 times the keepalive for
+/// short periods, 1.1 times for long ones").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    /// Periods shorter than this get `short_factor`, others `long_factor`.
+    pub threshold: Duration,
+    /// The factor for short periods.
+    pub short_factor: f64,
+    /// The factor for long periods.
+    pub long_factor: f64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self { threshold: Duration::from_secs(60), short_factor: 1.5, long_factor: 1.1 }
+    }
+}
+
+impl Tolerance {
+    /// The silence after which a sensor with keepalive `period` is lost.
+    pub fn deadline(&self, period: Duration) -> Duration {
+        let factor = if period < self.threshold { self.short_factor } else { self.long_factor };
+        period.mul_f64(factor)
+    }
+}
+
+/// The settings shared by every session of a gateway.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Tretry: the wait before a REGISTER, PUBLISH or PUBREL toward the
+    /// sensor is sent again (spec 6.13).
+    pub retry_interval: Duration,
+    /// Nretry: how many times it is sent again before the transaction ends.
+    pub max_retries: u32,
+    /// Keepalive supervision.
+    pub keepalive_tolerance: Tolerance,
+    /// QoS 1 and 2 messages in flight toward one sensor at a time.
+    pub max_inflight: usize,
+    /// Messages from the broker waiting for one sensor; beyond this, QoS 0
+    /// messages are dropped (counted). QoS 1 and 2 are bounded by the
+    /// broker's own in-flight window because the gateway acknowledges them
+    /// only after the sensor did.
+    pub max_queued: usize,
+    /// Normal topic ids one sensor may register.
+    pub max_topics: usize,
+    /// The longest datagram sent to a sensor; a longer message is dropped
+    /// (counted) and acknowledged upstream.
+    pub max_datagram: usize,
+    /// The longest ClientId accepted.
+    pub max_client_id_len: usize,
+    /// The prefix put before a ClientId on the broker.
+    pub client_id_prefix: String,
+    /// The predefined topics.
+    pub predefined: Arc<Predefined>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            retry_interval: Duration::from_secs(10),
+            max_retries: 5,
+            keepalive_tolerance: Tolerance::default(),
+            max_inflight: 1,
+            max_queued: 1000,
+            max_topics: 1000,
+            max_datagram: 1024,
+            max_client_id_len: mqttsn_codec::validate::MAX_CLIENT_ID_LEN,
+            client_id_prefix: String::new(),
+            predefined: Arc::new(Predefined::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_tolerance() {
+        let t = Tolerance::default();
+        assert_eq!(t.deadline(Duration::from_secs(10)), Duration::from_secs(15));
+        assert_eq!(t.deadline(Duration::from_secs(100)), Duration::from_secs(110));
+    }
+}

@@ -1,0 +1,337 @@
+//! What a connected sensor sends: REGISTER, PUBLISH, SUBSCRIBE,
+//! UNSUBSCRIBE, the acknowledgements of the gateway's messages, PINGREQ,
+//! DISCONNECT and will updates.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use mqttsn_codec::validate;
+use mqttsn_codec::{
+    Ack, Packet, Publish, QoS, ReturnCode, SubAck, Subscribe, TopicFilter, TopicId, Unsubscribe,
+};
+
+use super::topics::RegisterError;
+use super::{mqtt_qos, sn_qos, DropReason, Qos2In, Session, Step, UpRequest, MAX_PENDING_REQUESTS};
+use crate::mqtt::QoS as MqttQoS;
+use crate::upstream::{Command, RequestId, Will};
+
+impl Session {
+    pub(super) fn in_active(&mut self, packet: &Packet<'_>, now: Instant) {
+        match packet {
+            Packet::Register(r) => self.register_from_sensor(r.msg_id, r.topic_name),
+            Packet::Publish(p) => self.publish_from_sensor(p),
+            Packet::PubRel(msg_id) => self.pubrel_from_sensor(*msg_id),
+            Packet::Subscribe(s) => self.subscribe_from_sensor(s),
+            Packet::Unsubscribe(u) => self.unsubscribe_from_sensor(u),
+            Packet::RegAck(a) => self.regack_from_sensor(a, now),
+            Packet::PubAck(a) => self.puback_from_sensor(a, now),
+            Packet::PubRec(msg_id) => self.pubrec_from_sensor(*msg_id, now),
+            Packet::PubComp(msg_id) => self.pubcomp_from_sensor(*msg_id, now),
+            Packet::PingReq(_) => self.send(Packet::PingResp),
+            Packet::Disconnect(_) => {
+                self.send(Packet::Disconnect(None));
+                self.close(false, now);
+            }
+            Packet::WillTopicUpd(w) => self.will_topic_update(w.as_ref()),
+            Packet::WillMsgUpd(m) => self.will_msg_update(m),
+            // A gateway never receives these from a connected sensor.
+            _ => self.dropped(DropReason::Unexpected),
+        }
+    }
+
+    fn register_from_sensor(&mut self, msg_id: u16, name: &[u8]) {
+        let (topic_id, rc) = match validate::topic_name(name) {
+            Err(_) => (0, ReturnCode::NotSupported),
+            Ok(name) => match self.regs.register(name) {
+                Ok(id) => (id, ReturnCode::Accepted),
+                Err(RegisterError::Full) => (0, ReturnCode::Congestion),
+            },
+        };
+        self.send(Packet::RegAck(Ack { topic_id, msg_id, return_code: rc }));
+    }
+
+    /// The topic name a PUBLISH from the sensor goes to, or the return code
+    /// refusing it.
+    fn resolve(&self, topic: TopicId) -> Result<Arc<str>, ReturnCode> {
+        match topic {
+            TopicId::Normal(id) => self.regs.name(id).cloned().ok_or(ReturnCode::InvalidTopicId),
+            TopicId::Predefined(id) => {
+                self.regs.predefined().name(id).cloned().ok_or(ReturnCode::InvalidTopicId)
+            }
+            TopicId::Short(s) => {
+                validate::topic_name(&s).map(Arc::from).map_err(|_| ReturnCode::NotSupported)
+            }
+            TopicId::Reserved(_) => Err(ReturnCode::InvalidTopicId),
+        }
+    }
+
+    fn publish_from_sensor(&mut self, p: &Publish<'_>) {
+        let refuse = |s: &mut Self, rc| {
+            s.send(Packet::PubAck(Ack {
+                topic_id: p.topic.raw(),
+                msg_id: p.msg_id,
+                return_code: rc,
+            }));
+        };
+        let topic = match self.resolve(p.topic) {
+            Ok(t) => t,
+            Err(rc) => return refuse(self, rc),
+        };
+        match p.qos {
+            QoS::AtMostOnce | QoS::NoSession => {
+                let id = self.next_request();
+                self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::AtMostOnce));
+            }
+            QoS::AtLeastOnce => {
+                if self.pending_msg_ids.contains_key(&p.msg_id) {
+                    // A retransmission of a PUBLISH still waiting upstream.
+                    return;
+                }
+                if self.requests.len() >= MAX_PENDING_REQUESTS {
+                    return refuse(self, ReturnCode::Congestion);
+                }
+                let id = self.next_request();
+                self.pending_msg_ids.insert(p.msg_id, id);
+                self.requests.insert(
+                    id,
+                    UpRequest::Publish { msg_id: p.msg_id, topic_id: p.topic.raw(), qos: p.qos },
+                );
+                self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::AtLeastOnce));
+            }
+            QoS::ExactlyOnce => {
+                if let Some(state) = self.qos2_in.get(&p.msg_id) {
+                    // Never published twice: answer again if the broker has it.
+                    if state.recorded {
+                        self.send(Packet::PubRec(p.msg_id));
+                    }
+                    return;
+                }
+                if self.requests.len() >= MAX_PENDING_REQUESTS {
+                    return refuse(self, ReturnCode::Congestion);
+                }
+                let id = self.next_request();
+                self.qos2_in
+                    .insert(p.msg_id, Qos2In { request: id, recorded: false, releasing: false });
+                self.requests.insert(
+                    id,
+                    UpRequest::Publish { msg_id: p.msg_id, topic_id: p.topic.raw(), qos: p.qos },
+                );
+                self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::ExactlyOnce));
+            }
+        }
+    }
+
+    fn publish_command(
+        &self,
+        id: RequestId,
+        topic: &str,
+        p: &Publish<'_>,
+        qos: MqttQoS,
+    ) -> Command {
+        Command::Publish {
+            id,
+            topic: topic.to_owned(),
+            payload: Bytes::copy_from_slice(p.data),
+            qos,
+            retain: p.retain,
+        }
+    }
+
+    fn pubrel_from_sensor(&mut self, msg_id: u16) {
+        match self.qos2_in.get_mut(&msg_id) {
+            Some(state) if state.recorded && !state.releasing => {
+                state.releasing = true;
+                let id = state.request;
+                self.commands.push_back(Command::Release { id });
+            }
+            // Already releasing: PUBCOMP follows when the broker answers.
+            Some(state) if state.releasing => {}
+            // PUBREL before the broker recorded the message cannot come
+            // from a sensor that saw our PUBREC; ignore it.
+            Some(_) => self.dropped(DropReason::Unexpected),
+            // Unknown: completed already (our PUBCOMP was lost).
+            None => self.send(Packet::PubComp(msg_id)),
+        }
+    }
+
+    fn subscribe_from_sensor(&mut self, s: &Subscribe<'_>) {
+        if self.pending_msg_ids.contains_key(&s.msg_id) {
+            return;
+        }
+        let answer = |s2: &mut Self, topic_id, rc| {
+            s2.send(Packet::SubAck(SubAck {
+                qos: s.qos,
+                topic_id,
+                msg_id: s.msg_id,
+                return_code: rc,
+            }));
+        };
+        if s.qos == QoS::NoSession {
+            return answer(self, 0, ReturnCode::NotSupported);
+        }
+        let (filter, topic_id): (Arc<str>, u16) = match s.topic {
+            TopicFilter::Name(name) => match validate::topic_filter(name) {
+                Err(_) => return answer(self, 0, ReturnCode::NotSupported),
+                Ok(f) if validate::has_wildcard(f) => (Arc::from(f), 0),
+                Ok(f) => match self.regs.register(f) {
+                    Ok(id) => (Arc::from(f), id),
+                    Err(RegisterError::Full) => return answer(self, 0, ReturnCode::Congestion),
+                },
+            },
+            TopicFilter::Predefined(id) => match self.regs.predefined().name(id) {
+                Some(name) => (name.clone(), id),
+                None => return answer(self, id, ReturnCode::InvalidTopicId),
+            },
+            TopicFilter::Short(chars) => match validate::topic_filter(&chars) {
+                Ok(f) => (Arc::from(f), 0),
+                Err(_) => return answer(self, 0, ReturnCode::NotSupported),
+            },
+            TopicFilter::Reserved(_) => return answer(self, 0, ReturnCode::InvalidTopicId),
+        };
+        if self.requests.len() >= MAX_PENDING_REQUESTS {
+            return answer(self, 0, ReturnCode::Congestion);
+        }
+        let qos = mqtt_qos(s.qos);
+        let id = self.next_request();
+        self.pending_msg_ids.insert(s.msg_id, id);
+        self.requests.insert(
+            id,
+            UpRequest::Subscribe { msg_id: s.msg_id, topic_id, filter: filter.clone(), qos },
+        );
+        self.commands.push_back(Command::Subscribe { id, filter: filter.to_string(), qos });
+    }
+
+    fn unsubscribe_from_sensor(&mut self, u: &Unsubscribe<'_>) {
+        if self.pending_msg_ids.contains_key(&u.msg_id) {
+            return;
+        }
+        let filter: Option<Arc<str>> = match u.topic {
+            TopicFilter::Name(name) => validate::topic_filter(name).ok().map(Arc::from),
+            TopicFilter::Predefined(id) => self.regs.predefined().name(id).cloned(),
+            TopicFilter::Short(chars) => validate::topic_filter(&chars).ok().map(Arc::from),
+            TopicFilter::Reserved(_) => None,
+        };
+        let Some(filter) = filter else {
+            // Nothing to unsubscribe from; UNSUBACK has no return code.
+            self.send(Packet::UnsubAck(u.msg_id));
+            return;
+        };
+        // Messages on this filter that arrive from now on are not wanted.
+        self.subs.retain(|(f, _)| **f != *filter);
+        let id = self.next_request();
+        self.pending_msg_ids.insert(u.msg_id, id);
+        self.requests.insert(id, UpRequest::Unsubscribe { msg_id: u.msg_id });
+        self.commands.push_back(Command::Unsubscribe { id, filter: filter.to_string() });
+    }
+
+    fn will_topic_update(&mut self, w: Option<&mqttsn_codec::WillTopic<'_>>) {
+        let new = match w {
+            None => None,
+            Some(w) => match super::will_draft(w) {
+                Some(d) => Some(Will {
+                    topic: d.topic,
+                    payload: self.will.as_ref().map(|w| w.payload.clone()).unwrap_or_default(),
+                    qos: d.qos,
+                    retain: d.retain,
+                }),
+                None => {
+                    self.send(Packet::WillTopicResp(ReturnCode::NotSupported));
+                    return;
+                }
+            },
+        };
+        self.update_will(new, Packet::WillTopicResp(ReturnCode::Accepted));
+    }
+
+    fn will_msg_update(&mut self, msg: &[u8]) {
+        let Some(mut will) = self.will.clone() else {
+            // No will topic to go with the message.
+            self.send(Packet::WillMsgResp(ReturnCode::NotSupported));
+            return;
+        };
+        will.payload = Bytes::copy_from_slice(msg);
+        self.update_will(Some(will), Packet::WillMsgResp(ReturnCode::Accepted));
+    }
+
+    /// MQTT 3.1.1 sets the will only at CONNECT: replace the upstream
+    /// connection (the old one is closed with DISCONNECT, so no will fires;
+    /// the broker session is kept), then answer.
+    fn update_will(&mut self, will: Option<Will>, reply: Packet<'static>) {
+        if will == self.will {
+            self.send(reply);
+            return;
+        }
+        self.will = will;
+        self.plan.push_back(Step::Connect { clean: false, with_will: true });
+        self.plan.push_back(Step::Reply(reply));
+        let now = self.last_heard;
+        self.run_plan(now);
+    }
+
+    // ----- upstream completions of the sensor's requests -----
+
+    pub(super) fn publish_acked(&mut self, id: RequestId) {
+        let Some(UpRequest::Publish { msg_id, topic_id, qos }) = self.requests.get(&id).cloned()
+        else {
+            return;
+        };
+        match qos {
+            QoS::AtLeastOnce => {
+                self.requests.remove(&id);
+                self.pending_msg_ids.remove(&msg_id);
+                self.send(Packet::PubAck(Ack {
+                    topic_id,
+                    msg_id,
+                    return_code: ReturnCode::Accepted,
+                }));
+            }
+            QoS::ExactlyOnce => {
+                if let Some(state) = self.qos2_in.get_mut(&msg_id) {
+                    state.recorded = true;
+                }
+                self.send(Packet::PubRec(msg_id));
+            }
+            QoS::AtMostOnce | QoS::NoSession => {
+                self.requests.remove(&id);
+            }
+        }
+    }
+
+    pub(super) fn publish_completed(&mut self, id: RequestId) {
+        if let Some(UpRequest::Publish { msg_id, .. }) = self.requests.remove(&id) {
+            self.qos2_in.remove(&msg_id);
+            self.send(Packet::PubComp(msg_id));
+        }
+    }
+
+    pub(super) fn sub_acked(&mut self, id: RequestId, granted: Option<MqttQoS>) {
+        let Some(UpRequest::Subscribe { msg_id, topic_id, filter, qos: _ }) =
+            self.requests.remove(&id)
+        else {
+            return;
+        };
+        self.pending_msg_ids.remove(&msg_id);
+        let packet = match granted {
+            Some(q) => {
+                self.subs.retain(|(f, _)| *f != filter);
+                self.subs.push((filter, q));
+                SubAck { qos: sn_qos(q), topic_id, msg_id, return_code: ReturnCode::Accepted }
+            }
+            None => SubAck {
+                qos: QoS::AtMostOnce,
+                topic_id: 0,
+                msg_id,
+                return_code: ReturnCode::InvalidTopicId,
+            },
+        };
+        self.send(Packet::SubAck(packet));
+    }
+
+    pub(super) fn unsub_acked(&mut self, id: RequestId) {
+        if let Some(UpRequest::Unsubscribe { msg_id }) = self.requests.remove(&id) {
+            self.pending_msg_ids.remove(&msg_id);
+            self.send(Packet::UnsubAck(msg_id));
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! The sans-IO session core: one state machine per sensor.
+//!
+//! A [`Session`] takes inputs with an explicit `now` — a decoded datagram
+//! from its sensor ([`Session::handle_packet`]), an event from its upstream
+//! MQTT session ([`Session::handle_upstream`]), a timeout
+//! ([`Session::handle_timeout`]) — and hands out outputs: datagrams for the
+//! sensor ([`Session::poll_transmit`]), commands for the upstream
+//! ([`Session::poll_upstream`]), events for the driver
+//! ([`Session::poll_event`]) and its next deadline
+//! ([`Session::poll_timeout`]). There is no socket, task or clock inside, so
+//! every protocol behaviour is tested with virtual time.
+//!
+//! # What a session is made of
+//!
+//! These are the fields that make up a sensor's session, and what a
+//! persistent store must keep for a session to survive a gateway restart:
+//!
+//! | field | what it holds |
+//! |---|---|
+//! | `client_id`, `clean`, `keepalive` | from the sensor's CONNECT |
+//! | `will` | the will topic, message, QoS and retain flag in force upstream |
+//! | `regs` | the sensor's topic registrations (id ↔ name), and topics it refused |
+//! | `subs` | the filters the sensor subscribed to, with the granted QoS |
+//! | `queue`, `inflight` | messages from the broker not yet acknowledged by the sensor |
+//! | `qos2_in` | MsgIds of the sensor's QoS 2 PUBLISHes not yet released |
+//! | `next_msg_id` | the gateway's MsgId counter toward the sensor |
+//!
+//! Everything else (timers, retry counters, the upstream plan) is rebuilt
+//! when a session is restored.
+
+mod config;
+mod from_sensor;
+mod outgoing;
+#[cfg(test)]
+mod tests;
+mod to_sensor;
+pub mod topics;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqttsn_codec::{Connect, Packet, ReturnCode};
+
+pub use config::{SessionConfig, Tolerance};
+pub use outgoing::Outgoing;
+use to_sensor::{Delivery, Inflight, PendingRegister};
+use topics::Registrations;
+
+use crate::mqtt::QoS as MqttQoS;
+use crate::upstream::{Command, ConnectSpec, Event, RequestId, Will};
+
+/// Why a message or request was dropped; the driver counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A message from the broker matched no current subscription.
+    NotSubscribed,
+    /// The sensor refused the REGISTER for the message's topic.
+    TopicRefused,
+    /// The sensor's topic table is full.
+    TopicsFull,
+    /// The message does not fit in a datagram.
+    TooLong,
+    /// The queue toward the sensor is full (QoS 0 only).
+    QueueFull,
+    /// The sensor rejected the PUBLISH.
+    RejectedBySensor,
+    /// A sensor's message arrived in a state where it has no meaning.
+    Unexpected,
+}
+
+impl DropReason {
+    /// A short, stable name for metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotSubscribed => "not_subscribed",
+            Self::TopicRefused => "topic_refused",
+            Self::TopicsFull => "topics_full",
+            Self::TooLong => "too_long",
+            Self::QueueFull => "queue_full",
+            Self::RejectedBySensor => "rejected_by_sensor",
+            Self::Unexpected => "unexpected",
+        }
+    }
+}
+
+/// What a session tells its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The sensor is connected (CONNACK accepted sent).
+    Connected,
+    /// A message or request was dropped.
+    Dropped(DropReason),
+    /// The sensor went silent past its keepalive; its will is published.
+    Lost,
+    /// The session is over and its upstream closed. A session with
+    /// `persistent()` may be kept for the sensor's next CONNECT.
+    Ended,
+}
+
+/// Where the sensor is in its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// WILLTOPICREQ sent, waiting for WILLTOPIC.
+    WillTopic { deadline: Instant, retries: u32 },
+    /// WILLMSGREQ sent, waiting for WILLMSG.
+    WillMsg { topic: WillDraft, deadline: Instant, retries: u32 },
+    /// Waiting for the upstream before CONNACK.
+    Connecting,
+    /// Connected.
+    Active,
+    /// DISCONNECTed, lost or refused: the upstream is being closed.
+    Ending,
+    /// Over.
+    Ended,
+}
+
+/// The topic part of a will received in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WillDraft {
+    topic: String,
+    qos: MqttQoS,
+    retain: bool,
+}
+
+/// One step of the upstream plan: connections are opened and closed one
+/// after another, each step waiting for the previous to complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Connect (or replace the connection) with this CleanSession and the
+    /// session's will (`with_will`) or none.
+    Connect { clean: bool, with_will: bool },
+    /// After the previous Connect: if the broker still had a session for a
+    /// sensor that asked for a clean one, wipe it and connect again.
+    WipeIfPresent,
+    /// Close with DISCONNECT: no will.
+    Disconnect,
+    /// Close without DISCONNECT: the will fires.
+    Abort,
+    /// Send this to the sensor.
+    Reply(Packet<'static>),
+    /// The sensor is connected.
+    Activate,
+}
+
+/// What the running step waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Connected,
+    Closed,
+}
+
+/// A request sent upstream on the sensor's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UpRequest {
+    Publish { msg_id: u16, topic_id: u16, qos: mqttsn_codec::QoS },
+    Subscribe { msg_id: u16, topic_id: u16, filter: Arc<str>, qos: MqttQoS },
+    Unsubscribe { msg_id: u16 },
+}
+
+/// A sensor's QoS 2 PUBLISH between PUBLISH and PUBCOMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Qos2In {
+    request: RequestId,
+    /// The broker recorded it (PUBREC sent to the sensor).
+    recorded: bool,
+    /// PUBREL received, PUBREL sent upstream.
+    releasing: bool,
+}
+
+/// One sensor's session. See the module documentation.
+#[derive(Debug)]
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    client_id: Arc<str>,
+    clean: bool,
+    keepalive: Duration,
+    last_heard: Instant,
+    phase: Phase,
+    will: Option<Will>,
+    regs: Registrations,
+    /// Subscribed filters and granted QoS.
+    subs: Vec<(Arc<str>, MqttQoS)>,
+    /// False when the broker may hold subscriptions this session does not
+    /// know (a non-clean session the gateway did not see being made).
+    subs_known: bool,
+
+    // Sensor to broker.
+    next_request: RequestId,
+    requests: HashMap<RequestId, UpRequest>,
+    /// Sensor MsgIds of QoS 1 PUBLISH, SUBSCRIBE and UNSUBSCRIBE waiting
+    /// upstream, to ignore DUP retransmissions.
+    pending_msg_ids: HashMap<u16, RequestId>,
+    qos2_in: HashMap<u16, Qos2In>,
+
+    // Broker to sensor.
+    queue: VecDeque<Delivery>,
+    inflight: VecDeque<Inflight>,
+    register: Option<PendingRegister>,
+    next_msg_id: u16,
+    /// Retransmissions gave up; wait until the sensor is heard from.
+    stalled: bool,
+
+    // The upstream.
+    upstream_open: bool,
+    plan: VecDeque<Step>,
+    waiting: Option<Wait>,
+
+    // Outputs.
+    transmits: VecDeque<Outgoing>,
+    commands: VecDeque<Command>,
+    events: VecDeque<SessionEvent>,
+}
+
+/// Requests from the sensor waiting upstream at once; beyond this a QoS 1
+/// or 2 PUBLISH, SUBSCRIBE or UNSUBSCRIBE is answered with congestion.
+const MAX_PENDING_REQUESTS: usize = 64;
+
+/// Why a CONNECT is refused before a session exists.
+pub fn check_connect(connect: &Connect<'_>, cfg: &SessionConfig) -> Result<(), ReturnCode> {
+    if connect.protocol_id != mqttsn_codec::PROTOCOL_ID {
+        return Err(ReturnCode::NotSupported);
+    }
+    mqttsn_codec::validate::client_id(connect.client_id, cfg.max_client_id_len)
+        .map_err(|_| ReturnCode::NotSupported)?;
+    Ok(())
+}
+
+impl Session {
+    /// A new session for a sensor whose CONNECT passed [`check_connect`].
+    /// Call [`Session::handle_connect`] with that CONNECT next.
+    pub fn new(cfg: Arc<SessionConfig>, client_id: &str, now: Instant) -> Self {
+        let regs = Registrations::new(cfg.predefined.clone(), cfg.max_topics);
+        Self {
+            cfg,
+            client_id: Arc::from(client_id),
+            clean: true,
+            keepalive: Duration::ZERO,
+            last_heard: now,
+            phase: Phase::Ended,
+            will: None,
+            regs,
+            subs: Vec::new(),
+            subs_known: false,
+            next_request: 1,
+            requests: HashMap::new(),
+            pending_msg_ids: HashMap::new(),
+            qos2_in: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            register: None,
+            next_msg_id: 0,
+            stalled: false,
+            upstream_open: false,
+            plan: VecDeque::new(),
+            waiting: None,
+            transmits: VecDeque::new(),
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The sensor's ClientId.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// True while the sensor is connected (CONNACK sent, no DISCONNECT).
+    pub fn is_active(&self) -> bool {
+        self.phase == Phase::Active
+    }
+
+    /// True once the session is over and its upstream closed.
+    pub fn is_ended(&self) -> bool {
+        self.phase == Phase::Ended && self.plan.is_empty() && self.waiting.is_none()
+    }
+
+    /// True when the session is worth keeping after it ended: the sensor
+    /// asked for a persistent session (CleanSession false).
+    pub fn persistent(&self) -> bool {
+        !self.clean
+    }
+
+    /// The keepalive the sensor asked for.
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive
+    }
+
+    /// Messages waiting for the sensor, in flight or queued.
+    pub fn pending_deliveries(&self) -> usize {
+        self.queue.len() + self.inflight.len()
+    }
+
+    // ----- inputs -----
+
+    /// A CONNECT from the sensor (that passed [`check_connect`]), new or on
+    /// an existing session: a reconnect, a retransmission or a takeover
+    /// from another address.
+    pub fn handle_connect(&mut self, connect: &Connect<'_>, now: Instant) {
+        self.last_heard = now;
+        self.stalled = false;
+        // A retransmitted CONNECT while the first is still being answered.
+        if self.phase == Phase::Connecting && !connect.will && connect.clean_session == self.clean {
+            return;
+        }
+        if matches!(self.phase, Phase::Ending) {
+            // The previous session is still closing upstream; the plan runs
+            // in order, so the new connect simply follows.
+        }
+        self.clean = connect.clean_session;
+        self.keepalive = Duration::from_secs(u64::from(connect.duration));
+        if self.clean {
+            self.clear_state();
+            self.subs_known = true;
+        }
+        if connect.will {
+            let deadline = now + self.cfg.retry_interval;
+            self.phase = Phase::WillTopic { deadline, retries: 0 };
+            self.send(Packet::WillTopicReq);
+        } else {
+            self.open(None);
+        }
+    }
+
+    /// A decoded datagram from the sensor (anything but CONNECT, which goes
+    /// to [`Session::handle_connect`]).
+    pub fn handle_packet(&mut self, packet: &Packet<'_>, now: Instant) {
+        self.last_heard = now;
+        if self.stalled {
+            self.stalled = false;
+            self.resend_inflight(now);
+        }
+        match self.phase.clone() {
+            Phase::WillTopic { .. } => self.in_will_topic(packet, now),
+            Phase::WillMsg { topic, .. } => self.in_will_msg(packet, topic, now),
+            Phase::Connecting => self.dropped(DropReason::Unexpected),
+            Phase::Active => self.in_active(packet, now),
+            Phase::Ending | Phase::Ended => match packet {
+                Packet::Disconnect(_) => self.send(Packet::Disconnect(None)),
+                _ => self.dropped(DropReason::Unexpected),
+            },
+        }
+    }
+
+    /// An event from this session's upstream.
+    pub fn handle_upstream(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Connected { session_present } => {
+                if self.waiting == Some(Wait::Connected) {
+                    self.waiting = None;
+                    if self.plan.front() == Some(&Step::WipeIfPresent) {
+                        self.plan.pop_front();
+                        if session_present {
+                            self.plan.push_front(Step::Connect { clean: false, with_will: true });
+                            self.plan.push_front(Step::Connect { clean: true, with_will: false });
+                        }
+                    }
+                    self.run_plan(now);
+                }
+            }
+            Event::Refused { code } => {
+                // No retry follows: the upstream is gone.
+                self.upstream_open = false;
+                self.waiting = None;
+                self.plan.clear();
+                match self.phase {
+                    Phase::Connecting => {
+                        self.send(Packet::ConnAck(refusal_code(code)));
+                    }
+                    Phase::Active => self.send(Packet::Disconnect(None)),
+                    _ => {}
+                }
+                self.end_now();
+            }
+            Event::Unavailable { .. } => {
+                if self.phase == Phase::Connecting && self.waiting == Some(Wait::Connected) {
+                    // Tell the sensor to try again later, and stop trying.
+                    self.send(Packet::ConnAck(ReturnCode::Congestion));
+                    self.phase = Phase::Ending;
+                    self.waiting = None;
+                    self.plan.clear();
+                    self.plan.push_back(Step::Disconnect);
+                    self.run_plan(now);
+                }
+            }
+            Event::Closed => {
+                self.upstream_open = false;
+                if self.waiting == Some(Wait::Closed) {
+                    self.waiting = None;
+                }
+                self.run_plan(now);
+            }
+            Event::PublishAcked { id } => self.publish_acked(id),
+            Event::PublishCompleted { id } => self.publish_completed(id),
+            Event::SubAcked { id, granted } => self.sub_acked(id, granted),
+            Event::UnsubAcked { id } => self.unsub_acked(id),
+            Event::Message { delivery, topic, payload, qos, retain, dup: _ } => {
+                self.message(delivery, topic, payload, qos, retain, now);
+            }
+        }
+    }
+
+    /// Time has reached [`Session::poll_timeout`] (or later).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.phase.clone() {
+            Phase::WillTopic { deadline, retries } if now >= deadline => {
+                if retries >= self.cfg.max_retries {
+                    self.end_now();
+                } else {
+                    self.phase = Phase::WillTopic {
+                        deadline: now + self.cfg.retry_interval,
+                        retries: retries + 1,
+                    };
+                    self.send(Packet::WillTopicReq);
+                }
+            }
+            Phase::WillMsg { topic, deadline, retries } if now >= deadline => {
+                if retries >= self.cfg.max_retries {
+                    self.end_now();
+                } else {
+                    self.phase = Phase::WillMsg {
+                        topic,
+                        deadline: now + self.cfg.retry_interval,
+                        retries: retries + 1,
+                    };
+                    self.send(Packet::WillMsgReq);
+                }
+            }
+            Phase::Active => {
+                if let Some(deadline) = self.keepalive_deadline() {
+                    if now >= deadline {
+                        self.lost(now);
+                        return;
+                    }
+                }
+                self.retransmit(now);
+            }
+            _ => {}
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next datagram for the sensor.
+    pub fn poll_transmit(&mut self) -> Option<Outgoing> {
+        self.transmits.pop_front()
+    }
+
+    /// The next command for the upstream.
+    pub fn poll_upstream(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::WillTopic { deadline, .. } | Phase::WillMsg { deadline, .. } => Some(*deadline),
+            Phase::Active => {
+                let retry = if self.stalled { None } else { self.retry_deadline() };
+                match (self.keepalive_deadline(), retry) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    // ----- connection and will -----
+
+    fn keepalive_deadline(&self) -> Option<Instant> {
+        if self.keepalive.is_zero() {
+            return None;
+        }
+        Some(self.last_heard + self.cfg.keepalive_tolerance.deadline(self.keepalive))
+    }
+
+    fn in_will_topic(&mut self, packet: &Packet<'_>, now: Instant) {
+        match packet {
+            Packet::WillTopic(None) => self.open(None),
+            Packet::WillTopic(Some(w)) => match will_draft(w) {
+                Some(topic) => {
+                    let deadline = now + self.cfg.retry_interval;
+                    self.phase = Phase::WillMsg { topic, deadline, retries: 0 };
+                    self.send(Packet::WillMsgReq);
+                }
+                None => self.refuse_connect(ReturnCode::NotSupported),
+            },
+            Packet::PingReq(_) => {}
+            Packet::Disconnect(_) => self.disconnect_in_handshake(),
+            // PUBLISH, REGISTER, WILLMSG before WILLTOPIC, ...
+            _ => self.disconnect_in_handshake(),
+        }
+    }
+
+    fn in_will_msg(&mut self, packet: &Packet<'_>, topic: WillDraft, now: Instant) {
+        match packet {
+            Packet::WillMsg(msg) => {
+                let will = Will {
+                    topic: topic.topic,
+                    payload: Bytes::copy_from_slice(msg),
+                    qos: topic.qos,
+                    retain: topic.retain,
+                };
+                self.open(Some(will));
+            }
+            // The WILLMSGREQ was lost and the sensor sent WILLTOPIC again.
+            Packet::WillTopic(Some(w)) => match will_draft(w) {
+                Some(topic) => {
+                    let deadline = now + self.cfg.retry_interval;
+                    self.phase = Phase::WillMsg { topic, deadline, retries: 0 };
+                    self.send(Packet::WillMsgReq);
+                }
+                None => self.refuse_connect(ReturnCode::NotSupported),
+            },
+            Packet::WillTopic(None) => self.open(None),
+            Packet::PingReq(_) => {}
+            _ => self.disconnect_in_handshake(),
+        }
+    }
+
+    /// A message that has no place in the will handshake: DISCONNECT, and
+    /// the session is over.
+    fn disconnect_in_handshake(&mut self) {
+        self.send(Packet::Disconnect(None));
+        self.end_now();
+    }
+
+    fn refuse_connect(&mut self, code: ReturnCode) {
+        self.send(Packet::ConnAck(code));
+        self.end_now();
+    }
+
+    /// Opens (or re-opens) the upstream with `will` and answers CONNACK
+    /// when it is up.
+    fn open(&mut self, will: Option<Will>) {
+        let reuse = self.upstream_open
+            && self.plan.is_empty()
+            && self.waiting.is_none()
+            && !self.clean
+            && will == self.will
+            && matches!(self.phase, Phase::Active | Phase::Connecting);
+        self.will = will;
+        self.phase = Phase::Connecting;
+        if reuse {
+            self.plan.push_back(Step::Reply(Packet::ConnAck(ReturnCode::Accepted)));
+            self.plan.push_back(Step::Activate);
+        } else if self.clean && self.upstream_open {
+            // A clean session on a live upstream: wipe, then connect.
+            self.plan.push_back(Step::Connect { clean: true, with_will: false });
+            self.plan.push_back(Step::Connect { clean: false, with_will: true });
+            self.plan.push_back(Step::Reply(Packet::ConnAck(ReturnCode::Accepted)));
+            self.plan.push_back(Step::Activate);
+        } else {
+            // Always persistent upstream, so that a will update can replace
+            // the connection without losing the session; a sensor that
+            // asked for a clean session gets one by the wipe below.
+            self.plan.push_back(Step::Connect { clean: false, with_will: true });
+            if self.clean {
+                self.plan.push_back(Step::WipeIfPresent);
+            }
+            self.plan.push_back(Step::Reply(Packet::ConnAck(ReturnCode::Accepted)));
+            self.plan.push_back(Step::Activate);
+        }
+        self.run_plan(self.last_heard);
+    }
+
+    /// Runs the plan until a step has to wait.
+    fn run_plan(&mut self, now: Instant) {
+        while self.waiting.is_none() {
+            let Some(step) = self.plan.pop_front() else { break };
+            match step {
+                Step::Connect { clean, with_will } => {
+                    let spec = ConnectSpec {
+                        client_id: format!("{}{}", self.cfg.client_id_prefix, self.client_id),
+                        clean_session: clean,
+                        keep_alive: 0,
+                        will: if with_will { self.will.clone() } else { None },
+                        username: None,
+                        password: None,
+                    };
+                    self.upstream_open = true;
+                    self.commands.push_back(Command::Connect(spec));
+                    self.waiting = Some(Wait::Connected);
+                }
+                Step::WipeIfPresent => {}
+                Step::Disconnect | Step::Abort => {
+                    if self.upstream_open {
+                        self.commands.push_back(if step == Step::Abort {
+                            Command::Abort
+                        } else {
+                            Command::Disconnect
+                        });
+                        self.waiting = Some(Wait::Closed);
+                    }
+                }
+                Step::Reply(p) => self.send(p),
+                Step::Activate => {
+                    self.phase = Phase::Active;
+                    self.last_heard = now.max(self.last_heard);
+                    self.events.push_back(SessionEvent::Connected);
+                    self.pump(now);
+                }
+            }
+        }
+        if self.waiting.is_none()
+            && self.plan.is_empty()
+            && self.phase == Phase::Ending
+            && !self.upstream_open
+        {
+            self.phase = Phase::Ended;
+            self.events.push_back(SessionEvent::Ended);
+        }
+    }
+
+    /// Ends the session: closes the upstream (clean: also wipes the broker
+    /// session), without publishing the will unless `abort`.
+    fn close(&mut self, abort: bool, now: Instant) {
+        self.phase = Phase::Ending;
+        self.plan.clear();
+        if self.upstream_open || self.waiting.is_some() {
+            self.plan.push_back(if abort { Step::Abort } else { Step::Disconnect });
+            if self.clean {
+                self.plan.push_back(Step::Connect { clean: true, with_will: false });
+                self.plan.push_back(Step::Disconnect);
+            }
+        }
+        // Messages not delivered go back to the broker: it redelivers them
+        // on the next connection of a persistent session.
+        self.queue.clear();
+        self.inflight.clear();
+        self.register = None;
+        self.requests.clear();
+        self.pending_msg_ids.clear();
+        // A step in progress is superseded; its completion is not awaited.
+        self.waiting = None;
+        self.run_plan(now);
+    }
+
+    /// Ends without an upstream to close (handshake failures, refusals).
+    fn end_now(&mut self) {
+        if self.upstream_open {
+            self.phase = Phase::Ending;
+            self.plan.clear();
+            self.waiting = None;
+            self.plan.push_back(Step::Disconnect);
+            self.run_plan(self.last_heard);
+        } else {
+            self.phase = Phase::Ending;
+            self.plan.clear();
+            self.waiting = None;
+            self.run_plan(self.last_heard);
+        }
+    }
+
+    fn lost(&mut self, now: Instant) {
+        self.events.push_back(SessionEvent::Lost);
+        self.close(true, now);
+    }
+
+    fn clear_state(&mut self) {
+        // Messages queued for the old session are still acknowledged.
+        // In flight first: they were received before the queued ones.
+        for i in self.inflight.drain(..) {
+            if let Some(id) = i.unacked_delivery() {
+                self.commands.push_back(Command::Ack(id));
+            }
+        }
+        for d in self.queue.drain(..) {
+            if let Some(id) = d.delivery {
+                self.commands.push_back(Command::Ack(id));
+            }
+        }
+        self.register = None;
+        self.regs.clear();
+        self.subs.clear();
+        self.qos2_in.clear();
+        self.pending_msg_ids.clear();
+        self.requests.clear();
+    }
+
+    fn send(&mut self, p: Packet<'static>) {
+        self.transmits.push_back(Outgoing::Packet(p));
+    }
+
+    fn dropped(&mut self, reason: DropReason) {
+        self.events.push_back(SessionEvent::Dropped(reason));
+    }
+
+    fn next_request(&mut self) -> RequestId {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+}
+
+/// The will topic of a WILLTOPIC, if it is a valid topic name.
+fn will_draft(w: &mqttsn_codec::WillTopic<'_>) -> Option<WillDraft> {
+    let topic = mqttsn_codec::validate::topic_name(w.topic).ok()?;
+    Some(WillDraft { topic: topic.to_owned(), qos: mqtt_qos(w.qos), retain: w.retain })
+}
+
+/// The upstream QoS for an MQTT-SN QoS (-1 travels as 0).
+fn mqtt_qos(q: mqttsn_codec::QoS) -> MqttQoS {
+    match q {
+        mqttsn_codec::QoS::AtMostOnce | mqttsn_codec::QoS::NoSession => MqttQoS::AtMostOnce,
+        mqttsn_codec::QoS::AtLeastOnce => MqttQoS::AtLeastOnce,
+        mqttsn_codec::QoS::ExactlyOnce => MqttQoS::ExactlyOnce,
+    }
+}
+
+/// The MQTT-SN QoS for an upstream QoS.
+fn sn_qos(q: MqttQoS) -> mqttsn_codec::QoS {
+    match q {
+        MqttQoS::AtMostOnce => mqttsn_codec::QoS::AtMostOnce,
+        MqttQoS::AtLeastOnce => mqttsn_codec::QoS::AtLeastOnce,
+        MqttQoS::ExactlyOnce => mqttsn_codec::QoS::ExactlyOnce,
+    }
+}
+
+/// The CONNACK code for an MQTT 3.1.1 CONNACK refusal: the broker being
+/// unavailable (3) is worth a retry (congestion); the others are not.
+fn refusal_code(code: u8) -> ReturnCode {
+    match code {
+        3 => ReturnCode::Congestion,
+        _ => ReturnCode::NotSupported,
+    }
+}

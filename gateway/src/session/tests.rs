@@ -1,0 +1,764 @@
+//! Session core tests with virtual time: no sockets, no clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqttsn_codec::{
+    Ack, Connect, Packet, Publish, QoS, Register, ReturnCode, SubAck, Subscribe, TopicFilter,
+    TopicId, Unsubscribe, WillTopic,
+};
+
+use super::topics::Predefined;
+use super::*;
+use crate::mqtt::QoS as MqttQoS;
+use crate::upstream::{Command, DeliveryId, Event};
+
+const MS: Duration = Duration::from_millis(1);
+
+struct H {
+    s: Session,
+    now: Instant,
+}
+
+fn config() -> SessionConfig {
+    let mut pre = Predefined::new();
+    pre.insert(100, "pre/defined");
+    SessionConfig {
+        retry_interval: 100 * MS,
+        max_retries: 2,
+        predefined: Arc::new(pre),
+        ..SessionConfig::default()
+    }
+}
+
+impl H {
+    fn new() -> Self {
+        Self::with(config())
+    }
+
+    fn with(cfg: SessionConfig) -> Self {
+        let now = Instant::now();
+        Self { s: Session::new(Arc::new(cfg), "sensor-1", now), now }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        if let Some(t) = self.s.poll_timeout() {
+            if t <= self.now {
+                self.s.handle_timeout(self.now);
+            }
+        }
+    }
+
+    fn connect_packet(clean: bool, will: bool, duration: u16) -> Connect<'static> {
+        Connect { will, clean_session: clean, protocol_id: 1, duration, client_id: b"sensor-1" }
+    }
+
+    fn connect(&mut self, clean: bool, will: bool, duration: u16) {
+        self.s.handle_connect(&Self::connect_packet(clean, will, duration), self.now);
+    }
+
+    fn sensor(&mut self, p: Packet<'_>) {
+        self.s.handle_packet(&p, self.now);
+    }
+
+    fn up(&mut self, e: Event) {
+        self.s.handle_upstream(e, self.now);
+    }
+
+    fn tx(&mut self) -> Vec<Outgoing> {
+        std::iter::from_fn(|| self.s.poll_transmit()).collect()
+    }
+
+    fn cmds(&mut self) -> Vec<Command> {
+        std::iter::from_fn(|| self.s.poll_upstream()).collect()
+    }
+
+    fn events(&mut self) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| self.s.poll_event()).collect()
+    }
+
+    fn expect_tx(&mut self, expected: &[Packet<'_>]) {
+        let got = self.tx();
+        let got: Vec<Packet<'_>> = got.iter().map(Outgoing::packet).collect();
+        assert_eq!(got, expected);
+    }
+
+    /// A connected session without will, upstream up.
+    fn connected(clean: bool, duration: u16) -> Self {
+        let mut h = Self::new();
+        h.connect(clean, false, duration);
+        let cmds = h.cmds();
+        assert!(
+            matches!(&cmds[..], [Command::Connect(spec)] if !spec.clean_session && spec.will.is_none())
+        );
+        h.up(Event::Connected { session_present: false });
+        h.expect_tx(&[Packet::ConnAck(ReturnCode::Accepted)]);
+        assert!(h.s.is_active());
+        h.events();
+        h
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: QoS) {
+        let msg_id = 77;
+        self.sensor(Packet::Subscribe(Subscribe {
+            dup: false,
+            qos,
+            msg_id,
+            topic: TopicFilter::Name(filter.as_bytes()),
+        }));
+        let id = match &self.cmds()[..] {
+            [Command::Subscribe { id, .. }] => *id,
+            other => panic!("{other:?}"),
+        };
+        self.up(Event::SubAcked { id, granted: Some(super::mqtt_qos(qos)) });
+        self.tx();
+    }
+
+    fn message(&mut self, delivery: u64, topic: &str, qos: MqttQoS) {
+        self.up(Event::Message {
+            delivery: (qos != MqttQoS::AtMostOnce).then_some(DeliveryId(delivery)),
+            topic: topic.into(),
+            payload: Bytes::from(format!("m{delivery}")),
+            qos,
+            retain: false,
+            dup: false,
+        });
+    }
+}
+
+fn publish(qos: QoS, topic: TopicId, msg_id: u16, data: &[u8]) -> Packet<'_> {
+    Packet::Publish(Publish { dup: false, qos, retain: false, topic, msg_id, data })
+}
+
+#[test]
+fn connect_without_will_answers_after_the_broker() {
+    let mut h = H::new();
+    h.connect(false, false, 60);
+    assert!(h.tx().is_empty(), "no CONNACK before the broker's CONNACK");
+    h.up(Event::Connected { session_present: true });
+    h.expect_tx(&[Packet::ConnAck(ReturnCode::Accepted)]);
+    assert_eq!(h.events(), [SessionEvent::Connected]);
+}
+
+#[test]
+fn will_handshake_becomes_the_upstream_will() {
+    let mut h = H::new();
+    h.connect(true, true, 30);
+    h.expect_tx(&[Packet::WillTopicReq]);
+    h.sensor(Packet::WillTopic(Some(WillTopic {
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: b"will/t",
+    })));
+    h.expect_tx(&[Packet::WillMsgReq]);
+    assert!(h.cmds().is_empty());
+    h.sensor(Packet::WillMsg(b"bye"));
+    let cmds = h.cmds();
+    let [Command::Connect(spec)] = &cmds[..] else { panic!("{cmds:?}") };
+    let will = spec.will.as_ref().unwrap();
+    assert_eq!((will.topic.as_str(), &will.payload[..]), ("will/t", &b"bye"[..]));
+    assert_eq!((will.qos, will.retain), (MqttQoS::AtLeastOnce, true));
+    assert!(!spec.clean_session, "the upstream session is always persistent");
+    h.up(Event::Connected { session_present: false });
+    h.expect_tx(&[Packet::ConnAck(ReturnCode::Accepted)]);
+}
+
+#[test]
+fn clean_session_wipes_a_session_the_broker_kept() {
+    let mut h = H::new();
+    h.connect(true, true, 30);
+    h.tx();
+    h.sensor(Packet::WillTopic(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: b"w",
+    })));
+    h.sensor(Packet::WillMsg(b"x"));
+    h.tx();
+    h.cmds();
+    h.up(Event::Connected { session_present: true });
+    // Wipe with CleanSession and no will, then connect again with the will.
+    let cmds = h.cmds();
+    assert!(matches!(&cmds[..], [Command::Connect(s)] if s.clean_session && s.will.is_none()));
+    assert!(h.tx().is_empty());
+    h.up(Event::Connected { session_present: false });
+    let cmds = h.cmds();
+    assert!(matches!(&cmds[..], [Command::Connect(s)] if !s.clean_session && s.will.is_some()));
+    h.up(Event::Connected { session_present: false });
+    h.expect_tx(&[Packet::ConnAck(ReturnCode::Accepted)]);
+}
+
+#[test]
+fn empty_willtopic_means_no_will() {
+    let mut h = H::new();
+    h.connect(false, true, 30);
+    h.expect_tx(&[Packet::WillTopicReq]);
+    h.sensor(Packet::WillTopic(None));
+    let cmds = h.cmds();
+    assert!(matches!(&cmds[..], [Command::Connect(s)] if s.will.is_none()));
+    h.up(Event::Connected { session_present: false });
+    h.expect_tx(&[Packet::ConnAck(ReturnCode::Accepted)]);
+}
+
+#[test]
+fn publish_register_or_willmsg_in_the_handshake_get_disconnect() {
+    for bad in [
+        publish(QoS::AtMostOnce, TopicId::Normal(1), 0, b"x"),
+        Packet::Register(Register { topic_id: 0, msg_id: 1, topic_name: b"a" }),
+        Packet::WillMsg(b"too early"),
+    ] {
+        let mut h = H::new();
+        h.connect(false, true, 30);
+        h.expect_tx(&[Packet::WillTopicReq]);
+        h.sensor(bad);
+        h.expect_tx(&[Packet::Disconnect(None)]);
+        assert!(h.s.is_ended(), "{bad:?}");
+        assert!(h.cmds().is_empty());
+        assert_eq!(h.events(), [SessionEvent::Ended]);
+    }
+}
+
+#[test]
+fn willtopicreq_is_retried_then_the_handshake_ends() {
+    let mut h = H::new();
+    h.connect(false, true, 30);
+    h.expect_tx(&[Packet::WillTopicReq]);
+    h.advance(100 * MS);
+    h.expect_tx(&[Packet::WillTopicReq]);
+    h.advance(100 * MS);
+    h.expect_tx(&[Packet::WillTopicReq]);
+    h.advance(100 * MS);
+    assert!(h.tx().is_empty());
+    assert!(h.s.is_ended());
+}
+
+#[test]
+fn broker_refusal_and_outage_at_connect() {
+    let mut h = H::new();
+    h.connect(false, false, 30);
+    h.cmds();
+    h.up(Event::Refused { code: 5 });
+    h.expect_tx(&[Packet::ConnAck(ReturnCode::NotSupported)]);
+    assert!(h.s.is_ended());
+
+    let mut h = H::new();
+    h.connect(false, false, 30);
+    h.cmds();
+    h.up(Event::Unavailable { reason: "refused".into() });
+    h.expect_tx(&[Packet::ConnAck(ReturnCode::Congestion)]);
+    assert_eq!(h.cmds(), [Command::Disconnect]);
+    h.up(Event::Closed);
+    assert!(h.s.is_ended());
+}
+
+#[test]
+fn register_gives_stable_ids_and_refuses_wildcards() {
+    let mut h = H::connected(false, 0);
+    h.sensor(Packet::Register(Register { topic_id: 0, msg_id: 1, topic_name: b"a/b" }));
+    h.sensor(Packet::Register(Register { topic_id: 0, msg_id: 2, topic_name: b"a/b" }));
+    h.sensor(Packet::Register(Register { topic_id: 0, msg_id: 3, topic_name: b"a/+" }));
+    h.sensor(Packet::Register(Register { topic_id: 0, msg_id: 4, topic_name: b"pre/defined" }));
+    h.sensor(Packet::Register(Register { topic_id: 0, msg_id: 5, topic_name: &[0xff, 0xfe] }));
+    h.expect_tx(&[
+        Packet::RegAck(Ack { topic_id: 1, msg_id: 1, return_code: ReturnCode::Accepted }),
+        Packet::RegAck(Ack { topic_id: 1, msg_id: 2, return_code: ReturnCode::Accepted }),
+        Packet::RegAck(Ack { topic_id: 0, msg_id: 3, return_code: ReturnCode::NotSupported }),
+        Packet::RegAck(Ack { topic_id: 100, msg_id: 4, return_code: ReturnCode::Accepted }),
+        Packet::RegAck(Ack { topic_id: 0, msg_id: 5, return_code: ReturnCode::NotSupported }),
+    ]);
+}
+
+#[test]
+fn qos1_publish_is_acked_only_after_the_broker() {
+    let mut h = H::connected(false, 0);
+    h.sensor(Packet::Register(Register { topic_id: 0, msg_id: 1, topic_name: b"t/1" }));
+    h.tx();
+    h.sensor(publish(QoS::AtLeastOnce, TopicId::Normal(1), 9, b"v"));
+    let cmds = h.cmds();
+    let [Command::Publish { id, topic, qos: MqttQoS::AtLeastOnce, .. }] = &cmds[..] else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!(topic, "t/1");
+    assert!(h.tx().is_empty());
+    // A DUP retransmission while the broker has not answered: not sent twice.
+    h.sensor(publish(QoS::AtLeastOnce, TopicId::Normal(1), 9, b"v"));
+    assert!(h.cmds().is_empty());
+    h.up(Event::PublishAcked { id: *id });
+    h.expect_tx(&[Packet::PubAck(Ack {
+        topic_id: 1,
+        msg_id: 9,
+        return_code: ReturnCode::Accepted,
+    })]);
+}
+
+#[test]
+fn unknown_topic_id_gets_puback_invalid_topic_id_at_every_qos() {
+    let mut h = H::connected(false, 0);
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        h.sensor(publish(qos, TopicId::Normal(42), 5, b"v"));
+        h.expect_tx(&[Packet::PubAck(Ack {
+            topic_id: 42,
+            msg_id: 5,
+            return_code: ReturnCode::InvalidTopicId,
+        })]);
+    }
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Predefined(7), 0, b"v"));
+    h.expect_tx(&[Packet::PubAck(Ack {
+        topic_id: 7,
+        msg_id: 0,
+        return_code: ReturnCode::InvalidTopicId,
+    })]);
+    assert!(h.cmds().is_empty());
+}
+
+#[test]
+fn predefined_and_short_topics_publish_without_register() {
+    let mut h = H::connected(false, 0);
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Predefined(100), 0, b"p"));
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"ab"), 0, b"s"));
+    let topics: Vec<String> = h
+        .cmds()
+        .into_iter()
+        .map(|c| match c {
+            Command::Publish { topic, .. } => topic,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(topics, ["pre/defined", "ab"]);
+}
+
+#[test]
+fn qos2_from_the_sensor_is_published_once() {
+    let mut h = H::connected(false, 0);
+    let p = publish(QoS::ExactlyOnce, TopicId::Short(*b"q2"), 3, b"once");
+    h.sensor(p);
+    let cmds = h.cmds();
+    let [Command::Publish { id, qos: MqttQoS::ExactlyOnce, .. }] = &cmds[..] else {
+        panic!("{cmds:?}")
+    };
+    let id = *id;
+    h.sensor(p);
+    assert!(h.cmds().is_empty() && h.tx().is_empty());
+    h.up(Event::PublishAcked { id });
+    h.expect_tx(&[Packet::PubRec(3)]);
+    // DUP after PUBREC: PUBREC again, not a second publish.
+    h.sensor(p);
+    h.expect_tx(&[Packet::PubRec(3)]);
+    assert!(h.cmds().is_empty());
+    h.sensor(Packet::PubRel(3));
+    assert_eq!(h.cmds(), [Command::Release { id }]);
+    h.sensor(Packet::PubRel(3));
+    assert!(h.cmds().is_empty());
+    h.up(Event::PublishCompleted { id });
+    h.expect_tx(&[Packet::PubComp(3)]);
+    // A PUBREL for a finished exchange (our PUBCOMP was lost).
+    h.sensor(Packet::PubRel(3));
+    h.expect_tx(&[Packet::PubComp(3)]);
+    // The MsgId is free again: a new message with it is a new publish.
+    h.sensor(p);
+    assert_eq!(h.cmds().len(), 1);
+}
+
+#[test]
+fn subscribe_by_name_predefined_short_and_wildcard() {
+    let mut h = H::connected(true, 0);
+    let cases: [(TopicFilter<'_>, u16, &str); 4] = [
+        (TopicFilter::Name(b"room/1/temp"), 1, "room/1/temp"),
+        (TopicFilter::Name(b"room/+/hum"), 0, "room/+/hum"),
+        (TopicFilter::Predefined(100), 100, "pre/defined"),
+        (TopicFilter::Short(*b"zz"), 0, "zz"),
+    ];
+    for (i, (topic, topic_id, filter)) in cases.into_iter().enumerate() {
+        let msg_id = 10 + i as u16;
+        h.sensor(Packet::Subscribe(Subscribe { dup: false, qos: QoS::ExactlyOnce, msg_id, topic }));
+        assert!(h.tx().is_empty(), "SUBACK only after the broker's");
+        let cmds = h.cmds();
+        let [Command::Subscribe { id, filter: f, qos: MqttQoS::ExactlyOnce }] = &cmds[..] else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(f, filter);
+        h.up(Event::SubAcked { id: *id, granted: Some(MqttQoS::AtLeastOnce) });
+        h.expect_tx(&[Packet::SubAck(SubAck {
+            qos: QoS::AtLeastOnce,
+            topic_id,
+            msg_id,
+            return_code: ReturnCode::Accepted,
+        })]);
+    }
+    // Refused by the broker.
+    h.sensor(Packet::Subscribe(Subscribe {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        msg_id: 20,
+        topic: TopicFilter::Name(b"secret/#"),
+    }));
+    let cmds = h.cmds();
+    let [Command::Subscribe { id, .. }] = &cmds[..] else { panic!() };
+    h.up(Event::SubAcked { id: *id, granted: None });
+    h.expect_tx(&[Packet::SubAck(SubAck {
+        qos: QoS::AtMostOnce,
+        topic_id: 0,
+        msg_id: 20,
+        return_code: ReturnCode::InvalidTopicId,
+    })]);
+    // Unknown predefined id, bad filter: refused without asking the broker.
+    h.sensor(Packet::Subscribe(Subscribe {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        msg_id: 21,
+        topic: TopicFilter::Predefined(9),
+    }));
+    h.sensor(Packet::Subscribe(Subscribe {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        msg_id: 22,
+        topic: TopicFilter::Name(b"a/#/b"),
+    }));
+    assert!(h.cmds().is_empty());
+    let got: Vec<ReturnCode> = h
+        .tx()
+        .iter()
+        .map(|o| match o.packet() {
+            Packet::SubAck(s) => s.return_code,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got, [ReturnCode::InvalidTopicId, ReturnCode::NotSupported]);
+}
+
+#[test]
+fn unsubscribe_answers_after_the_broker() {
+    let mut h = H::connected(true, 0);
+    h.subscribe("a/#", QoS::AtMostOnce);
+    h.sensor(Packet::Unsubscribe(Unsubscribe { msg_id: 4, topic: TopicFilter::Name(b"a/#") }));
+    assert!(h.tx().is_empty());
+    let cmds = h.cmds();
+    let [Command::Unsubscribe { id, filter }] = &cmds[..] else { panic!("{cmds:?}") };
+    assert_eq!(filter, "a/#");
+    // A message that crosses the UNSUBSCRIBE is dropped, and acknowledged.
+    h.message(1, "a/b", MqttQoS::AtLeastOnce);
+    assert_eq!(h.cmds(), [Command::Ack(DeliveryId(1))]);
+    assert!(h.tx().is_empty());
+    assert_eq!(h.events(), [SessionEvent::Dropped(DropReason::NotSubscribed)]);
+    h.up(Event::UnsubAcked { id: *id });
+    h.expect_tx(&[Packet::UnsubAck(4)]);
+}
+
+#[test]
+fn wildcard_messages_are_registered_first_and_queued_in_order() {
+    let mut h = H::connected(true, 0);
+    h.subscribe("room/#", QoS::AtLeastOnce);
+    h.message(1, "room/kitchen", MqttQoS::AtLeastOnce);
+    h.message(2, "room/kitchen", MqttQoS::AtMostOnce);
+    h.message(3, "room/hall", MqttQoS::AtLeastOnce);
+    // REGISTER first; the messages wait behind it.
+    let tx = h.tx();
+    assert_eq!(tx.len(), 1);
+    let Packet::Register(r) = tx[0].packet() else { panic!("{tx:?}") };
+    assert_eq!(r.topic_name, b"room/kitchen");
+    let topic_id = r.topic_id;
+    assert_ne!(topic_id, 0);
+    h.sensor(Packet::RegAck(Ack { topic_id, msg_id: r.msg_id, return_code: ReturnCode::Accepted }));
+    let tx = h.tx();
+    assert_eq!(tx.len(), 1, "one QoS 1 message in flight");
+    let Packet::Publish(p) = tx[0].packet() else { panic!() };
+    assert_eq!((p.topic, p.data, p.qos), (TopicId::Normal(topic_id), &b"m1"[..], QoS::AtLeastOnce));
+    assert!(h.cmds().is_empty(), "no upstream ack before the sensor's");
+    h.sensor(Packet::PubAck(Ack { topic_id, msg_id: p.msg_id, return_code: ReturnCode::Accepted }));
+    assert_eq!(h.cmds(), [Command::Ack(DeliveryId(1))]);
+    // Then the QoS 0 message (same FIFO), then the REGISTER for the hall.
+    let tx = h.tx();
+    assert_eq!(tx.len(), 2, "{tx:?}");
+    assert!(matches!(tx[0].packet(), Packet::Publish(p) if p.data == b"m2" && p.msg_id == 0));
+    assert!(matches!(tx[1].packet(), Packet::Register(r) if r.topic_name == b"room/hall"));
+}
+
+#[test]
+fn refused_regack_stops_the_topic_but_acks_the_broker() {
+    let mut h = H::connected(true, 0);
+    h.subscribe("x/#", QoS::AtLeastOnce);
+    h.message(1, "x/y", MqttQoS::AtLeastOnce);
+    let tx = h.tx();
+    let Packet::Register(r) = tx[0].packet() else { panic!() };
+    h.sensor(Packet::RegAck(Ack {
+        topic_id: r.topic_id,
+        msg_id: r.msg_id,
+        return_code: ReturnCode::NotSupported,
+    }));
+    assert_eq!(h.cmds(), [Command::Ack(DeliveryId(1))]);
+    h.message(2, "x/y", MqttQoS::AtLeastOnce);
+    assert_eq!(h.cmds(), [Command::Ack(DeliveryId(2))]);
+    assert!(h.tx().is_empty());
+}
+
+#[test]
+fn puback_invalid_topic_id_registers_again_and_replays() {
+    let mut h = H::connected(true, 0);
+    h.subscribe("s/t", QoS::AtLeastOnce);
+    h.message(1, "s/t", MqttQoS::AtLeastOnce);
+    let tx = h.tx();
+    let Packet::Publish(p) = tx[0].packet() else { panic!("{tx:?}") };
+    let TopicId::Normal(old) = p.topic else { panic!() };
+    h.sensor(Packet::PubAck(Ack {
+        topic_id: old,
+        msg_id: p.msg_id,
+        return_code: ReturnCode::InvalidTopicId,
+    }));
+    assert!(h.cmds().is_empty());
+    let tx = h.tx();
+    let Packet::Register(r) = tx[0].packet() else { panic!("{tx:?}") };
+    assert_eq!(r.topic_name, b"s/t");
+    h.sensor(Packet::RegAck(Ack {
+        topic_id: r.topic_id,
+        msg_id: r.msg_id,
+        return_code: ReturnCode::Accepted,
+    }));
+    let tx = h.tx();
+    assert!(matches!(tx[0].packet(), Packet::Publish(p) if p.data == b"m1"));
+}
+
+#[test]
+fn qos2_toward_the_sensor() {
+    let mut h = H::connected(true, 0);
+    h.subscribe("ab", QoS::ExactlyOnce);
+    h.message(1, "ab", MqttQoS::ExactlyOnce);
+    let tx = h.tx();
+    let Packet::Publish(p) = tx[0].packet() else { panic!("{tx:?}") };
+    // Subscribed by name: the id from SUBACK, not the short form.
+    assert_eq!(p.topic, TopicId::Normal(1));
+    h.sensor(Packet::PubRec(p.msg_id));
+    assert_eq!(h.cmds(), [Command::Ack(DeliveryId(1))]);
+    h.expect_tx(&[Packet::PubRel(p.msg_id)]);
+    // PUBREL is retransmitted until PUBCOMP.
+    h.advance(100 * MS);
+    h.expect_tx(&[Packet::PubRel(p.msg_id)]);
+    h.sensor(Packet::PubComp(p.msg_id));
+    assert!(h.s.pending_deliveries() == 0);
+    assert!(h.cmds().is_empty(), "acknowledged exactly once");
+}
+
+#[test]
+fn retransmission_with_dup_then_wait_for_the_sensor() {
+    let mut h = H::connected(true, 0);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    let first = h.tx();
+    let Packet::Publish(p) = first[0].packet() else { panic!() };
+    assert!(!p.dup);
+    for _ in 0..2 {
+        h.advance(100 * MS);
+        let tx = h.tx();
+        assert!(
+            matches!(tx[..], [ref o] if matches!(o.packet(), Packet::Publish(q) if q.dup && q.msg_id == p.msg_id))
+        );
+    }
+    // Nretry reached: the transaction ends, nothing more is sent...
+    h.advance(100 * MS);
+    assert!(h.tx().is_empty());
+    h.advance(Duration::from_secs(10));
+    assert!(h.tx().is_empty());
+    assert!(h.s.is_active(), "only keepalive declares a sensor lost");
+    // ...until the sensor is heard from again.
+    h.sensor(Packet::PingReq(None));
+    let tx = h.tx();
+    assert!(tx.iter().any(|o| matches!(o.packet(), Packet::Publish(q) if q.dup)));
+    assert!(tx.iter().any(|o| o.packet() == Packet::PingResp));
+    assert!(h.cmds().is_empty(), "not acknowledged upstream before the sensor's PUBACK");
+}
+
+#[test]
+fn msg_ids_skip_zero_and_ids_in_flight() {
+    let mut cfg = config();
+    cfg.max_inflight = 4;
+    let mut h = H::with(cfg);
+    h.connect(true, false, 0);
+    h.cmds();
+    h.up(Event::Connected { session_present: false });
+    h.tx();
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.s.next_msg_id = 0xfffe;
+    for i in 1..=3 {
+        h.message(i, "ab", MqttQoS::AtLeastOnce);
+    }
+    let ids: Vec<u16> = h
+        .tx()
+        .iter()
+        .map(|o| match o.packet() {
+            Packet::Publish(p) => p.msg_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [0xffff, 1, 2]);
+    // Wrap onto ids still in flight: they are skipped.
+    h.s.next_msg_id = 0xfffe;
+    h.message(4, "ab", MqttQoS::AtLeastOnce);
+    let tx = h.tx();
+    assert!(matches!(tx[0].packet(), Packet::Publish(p) if p.msg_id == 3));
+}
+
+#[test]
+fn keepalive_loses_a_silent_sensor_and_fires_the_will() {
+    let mut h = H::connected(false, 10);
+    // 10 s keepalive, +50%: still fine at 14.9 s.
+    h.advance(Duration::from_millis(14_900));
+    assert!(h.s.is_active());
+    h.sensor(Packet::PingReq(None));
+    h.expect_tx(&[Packet::PingResp]);
+    h.advance(Duration::from_millis(14_900));
+    assert!(h.s.is_active());
+    h.advance(Duration::from_millis(200));
+    assert!(!h.s.is_active());
+    assert_eq!(h.events(), [SessionEvent::Lost]);
+    assert_eq!(h.cmds(), [Command::Abort], "no DISCONNECT upstream: the will fires");
+    h.up(Event::Closed);
+    assert!(h.s.is_ended());
+    assert!(h.s.persistent());
+}
+
+#[test]
+fn lost_clean_session_is_wiped_after_the_will() {
+    let mut h = H::connected(true, 1);
+    h.advance(Duration::from_millis(1600));
+    assert_eq!(h.cmds(), [Command::Abort]);
+    h.up(Event::Closed);
+    let cmds = h.cmds();
+    assert!(matches!(&cmds[..], [Command::Connect(s)] if s.clean_session && s.will.is_none()));
+    h.up(Event::Connected { session_present: false });
+    assert_eq!(h.cmds(), [Command::Disconnect]);
+    h.up(Event::Closed);
+    assert!(h.s.is_ended());
+}
+
+#[test]
+fn duration_zero_is_not_supervised() {
+    let mut h = H::connected(false, 0);
+    assert_eq!(h.s.poll_timeout(), None);
+    h.advance(Duration::from_secs(100_000));
+    assert!(h.s.is_active());
+}
+
+#[test]
+fn disconnect_is_answered_and_publishes_no_will() {
+    let mut h = H::connected(false, 10);
+    h.sensor(Packet::Disconnect(None));
+    h.expect_tx(&[Packet::Disconnect(None)]);
+    assert_eq!(h.cmds(), [Command::Disconnect]);
+    h.up(Event::Closed);
+    assert!(h.s.is_ended());
+    // A clean session is wiped after the DISCONNECT.
+    let mut h = H::connected(true, 10);
+    h.sensor(Packet::Disconnect(None));
+    h.expect_tx(&[Packet::Disconnect(None)]);
+    assert_eq!(h.cmds(), [Command::Disconnect]);
+    h.up(Event::Closed);
+    assert!(matches!(&h.cmds()[..], [Command::Connect(s)] if s.clean_session && s.will.is_none()));
+}
+
+#[test]
+fn will_updates_replace_the_upstream_connection() {
+    let mut h = H::new();
+    h.connect(false, true, 0);
+    h.tx();
+    h.sensor(Packet::WillTopic(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: b"w",
+    })));
+    h.sensor(Packet::WillMsg(b"one"));
+    h.cmds();
+    h.up(Event::Connected { session_present: false });
+    h.tx();
+    h.sensor(Packet::WillTopicUpd(Some(WillTopic {
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: b"w2",
+    })));
+    let cmds = h.cmds();
+    let [Command::Connect(spec)] = &cmds[..] else { panic!("{cmds:?}") };
+    assert!(!spec.clean_session);
+    let w = spec.will.as_ref().unwrap();
+    assert_eq!((w.topic.as_str(), &w.payload[..], w.retain), ("w2", &b"one"[..], true));
+    assert!(h.tx().is_empty(), "answered once the new connection is up");
+    h.up(Event::Connected { session_present: true });
+    h.expect_tx(&[Packet::WillTopicResp(ReturnCode::Accepted)]);
+    h.sensor(Packet::WillMsgUpd(b"two"));
+    let cmds = h.cmds();
+    assert!(
+        matches!(&cmds[..], [Command::Connect(s)] if s.will.as_ref().is_some_and(|w| &w.payload[..] == b"two"))
+    );
+    h.up(Event::Connected { session_present: true });
+    h.expect_tx(&[Packet::WillMsgResp(ReturnCode::Accepted)]);
+    // The empty WILLTOPICUPD deletes the will.
+    h.sensor(Packet::WillTopicUpd(None));
+    let cmds = h.cmds();
+    assert!(matches!(&cmds[..], [Command::Connect(s)] if s.will.is_none()));
+    h.up(Event::Connected { session_present: true });
+    h.expect_tx(&[Packet::WillTopicResp(ReturnCode::Accepted)]);
+}
+
+#[test]
+fn duplicate_connect_reuses_the_upstream() {
+    let mut h = H::connected(false, 0);
+    h.connect(false, false, 30);
+    assert!(h.cmds().is_empty());
+    h.expect_tx(&[Packet::ConnAck(ReturnCode::Accepted)]);
+    assert!(h.s.is_active());
+}
+
+#[test]
+fn clean_reconnect_on_a_live_session_wipes_and_acks_what_was_queued() {
+    let mut h = H::connected(false, 0);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    h.message(2, "ab", MqttQoS::AtLeastOnce);
+    h.tx();
+    h.connect(true, false, 0);
+    let cmds = h.cmds();
+    assert_eq!(cmds[..2], [Command::Ack(DeliveryId(1)), Command::Ack(DeliveryId(2))]);
+    assert!(matches!(&cmds[2..], [Command::Connect(s)] if s.clean_session));
+}
+
+#[test]
+fn messages_before_connack_are_ignored_and_counted() {
+    let mut h = H::new();
+    h.connect(false, false, 0);
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"ab"), 0, b"early"));
+    assert_eq!(h.events(), [SessionEvent::Dropped(DropReason::Unexpected)]);
+    assert_eq!(h.cmds().len(), 1);
+}
+
+#[test]
+fn too_long_messages_are_dropped_and_acked() {
+    let mut cfg = config();
+    cfg.max_datagram = 64;
+    let mut h = H::with(cfg);
+    h.connect(true, false, 0);
+    h.cmds();
+    h.up(Event::Connected { session_present: false });
+    h.tx();
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.events();
+    h.up(Event::Message {
+        delivery: Some(DeliveryId(1)),
+        topic: "ab".into(),
+        payload: Bytes::from(vec![0u8; 58]),
+        qos: MqttQoS::AtLeastOnce,
+        retain: false,
+        dup: false,
+    });
+    assert_eq!(h.cmds(), [Command::Ack(DeliveryId(1))]);
+    assert_eq!(h.events(), [SessionEvent::Dropped(DropReason::TooLong)]);
+    // 57 octets fit exactly (7 + 57 = 64).
+    h.up(Event::Message {
+        delivery: Some(DeliveryId(2)),
+        topic: "ab".into(),
+        payload: Bytes::from(vec![0u8; 57]),
+        qos: MqttQoS::AtLeastOnce,
+        retain: false,
+        dup: false,
+    });
+    assert_eq!(h.tx().len(), 1);
+}
