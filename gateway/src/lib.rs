@@ -1,6 +1,9 @@
 //! The MQTT-SN gateway: a sans-IO session core and the tokio drivers around it.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod metrics;
 pub mod mqtt;
+pub mod server;
 pub mod session;
 pub mod upstream;

@@ -1,6 +1,99 @@
-//! The `mqttsn-gateway` binary.
+//! `mqttsn-gateway`: MQTT-SN v1.2 over UDP to one MQTT session per sensor.
 
-fn main() {
-    eprintln!("mqttsn-gateway: the gateway service is not released yet; see README.md");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mqttsn_gateway::config::Config;
+use mqttsn_gateway::metrics::Metrics;
+use mqttsn_gateway::mqtt::client::ClientOptions;
+use mqttsn_gateway::server::{self, ServerOptions};
+use mqttsn_gateway::upstream::connection::{Backoff, MqttUpstreams, TcpConnector, UpstreamOptions};
+use tracing::info;
+
+/// MQTT-SN v1.2 gateway: sensors speak MQTT-SN over UDP, and each gets its
+/// own MQTT session on the broker.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The configuration file (TOML); see config/gateway.toml.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The UDP address to listen on (overrides gateway.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// The upstream broker, mqtt://HOST:PORT (overrides broker.url).
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        cfg.gateway.listen = listen;
+    }
+    if let Some(broker) = args.broker {
+        cfg.broker.url = broker;
+    }
+    cfg.check()?;
+    let listen = cfg.listen_addr()?;
+    let broker = cfg.broker_addr()?;
+    let session = Arc::new(cfg.session_config()?);
+
+    let socket = tokio::net::UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on udp://{listen}"))?;
+    info!("MQTT-SN gateway listening on udp://{}, broker {}", socket.local_addr()?, cfg.broker.url);
+    let upstreams = MqttUpstreams::new(
+        Arc::new(TcpConnector { addr: broker }),
+        UpstreamOptions {
+            client: ClientOptions {
+                keep_alive: Duration::from_secs(u64::from(cfg.broker.keepalive_secs)),
+                ..ClientOptions::default()
+            },
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_millis(cfg.broker.connect_timeout_ms),
+            ..UpstreamOptions::default()
+        },
+    );
+    let metrics = Arc::new(Metrics::default());
+    server::run(socket, upstreams, session, ServerOptions::default(), metrics, shutdown_signal())
+        .await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("SIGINT: closing sessions"),
+        () = term => info!("SIGTERM: closing sessions"),
+    }
 }

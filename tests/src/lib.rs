@@ -1,2 +1,8 @@
 //! Shared harness for the end-to-end tests: free ports, external tools and
 //! processes that are killed on drop.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod broker;
+pub mod gateway;
+pub mod mqtt_client;
+pub mod sn;

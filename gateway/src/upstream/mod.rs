@@ -8,6 +8,8 @@
 
 use bytes::Bytes;
 
+pub mod connection;
+
 pub use crate::mqtt::QoS;
 
 /// Identifies one request (publish, subscribe, unsubscribe) from the

@@ -1,0 +1,338 @@
+//! The gateway's configuration: a TOML file, every key optional, unknown
+//! keys refused; `config/gateway.toml` lists every option with its default.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::session::topics::Predefined;
+use crate::session::{SessionConfig, Tolerance};
+
+/// A configuration that cannot be used, naming the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// What the parser said (it names the key).
+        message: String,
+    },
+    /// A value of the right type that is not acceptable.
+    #[error("invalid value for `{key}` ({value}): {reason}")]
+    Invalid {
+        /// The key, with its table (`timers.retry_interval_ms`).
+        key: String,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[gateway]`: where sensors reach the gateway.
+    pub gateway: GatewaySection,
+    /// `[broker]`: the upstream MQTT broker.
+    pub broker: BrokerSection,
+    /// `[timers]`: protocol timers.
+    pub timers: TimersSection,
+    /// `[limits]`: bounds per sensor.
+    pub limits: LimitsSection,
+    /// `[[predefined]]`: predefined topic ids.
+    pub predefined: Vec<PredefinedTopic>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// The UDP address sensors send to.
+    pub listen: String,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self { listen: "0.0.0.0:1884".into() }
+    }
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// `mqtt://HOST:PORT`.
+    pub url: String,
+    /// Put before every sensor's ClientId on the broker.
+    pub client_id_prefix: String,
+    /// The MQTT keepalive of each upstream connection, in seconds.
+    pub keepalive_secs: u16,
+    /// How long a TCP connect to the broker may take.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id_prefix: String::new(),
+            keepalive_secs: 60,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[timers]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimersSection {
+    /// Tretry: wait before sending REGISTER, PUBLISH or PUBREL again.
+    pub retry_interval_ms: u64,
+    /// Nretry: how many times to send them again.
+    pub max_retries: u32,
+    /// Keepalive periods shorter than this get `keepalive_factor_short`.
+    pub keepalive_threshold_ms: u64,
+    /// Tolerance factor for short keepalive periods (spec 7.2: 1.5).
+    pub keepalive_factor_short: f64,
+    /// Tolerance factor for long keepalive periods (spec 7.2: 1.1).
+    pub keepalive_factor_long: f64,
+}
+
+impl Default for TimersSection {
+    fn default() -> Self {
+        Self {
+            retry_interval_ms: 10_000,
+            max_retries: 5,
+            keepalive_threshold_ms: 60_000,
+            keepalive_factor_short: 1.5,
+            keepalive_factor_long: 1.1,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// QoS 1/2 messages in flight toward one sensor.
+    pub max_inflight: usize,
+    /// QoS 0 messages queued for one sensor.
+    pub max_queued: usize,
+    /// Topic ids one sensor may register.
+    pub max_topics: usize,
+    /// The longest datagram sent to a sensor.
+    pub max_datagram: usize,
+    /// The longest ClientId accepted.
+    pub max_client_id_len: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_inflight: 1,
+            max_queued: 1000,
+            max_topics: 1000,
+            max_datagram: 1024,
+            max_client_id_len: mqttsn_codec::validate::MAX_CLIENT_ID_LEN,
+        }
+    }
+}
+
+/// One `[[predefined]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredefinedTopic {
+    /// The topic id, 1 to 65534.
+    pub id: u16,
+    /// The topic name.
+    pub name: String,
+}
+
+fn invalid(key: &str, value: impl ToString, reason: &str) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), value: value.to_string(), reason: reason.into() }
+}
+
+impl Config {
+    /// Reads and checks a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but cannot be used.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.broker_addr()?;
+        let t = &self.timers;
+        if t.retry_interval_ms == 0 {
+            return Err(invalid("timers.retry_interval_ms", 0, "must be at least 1"));
+        }
+        for (key, f) in [
+            ("timers.keepalive_factor_short", t.keepalive_factor_short),
+            ("timers.keepalive_factor_long", t.keepalive_factor_long),
+        ] {
+            if !(1.0..=10.0).contains(&f) {
+                return Err(invalid(key, f, "must be between 1.0 and 10.0"));
+            }
+        }
+        let l = &self.limits;
+        if l.max_inflight == 0 {
+            return Err(invalid("limits.max_inflight", 0, "must be at least 1"));
+        }
+        if l.max_topics == 0 || l.max_topics > 0xfffd {
+            return Err(invalid("limits.max_topics", l.max_topics, "must be 1 to 65533"));
+        }
+        if !(16..=65_535).contains(&l.max_datagram) {
+            return Err(invalid("limits.max_datagram", l.max_datagram, "must be 16 to 65535"));
+        }
+        if !(1..=65_535).contains(&l.max_client_id_len) {
+            return Err(invalid(
+                "limits.max_client_id_len",
+                l.max_client_id_len,
+                "must be 1 to 65535",
+            ));
+        }
+        self.predefined_table()?;
+        Ok(())
+    }
+
+    /// The UDP listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.gateway
+            .listen
+            .parse()
+            .map_err(|_| invalid("gateway.listen", &self.gateway.listen, "not an IP:PORT address"))
+    }
+
+    /// The broker's `host:port` from `broker.url`.
+    pub fn broker_addr(&self) -> Result<String, ConfigError> {
+        let url = &self.broker.url;
+        let Some(rest) = url.strip_prefix("mqtt://") else {
+            return Err(invalid("broker.url", url, "must start with mqtt://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let hostport = if rest.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+            rest.to_owned()
+        } else if rest.contains(':') && !rest.starts_with('[') {
+            return Err(invalid("broker.url", url, "the port is not a number"));
+        } else {
+            format!("{rest}:1883")
+        };
+        if hostport.starts_with(':') {
+            return Err(invalid("broker.url", url, "no host"));
+        }
+        Ok(hostport)
+    }
+
+    /// The predefined topic table.
+    pub fn predefined_table(&self) -> Result<Predefined, ConfigError> {
+        let mut table = Predefined::new();
+        for (i, p) in self.predefined.iter().enumerate() {
+            let key = format!("predefined[{i}]");
+            if p.id == 0 || p.id == 0xffff {
+                return Err(invalid(&format!("{key}.id"), p.id, "0 and 65535 are reserved"));
+            }
+            if let Err(e) = mqttsn_codec::validate::topic_name(p.name.as_bytes()) {
+                return Err(invalid(&format!("{key}.name"), &p.name, &e.to_string()));
+            }
+            if !table.insert(p.id, &p.name) {
+                return Err(invalid(
+                    &key,
+                    format!("{} = {}", p.id, p.name),
+                    "id or name used twice",
+                ));
+            }
+        }
+        Ok(table)
+    }
+
+    /// The settings every session runs with.
+    pub fn session_config(&self) -> Result<SessionConfig, ConfigError> {
+        let t = &self.timers;
+        let l = &self.limits;
+        Ok(SessionConfig {
+            retry_interval: Duration::from_millis(t.retry_interval_ms),
+            max_retries: t.max_retries,
+            keepalive_tolerance: Tolerance {
+                threshold: Duration::from_millis(t.keepalive_threshold_ms),
+                short_factor: t.keepalive_factor_short,
+                long_factor: t.keepalive_factor_long,
+            },
+            max_inflight: l.max_inflight,
+            max_queued: l.max_queued,
+            max_topics: l.max_topics,
+            max_datagram: l.max_datagram,
+            max_client_id_len: l.max_client_id_len,
+            client_id_prefix: self.broker.client_id_prefix.clone(),
+            predefined: Arc::new(self.predefined_table()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::parse("", "x").unwrap();
+        assert_eq!(c.listen_addr().unwrap().port(), 1884);
+        assert_eq!(c.broker_addr().unwrap(), "127.0.0.1:1883");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse("[timers]\nretry_interval_ms = 0\n", "x").unwrap_err();
+        assert!(e.to_string().contains("timers.retry_interval_ms"), "{e}");
+        let e = Config::parse("[limits]\nmax_inflight = 0\n", "x").unwrap_err();
+        assert!(e.to_string().contains("limits.max_inflight"), "{e}");
+        let e = Config::parse("[timers]\nretry = 1\n", "x").unwrap_err();
+        assert!(e.to_string().contains("retry"), "{e}");
+        let e = Config::parse("[broker]\nurl = \"http://x\"\n", "x").unwrap_err();
+        assert!(e.to_string().contains("broker.url"), "{e}");
+        let e = Config::parse("[[predefined]]\nid = 0\nname = \"a\"\n", "x").unwrap_err();
+        assert!(e.to_string().contains("predefined[0].id"), "{e}");
+        let e = Config::parse(
+            "[[predefined]]\nid = 1\nname = \"a\"\n[[predefined]]\nid = 1\nname = \"b\"\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("predefined[1]"), "{e}");
+    }
+
+    #[test]
+    fn broker_urls() {
+        let mut c = Config::default();
+        c.broker.url = "mqtt://broker.local".into();
+        assert_eq!(c.broker_addr().unwrap(), "broker.local:1883");
+        c.broker.url = "mqtt://10.0.0.1:2883/".into();
+        assert_eq!(c.broker_addr().unwrap(), "10.0.0.1:2883");
+        c.broker.url = "mqtt://h:x".into();
+        assert!(c.broker_addr().is_err());
+    }
+}

@@ -1,0 +1,427 @@
+//! The UDP dispatcher: the thin tokio driver around the session cores.
+//!
+//! One task owns the socket and every [`Session`]. A datagram is decoded
+//! once, routed by source address (CONNECT by ClientId), and handed to its
+//! session with the current time; the session's outputs are then flushed:
+//! datagrams to the socket, commands to the session's upstream task, events
+//! to the counters, and its next deadline to the timer heap. Upstream
+//! events come back on one channel, tagged with the upstream's key.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqttsn_codec::{Frame, Packet};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::session::{check_connect, Session, SessionConfig, SessionEvent};
+use crate::upstream::{Command, Event};
+
+/// Identifies one upstream connection task; never reused, so events from a
+/// finished upstream cannot reach a later one.
+pub type UpstreamKey = u64;
+
+/// Starts upstream sessions: one per sensor session, fed with [`Command`]s,
+/// reporting [`Event`]s tagged with its key.
+pub trait Upstreams: Send + 'static {
+    /// Starts the upstream for `key`. It runs until it reports
+    /// [`Event::Closed`] (after [`Command::Disconnect`] or
+    /// [`Command::Abort`]) or [`Event::Refused`].
+    fn start(
+        &self,
+        key: UpstreamKey,
+        events: mpsc::UnboundedSender<(UpstreamKey, Event)>,
+    ) -> mpsc::UnboundedSender<Command>;
+}
+
+/// Settings of the dispatcher itself.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The shortest interval between two unsolicited DISCONNECTs to one
+    /// address.
+    pub unknown_disconnect_interval: Duration,
+    /// How long a graceful shutdown waits for upstream sessions to close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            unknown_disconnect_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Entry {
+    session: Session,
+    addr: Option<SocketAddr>,
+    upstream: Option<(UpstreamKey, mpsc::UnboundedSender<Command>)>,
+    scheduled: Option<Instant>,
+    counted_active: bool,
+}
+
+/// The dispatcher state.
+struct Server<U> {
+    socket: Arc<UdpSocket>,
+    upstreams: U,
+    cfg: Arc<SessionConfig>,
+    opts: ServerOptions,
+    metrics: Arc<Metrics>,
+    sessions: HashMap<Arc<str>, Entry>,
+    by_addr: HashMap<SocketAddr, Arc<str>>,
+    by_key: HashMap<UpstreamKey, Arc<str>>,
+    next_key: UpstreamKey,
+    timers: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    events_tx: mpsc::UnboundedSender<(UpstreamKey, Event)>,
+    unknown_sent: HashMap<SocketAddr, Instant>,
+    log_budget: (Instant, u32),
+    out: Vec<u8>,
+}
+
+/// Runs the gateway on `socket` until `shutdown` completes, then closes
+/// every session gracefully: sensors get DISCONNECT, upstream sessions end
+/// with DISCONNECT (no will fires).
+pub async fn run<U: Upstreams>(
+    socket: UdpSocket,
+    upstreams: U,
+    cfg: Arc<SessionConfig>,
+    opts: ServerOptions,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut server = Server {
+        socket: Arc::new(socket),
+        upstreams,
+        cfg,
+        opts,
+        metrics,
+        sessions: HashMap::new(),
+        by_addr: HashMap::new(),
+        by_key: HashMap::new(),
+        next_key: 1,
+        timers: BinaryHeap::new(),
+        events_tx,
+        unknown_sent: HashMap::new(),
+        log_budget: (Instant::now(), 0),
+        out: vec![0u8; 65_536],
+    };
+    let mut buf = vec![0u8; 65_536];
+    tokio::pin!(shutdown);
+    loop {
+        let next_timer = server.timers.peek().map(|Reverse((t, _))| *t);
+        tokio::select! {
+            received = server.socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => {
+                    let datagram = buf.get(..n).unwrap_or_default();
+                    server.datagram(datagram, from).await;
+                }
+                // ICMP port unreachable and the like surface here on some
+                // systems; they concern one peer, not the gateway.
+                Err(e) => debug!("recv_from: {e}"),
+            },
+            Some((key, event)) = events_rx.recv() => server.upstream_event(key, event).await,
+            () = sleep_until_opt(next_timer) => server.timers_due().await,
+            () = &mut shutdown => break,
+        }
+    }
+    server.shutdown(&mut events_rx).await;
+    Ok(())
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<U: Upstreams> Server<U> {
+    async fn datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        Metrics::inc(&self.metrics.datagrams_in);
+        let now = Instant::now();
+        let frame = match Frame::decode(datagram) {
+            Ok(f) => f,
+            Err(e) => {
+                Metrics::inc(&self.metrics.malformed);
+                if self.may_log(now) {
+                    warn!(%from, len = datagram.len(), "malformed datagram dropped: {e}");
+                }
+                return;
+            }
+        };
+        if frame.forwarder.is_some() {
+            // Forwarder-encapsulated traffic is not routed yet.
+            Metrics::inc(&self.metrics.malformed);
+            if self.may_log(now) {
+                warn!(%from, "encapsulated datagram dropped: forwarders are not supported yet");
+            }
+            return;
+        }
+        match frame.packet {
+            Packet::Connect(c) => {
+                if let Err(rc) = check_connect(&c, &self.cfg) {
+                    Metrics::inc(&self.metrics.connects_refused);
+                    if self.may_log(now) {
+                        warn!(%from, "CONNECT refused: {rc}");
+                    }
+                    self.send_to(&Packet::ConnAck(rc), from).await;
+                    return;
+                }
+                let Ok(client_id) = std::str::from_utf8(c.client_id) else { return };
+                let cid = self.attach(client_id, from, now.into_std());
+                if let Some(entry) = self.sessions.get_mut(&cid) {
+                    entry.session.handle_connect(&c, now.into_std());
+                }
+                self.flush(&cid).await;
+            }
+            packet => {
+                let Some(cid) = self.by_addr.get(&from).cloned() else {
+                    return self.unknown_sender(&packet, from, now).await;
+                };
+                if let Some(entry) = self.sessions.get_mut(&cid) {
+                    entry.session.handle_packet(&packet, now.into_std());
+                }
+                self.flush(&cid).await;
+            }
+        }
+    }
+
+    /// Finds or makes the session of `client_id` and binds it to `from`.
+    fn attach(&mut self, client_id: &str, from: SocketAddr, now: std::time::Instant) -> Arc<str> {
+        let cid: Arc<str> = match self.sessions.get_key_value(client_id) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let cid: Arc<str> = Arc::from(client_id);
+                let session = Session::new(self.cfg.clone(), client_id, now);
+                self.sessions.insert(
+                    cid.clone(),
+                    Entry {
+                        session,
+                        addr: None,
+                        upstream: None,
+                        scheduled: None,
+                        counted_active: false,
+                    },
+                );
+                cid
+            }
+        };
+        // The address may belong to another session (a NAT reused it).
+        if let Some(other) = self.by_addr.insert(from, cid.clone()) {
+            if other != cid {
+                if let Some(e) = self.sessions.get_mut(&other) {
+                    e.addr = None;
+                }
+            }
+        }
+        if let Some(entry) = self.sessions.get_mut(&cid) {
+            if let Some(old) = entry.addr.replace(from) {
+                if old != from {
+                    // A takeover: the old address hears nothing more.
+                    if self.by_addr.get(&old) == Some(&cid) {
+                        self.by_addr.remove(&old);
+                    }
+                    Metrics::inc(&self.metrics.takeovers);
+                    info!(client_id, %old, new = %from, "session taken over by a new address");
+                }
+            }
+        }
+        cid
+    }
+
+    /// A datagram from an address without a session: an unsolicited
+    /// DISCONNECT (rate-limited per address) tells a sensor that missed a
+    /// gateway restart or a NAT rebinding to connect again.
+    async fn unknown_sender(&mut self, packet: &Packet<'_>, from: SocketAddr, now: Instant) {
+        Metrics::inc(&self.metrics.unknown_sender);
+        if matches!(packet, Packet::SearchGw { .. } | Packet::Advertise(_) | Packet::GwInfo(_)) {
+            return;
+        }
+        if let Some(last) = self.unknown_sent.get(&from) {
+            if now.duration_since(*last) < self.opts.unknown_disconnect_interval {
+                return;
+            }
+        }
+        if self.unknown_sent.len() > 65_536 {
+            let horizon = self.opts.unknown_disconnect_interval;
+            self.unknown_sent.retain(|_, t| now.duration_since(*t) < horizon);
+        }
+        self.unknown_sent.insert(from, now);
+        debug!(%from, "{} from an address without a session: DISCONNECT", packet.msg_type());
+        self.send_to(&Packet::Disconnect(None), from).await;
+    }
+
+    async fn upstream_event(&mut self, key: UpstreamKey, event: Event) {
+        let Some(cid) = self.by_key.get(&key).cloned() else { return };
+        let closed = matches!(event, Event::Closed | Event::Refused { .. });
+        if let Event::Unavailable { reason } = &event {
+            warn!(client_id = %cid, "broker unavailable: {reason}");
+        }
+        if let Some(entry) = self.sessions.get_mut(&cid) {
+            if closed && entry.upstream.as_ref().is_some_and(|(k, _)| *k == key) {
+                entry.upstream = None;
+            }
+            entry.session.handle_upstream(event, Instant::now().into_std());
+        }
+        if closed {
+            self.by_key.remove(&key);
+        }
+        self.flush(&cid).await;
+    }
+
+    async fn timers_due(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((t, _))) = self.timers.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((t, cid))) = self.timers.pop() else { break };
+            let Some(entry) = self.sessions.get_mut(&cid) else { continue };
+            if entry.scheduled != Some(t) {
+                continue;
+            }
+            entry.scheduled = None;
+            entry.session.handle_timeout(now.into_std());
+            self.flush(&cid).await;
+        }
+    }
+
+    /// Moves a session's outputs to the socket, its upstream, the counters
+    /// and the timer heap.
+    async fn flush(&mut self, cid: &Arc<str>) {
+        let Some(entry) = self.sessions.get_mut(cid) else { return };
+        let mut ended = false;
+        while let Some(out) = entry.session.poll_transmit() {
+            let Some(addr) = entry.addr else { continue };
+            match out.encode(&mut self.out) {
+                Ok(n) => {
+                    let datagram = self.out.get(..n).unwrap_or_default();
+                    match self.socket.send_to(datagram, addr).await {
+                        Ok(_) => Metrics::inc(&self.metrics.datagrams_out),
+                        Err(e) => debug!(%addr, "send_to: {e}"),
+                    }
+                }
+                Err(e) => {
+                    warn!(client_id = %cid, "cannot encode {:?}: {e}", out.packet().msg_type())
+                }
+            }
+        }
+        while let Some(cmd) = entry.session.poll_upstream() {
+            if entry.upstream.is_none() {
+                if !matches!(cmd, Command::Connect(_)) {
+                    // Nothing to close or acknowledge without a connection.
+                    continue;
+                }
+                let key = self.next_key;
+                self.next_key += 1;
+                let tx = self.upstreams.start(key, self.events_tx.clone());
+                self.by_key.insert(key, cid.clone());
+                entry.upstream = Some((key, tx));
+            }
+            if let Some((_, tx)) = &entry.upstream {
+                let _ = tx.send(cmd);
+            }
+        }
+        while let Some(ev) = entry.session.poll_event() {
+            match ev {
+                SessionEvent::Connected => {
+                    if !entry.counted_active {
+                        entry.counted_active = true;
+                        Metrics::inc(&self.metrics.sessions_active);
+                    }
+                    debug!(client_id = %cid, "connected");
+                }
+                SessionEvent::Dropped(reason) => self.metrics.dropped(reason),
+                SessionEvent::Lost => {
+                    Metrics::inc(&self.metrics.sensors_lost);
+                    info!(client_id = %cid, "sensor lost: keepalive expired, will published");
+                }
+                SessionEvent::Ended => ended = true,
+            }
+        }
+        if entry.counted_active && !entry.session.is_active() {
+            entry.counted_active = false;
+            Metrics::dec(&self.metrics.sessions_active);
+        }
+        if ended || entry.session.is_ended() {
+            // The session is over: its address no longer reaches it.
+            if let Some(addr) = entry.addr.take() {
+                if self.by_addr.get(&addr) == Some(cid) {
+                    self.by_addr.remove(&addr);
+                }
+            }
+            if !entry.session.persistent() && entry.upstream.is_none() {
+                self.sessions.remove(cid);
+                return;
+            }
+        }
+        if let Some(t) = entry.session.poll_timeout() {
+            let t = Instant::from_std(t);
+            if entry.scheduled.is_none_or(|s| t < s) {
+                entry.scheduled = Some(t);
+                self.timers.push(Reverse((t, cid.clone())));
+            }
+        }
+    }
+
+    async fn send_to(&mut self, packet: &Packet<'_>, addr: SocketAddr) {
+        if let Ok(n) = packet.encode(&mut self.out) {
+            if let Some(d) = self.out.get(..n) {
+                if self.socket.send_to(d, addr).await.is_ok() {
+                    Metrics::inc(&self.metrics.datagrams_out);
+                }
+            }
+        }
+    }
+
+    /// At most 20 warnings a second about bad input.
+    fn may_log(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.log_budget.0) >= Duration::from_secs(1) {
+            self.log_budget = (now, 0);
+        }
+        self.log_budget.1 += 1;
+        self.log_budget.1 <= 20
+    }
+
+    async fn shutdown(&mut self, events_rx: &mut mpsc::UnboundedReceiver<(UpstreamKey, Event)>) {
+        info!(sessions = self.sessions.len(), "shutting down");
+        let cids: Vec<Arc<str>> = self.sessions.keys().cloned().collect();
+        for cid in &cids {
+            if let Some(entry) = self.sessions.get_mut(cid) {
+                if entry.session.is_active() {
+                    if let Some(addr) = entry.addr {
+                        let mut b = [0u8; 4];
+                        if let Ok(n) = Packet::Disconnect(None).encode(&mut b) {
+                            let _ = self.socket.send_to(&b[..n], addr).await;
+                        }
+                    }
+                }
+                if let Some((_, tx)) = &entry.upstream {
+                    let _ = tx.send(Command::Disconnect);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.opts.shutdown_grace;
+        while !self.by_key.is_empty() {
+            match tokio::time::timeout_at(deadline, events_rx.recv()).await {
+                Ok(Some((key, Event::Closed | Event::Refused { .. }))) => {
+                    self.by_key.remove(&key);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !self.by_key.is_empty() {
+            warn!(left = self.by_key.len(), "upstream sessions still open at shutdown");
+        }
+    }
+}

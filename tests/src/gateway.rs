@@ -1,0 +1,116 @@
+//! The gateway run in-process for a test: bound to 127.0.0.1:0, on its own
+//! tokio runtime thread, stopped gracefully on drop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqttsn_gateway::metrics::{Metrics, Snapshot};
+use mqttsn_gateway::mqtt::client::ClientOptions;
+use mqttsn_gateway::server::{self, ServerOptions};
+use mqttsn_gateway::session::SessionConfig;
+use mqttsn_gateway::upstream::connection::{Backoff, MqttUpstreams, TcpConnector, UpstreamOptions};
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Session settings with test-speed timers.
+pub fn fast_config() -> SessionConfig {
+    SessionConfig {
+        retry_interval: Duration::from_millis(200),
+        max_retries: 3,
+        ..SessionConfig::default()
+    }
+}
+
+impl Gateway {
+    /// A gateway in front of the broker on `broker_port`.
+    pub fn start(broker_port: u16) -> Self {
+        Self::start_with(broker_port, fast_config())
+    }
+
+    /// A gateway with these session settings.
+    pub fn start_with(broker_port: u16, cfg: SessionConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let m = metrics.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+                addr_tx.send(socket.local_addr().expect("addr")).expect("send addr");
+                let upstreams = MqttUpstreams::new(
+                    Arc::new(TcpConnector { addr: format!("127.0.0.1:{broker_port}") }),
+                    UpstreamOptions {
+                        client: ClientOptions {
+                            keep_alive: Duration::from_secs(30),
+                            response_timeout: Duration::from_secs(5),
+                        },
+                        backoff: Backoff {
+                            initial: Duration::from_millis(50),
+                            max: Duration::from_millis(500),
+                        },
+                        connect_timeout: Duration::from_secs(2),
+                        ..UpstreamOptions::default()
+                    },
+                );
+                let shutdown = async {
+                    let _ = stop_rx.await;
+                };
+                server::run(
+                    socket,
+                    upstreams,
+                    Arc::new(cfg),
+                    ServerOptions::default(),
+                    m,
+                    shutdown,
+                )
+                .await
+                .expect("gateway run");
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("gateway address");
+        Self { addr, metrics, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    /// Where sensors send.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The gateway's counters now.
+    pub fn metrics(&self) -> Snapshot {
+        self.metrics.snapshot()
+    }
+
+    /// The live counters.
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Stops the gateway gracefully and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
