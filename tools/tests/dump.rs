@@ -1,0 +1,113 @@
+//! `mqttsn dump` as a real process: datagrams from real sockets on
+//! 127.0.0.1, both modes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Dump {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Dump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str]) -> Dump {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttsn"))
+        .arg("dump")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mqttsn dump");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(WAIT).expect("dump prints its address");
+    let addr = line.trim().rsplit("udp://").nth(if line.contains("<->") { 1 } else { 0 });
+    let addr = addr.unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    Dump { child, addr }
+}
+
+/// Waits (bounded) for the process to exit and returns its stdout lines.
+fn output(mut d: Dump) -> Vec<String> {
+    let mut stdout = d.child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    let out = rx.recv_timeout(WAIT).expect("dump exits after --count datagrams");
+    out.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn listen_mode_prints_each_datagram() {
+    let d = start(&["--count", "3"]);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = s.local_addr().unwrap();
+    s.send_to(&[0x0a, 0x04, 0x04, 0x01, 0x00, 0x3c, b's', b'n', b'0', b'1'], d.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    s.send_to(&[0x05, 0x0e, 0x00, 0x01], d.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    s.send_to(&[0x09, 0x0c, 0x00, 0x00, 0x01, 0x00, 0x00, b'h', b'i'], d.addr).unwrap();
+    let lines = output(d);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].contains(&me.to_string()) && lines[0].contains("CONNECT"), "{lines:?}");
+    assert!(lines[0].contains("sn01"), "{lines:?}");
+    assert!(lines[1].contains("MALFORMED") && lines[1].contains("05 0e 00 01"), "{lines:?}");
+    assert!(lines[2].contains("PUBLISH"), "{lines:?}");
+}
+
+#[test]
+fn relay_mode_prints_both_directions() {
+    // A stand-in gateway that answers CONNECT with CONNACK.
+    let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    gw.set_read_timeout(Some(WAIT)).unwrap();
+    let gw_addr = gw.local_addr().unwrap().to_string();
+    let d = start(&["--relay-to", &gw_addr, "--count", "2"]);
+    let sensor = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sensor.set_read_timeout(Some(WAIT)).unwrap();
+    sensor.send_to(&[0x08, 0x04, 0x04, 0x01, 0x00, 0x3c, b'a', b'b'], d.addr).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, relay) = gw.recv_from(&mut buf).expect("relayed CONNECT");
+    assert_eq!(buf[1], 0x04);
+    assert_eq!(n, 8);
+    assert_ne!(relay, sensor.local_addr().unwrap());
+    gw.send_to(&[0x03, 0x05, 0x00], relay).unwrap();
+    let (n, from) = sensor.recv_from(&mut buf).expect("relayed CONNACK");
+    assert_eq!((&buf[..n], from), (&[0x03u8, 0x05, 0x00][..], d.addr));
+    let lines = output(d);
+    let me = sensor.local_addr().unwrap().to_string();
+    assert!(
+        lines[0].contains(&format!("sensor {me} -> gw")) && lines[0].contains("CONNECT"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains(&format!("sensor {me} <- gw")) && lines[1].contains("CONNACK"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn help_works() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mqttsn")).args(["dump", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--relay-to"));
+}
