@@ -71,6 +71,13 @@ pub struct DumpOptions {
     pub idle_timeout: Duration,
 }
 
+/// A relayed sensor: its upstream socket and the task reading answers.
+struct Peer {
+    socket: Arc<UdpSocket>,
+    seen: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
 struct Printer {
     printed: u64,
     limit: Option<u64>,
@@ -109,7 +116,7 @@ pub async fn run(opts: DumpOptions, bound: impl FnOnce(SocketAddr)) -> std::io::
     // Relay: one upstream socket per sensor, so the gateway sees each
     // sensor on its own port.
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
-    let mut peers: HashMap<SocketAddr, (Arc<UdpSocket>, Instant)> = HashMap::new();
+    let mut peers: HashMap<SocketAddr, Peer> = HashMap::new();
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
@@ -117,11 +124,17 @@ pub async fn run(opts: DumpOptions, bound: impl FnOnce(SocketAddr)) -> std::io::
                 let datagram = &buf[..n];
                 let keep = printer.print(from, Direction::ToGateway, datagram);
                 let now = Instant::now();
-                peers.retain(|_, (_, seen)| now.duration_since(*seen) < opts.idle_timeout);
+                peers.retain(|_, p| {
+                    let live = now.duration_since(p.seen) < opts.idle_timeout;
+                    if !live {
+                        p.task.abort();
+                    }
+                    live
+                });
                 let upstream = match peers.get_mut(&from) {
-                    Some((s, seen)) => {
-                        *seen = now;
-                        s.clone()
+                    Some(p) => {
+                        p.seen = now;
+                        p.socket.clone()
                     }
                     None => {
                         if peers.len() >= opts.max_peers {
@@ -137,7 +150,7 @@ pub async fn run(opts: DumpOptions, bound: impl FnOnce(SocketAddr)) -> std::io::
                         let s = Arc::new(UdpSocket::bind(bind).await?);
                         s.connect(gateway).await?;
                         let (s2, tx) = (s.clone(), back_tx.clone());
-                        tokio::spawn(async move {
+                        let task = tokio::spawn(async move {
                             let mut b = vec![0u8; 65_536];
                             while let Ok(n) = s2.recv(&mut b).await {
                                 if tx.send((from, b[..n].to_vec())).is_err() {
@@ -145,7 +158,7 @@ pub async fn run(opts: DumpOptions, bound: impl FnOnce(SocketAddr)) -> std::io::
                                 }
                             }
                         });
-                        peers.insert(from, (s.clone(), now));
+                        peers.insert(from, Peer { socket: s.clone(), seen: now, task });
                         s
                     }
                 };
