@@ -5,4 +5,5 @@
 pub mod broker;
 pub mod gateway;
 pub mod mqtt_client;
+pub mod pcap;
 pub mod sn;
