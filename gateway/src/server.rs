@@ -263,8 +263,14 @@ impl<U: Upstreams> Server<U> {
     async fn upstream_event(&mut self, key: UpstreamKey, event: Event) {
         let Some(cid) = self.by_key.get(&key).cloned() else { return };
         let closed = matches!(event, Event::Closed | Event::Refused { .. });
-        if let Event::Unavailable { reason } = &event {
-            warn!(client_id = %cid, "broker unavailable: {reason}");
+        match &event {
+            Event::Unavailable { reason } => {
+                warn!(client_id = %cid, "broker unavailable: {reason}")
+            }
+            Event::Refused { code } => {
+                warn!(client_id = %cid, "broker refused the connection: code {code}")
+            }
+            _ => {}
         }
         if let Some(entry) = self.sessions.get_mut(&cid) {
             if closed && entry.upstream.as_ref().is_some_and(|(k, _)| *k == key) {

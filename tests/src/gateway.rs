@@ -36,6 +36,11 @@ impl Gateway {
 
     /// A gateway with these session settings.
     pub fn start_with(broker_port: u16, cfg: SessionConfig) -> Self {
+        // The gateway's logs go to the test's captured output, shown when
+        // it fails; RUST_LOG=mqttsn_gateway=debug shows more.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mqttsn_gateway=info"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         let metrics = Arc::new(Metrics::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();

@@ -118,3 +118,99 @@ pub fn describe(d: &[u8]) -> String {
         Err(e) => format!("{d:02x?} ({e})"),
     }
 }
+
+/// An owned copy of a received PUBLISH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// DUP.
+    pub dup: bool,
+    /// QoS.
+    pub qos: mqttsn_codec::QoS,
+    /// RETAIN.
+    pub retain: bool,
+    /// Topic.
+    pub topic: mqttsn_codec::TopicId,
+    /// MsgId.
+    pub msg_id: u16,
+    /// Payload.
+    pub data: Vec<u8>,
+}
+
+impl Sensor {
+    /// REGISTERs a topic name; returns the id (fails the test on refusal).
+    pub fn register(&mut self, name: &str, msg_id: u16) -> u16 {
+        self.send(Packet::Register(mqttsn_codec::Register {
+            topic_id: 0,
+            msg_id,
+            topic_name: name.as_bytes(),
+        }));
+        let d = self.expect_where("REGACK", |p| matches!(p, Packet::RegAck(_)));
+        match Packet::decode(&d) {
+            Ok(Packet::RegAck(a)) => {
+                assert_eq!(a.msg_id, msg_id);
+                assert_eq!(a.return_code, mqttsn_codec::ReturnCode::Accepted, "REGISTER {name}");
+                a.topic_id
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// SUBSCRIBEs and returns the SUBACK.
+    pub fn subscribe(
+        &mut self,
+        topic: mqttsn_codec::TopicFilter<'_>,
+        qos: mqttsn_codec::QoS,
+        msg_id: u16,
+    ) -> mqttsn_codec::SubAck {
+        self.send(Packet::Subscribe(mqttsn_codec::Subscribe { dup: false, qos, msg_id, topic }));
+        let d = self.expect_where("SUBACK", |p| matches!(p, Packet::SubAck(_)));
+        match Packet::decode(&d) {
+            Ok(Packet::SubAck(s)) => {
+                assert_eq!(s.msg_id, msg_id);
+                s
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Waits for the next PUBLISH (other datagrams are skipped).
+    pub fn next_publish(&mut self) -> Received {
+        let d = self.expect_where("PUBLISH", |p| matches!(p, Packet::Publish(_)));
+        match Packet::decode(&d) {
+            Ok(Packet::Publish(p)) => Received {
+                dup: p.dup,
+                qos: p.qos,
+                retain: p.retain,
+                topic: p.topic,
+                msg_id: p.msg_id,
+                data: p.data.to_vec(),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The next datagram, decoded into an owned description for
+    /// assertions.
+    pub fn next_line(&mut self) -> String {
+        describe(&self.recv())
+    }
+
+    /// PUBLISH with the given fields.
+    pub fn publish(
+        &self,
+        topic: mqttsn_codec::TopicId,
+        qos: mqttsn_codec::QoS,
+        msg_id: u16,
+        data: &[u8],
+        retain: bool,
+    ) {
+        self.send(Packet::Publish(mqttsn_codec::Publish {
+            dup: false,
+            qos,
+            retain,
+            topic,
+            msg_id,
+            data,
+        }));
+    }
+}

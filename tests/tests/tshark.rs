@@ -63,10 +63,11 @@ static LONG: [u8; 300] = [0x61; 300];
 
 fn cases() -> Vec<Case> {
     let mut v = vec![
-        case("ADVERTISE", Packet::Advertise(Advertise { gw_id: 7, duration: 900 }), &[
-            ("mqttsn.gw.id", "7"),
-            ("mqttsn.adv.interv", "900"),
-        ]),
+        case(
+            "ADVERTISE",
+            Packet::Advertise(Advertise { gw_id: 7, duration: 900 }),
+            &[("mqttsn.gw.id", "7"), ("mqttsn.adv.interv", "900")],
+        ),
         case("SEARCHGW", Packet::SearchGw { radius: 2 }, &[("mqttsn.radius", "2")]),
         case("GWINFO", Packet::GwInfo(GwInfo { gw_id: 3, gw_addr: b"" }), &[("mqttsn.gw.id", "3")]),
         case(
@@ -90,7 +91,11 @@ fn cases() -> Vec<Case> {
         case("WILLTOPICREQ", Packet::WillTopicReq, &[]),
         case(
             "WILLTOPIC",
-            Packet::WillTopic(Some(WillTopic { qos: QoS::AtLeastOnce, retain: true, topic: b"w/t" })),
+            Packet::WillTopic(Some(WillTopic {
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                topic: b"w/t",
+            })),
             // The dissector shows only the TopicIdType bits of these Flags.
             &[("mqttsn.topic.id.type", "0x00"), ("mqttsn.will.topic", "w/t")],
         ),
@@ -115,8 +120,11 @@ fn cases() -> Vec<Case> {
         ("PUBLISH QoS -1 predefined", QoS::NoSession, TopicId::Predefined(10), "0x03"),
     ] {
         let id_type = format!("0x{:02x}", topic.id_type().bits());
-        let mut fields =
-            vec![("mqttsn.qos", q.to_owned()), ("mqttsn.topic.id.type", id_type), ("mqttsn.msg.id", "3".into())];
+        let mut fields = vec![
+            ("mqttsn.qos", q.to_owned()),
+            ("mqttsn.topic.id.type", id_type),
+            ("mqttsn.msg.id", "3".into()),
+        ];
         fields.push(match topic {
             // The dissector shows a short name as the number of its octets.
             TopicId::Short(s) => ("mqttsn.topic.id", u16::from_be_bytes(s).to_string()),
@@ -209,31 +217,39 @@ fn cases() -> Vec<Case> {
         ),
         case("UNSUBACK", Packet::UnsubAck(21), &[("mqttsn.msg.id", "21")]),
         case("PINGREQ", Packet::PingReq(None), &[]),
-        case("PINGREQ with ClientId", Packet::PingReq(Some(b"sleepy")), &[(
-            "mqttsn.client.id",
-            "sleepy",
-        )]),
+        case(
+            "PINGREQ with ClientId",
+            Packet::PingReq(Some(b"sleepy")),
+            &[("mqttsn.client.id", "sleepy")],
+        ),
         case("PINGRESP", Packet::PingResp, &[]),
         case("DISCONNECT", Packet::Disconnect(None), &[]),
-        case("DISCONNECT with Duration", Packet::Disconnect(Some(3600)), &[(
-            "mqttsn.sleep.timer",
-            "3600",
-        )]),
+        case(
+            "DISCONNECT with Duration",
+            Packet::Disconnect(Some(3600)),
+            &[("mqttsn.sleep.timer", "3600")],
+        ),
         case(
             "WILLTOPICUPD",
-            Packet::WillTopicUpd(Some(WillTopic { qos: QoS::ExactlyOnce, retain: false, topic: b"w2" })),
+            Packet::WillTopicUpd(Some(WillTopic {
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: b"w2",
+            })),
             &[("mqttsn.will.topic", "w2")],
         ),
         case("WILLTOPICUPD empty", Packet::WillTopicUpd(None), &[]),
-        case("WILLTOPICRESP", Packet::WillTopicResp(ReturnCode::Accepted), &[(
-            "mqttsn.return.code",
-            "0x00",
-        )]),
+        case(
+            "WILLTOPICRESP",
+            Packet::WillTopicResp(ReturnCode::Accepted),
+            &[("mqttsn.return.code", "0x00")],
+        ),
         case("WILLMSGUPD", Packet::WillMsgUpd(b"new"), &[("mqttsn.will.msg", "new")]),
-        case("WILLMSGRESP", Packet::WillMsgResp(ReturnCode::NotSupported), &[(
-            "mqttsn.return.code",
-            "0x03",
-        )]),
+        case(
+            "WILLMSGRESP",
+            Packet::WillMsgResp(ReturnCode::NotSupported),
+            &[("mqttsn.return.code", "0x03")],
+        ),
     ]);
     v.push(Case {
         name: "encapsulated PINGREQ, 2-octet node id",
