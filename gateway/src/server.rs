@@ -158,6 +158,7 @@ impl<U: Upstreams> Server<U> {
                 return;
             }
         };
+        debug!(%from, "in: {frame}");
         if frame.forwarder.is_some() {
             // Forwarder-encapsulated traffic is not routed yet.
             Metrics::inc(&self.metrics.malformed);
@@ -173,6 +174,7 @@ impl<U: Upstreams> Server<U> {
                     if self.may_log(now) {
                         warn!(%from, "CONNECT refused: {rc}");
                     }
+                    debug!(%from, "out: CONNACK {rc}");
                     self.send_to(&Packet::ConnAck(rc), from).await;
                     return;
                 }
@@ -261,7 +263,11 @@ impl<U: Upstreams> Server<U> {
     }
 
     async fn upstream_event(&mut self, key: UpstreamKey, event: Event) {
-        let Some(cid) = self.by_key.get(&key).cloned() else { return };
+        let Some(cid) = self.by_key.get(&key).cloned() else {
+            debug!(upstream = key, "event from a finished upstream ignored: {event:?}");
+            return;
+        };
+        debug!(client_id = %cid, upstream = key, "event: {event:?}");
         let closed = matches!(event, Event::Closed | Event::Refused { .. });
         match &event {
             Event::Unavailable { reason } => {
@@ -273,10 +279,15 @@ impl<U: Upstreams> Server<U> {
             _ => {}
         }
         if let Some(entry) = self.sessions.get_mut(&cid) {
-            if closed && entry.upstream.as_ref().is_some_and(|(k, _)| *k == key) {
-                entry.upstream = None;
+            let current = entry.upstream.as_ref().is_some_and(|(k, _)| *k == key);
+            if current {
+                if closed {
+                    entry.upstream = None;
+                }
+                entry.session.handle_upstream(event, Instant::now().into_std());
+            } else {
+                debug!(client_id = %cid, upstream = key, "event from a replaced upstream ignored");
             }
-            entry.session.handle_upstream(event, Instant::now().into_std());
         }
         if closed {
             self.by_key.remove(&key);
@@ -308,6 +319,7 @@ impl<U: Upstreams> Server<U> {
         let mut ended = false;
         while let Some(out) = entry.session.poll_transmit() {
             let Some(addr) = entry.addr else { continue };
+            debug!(%addr, "out: {}", out.packet());
             match out.encode(&mut self.out) {
                 Ok(n) => {
                     let datagram = self.out.get(..n).unwrap_or_default();
@@ -333,7 +345,8 @@ impl<U: Upstreams> Server<U> {
                 self.by_key.insert(key, cid.clone());
                 entry.upstream = Some((key, tx));
             }
-            if let Some((_, tx)) = &entry.upstream {
+            if let Some((key, tx)) = &entry.upstream {
+                debug!(client_id = %cid, upstream = key, "command: {cmd:?}");
                 let _ = tx.send(cmd);
             }
         }

@@ -17,6 +17,30 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    logs: LogBuffer,
+}
+
+/// Log lines of one gateway, kept in memory.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
 
 /// Session settings with test-speed timers.
@@ -36,18 +60,31 @@ impl Gateway {
 
     /// A gateway with these session settings.
     pub fn start_with(broker_port: u16, cfg: SessionConfig) -> Self {
-        // The gateway's logs go to the test's captured output, shown when
-        // it fails; RUST_LOG=mqttsn_gateway=debug shows more.
+        // This gateway's own logs, printed if the test fails; RUST_LOG
+        // (default mqttsn_gateway=debug) chooses what is kept.
+        let logs = LogBuffer::default();
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mqttsn_gateway=info"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mqttsn_gateway=debug"));
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(logs.clone())
+                .finish(),
+        );
         let metrics = Arc::new(Metrics::default());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let m = metrics.clone();
         let thread = std::thread::spawn(move || {
+            let d = dispatch.clone();
+            let _guard = tracing::dispatcher::set_default(&dispatch);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .on_thread_start(move || {
+                    // Lives as long as the worker thread.
+                    std::mem::forget(tracing::dispatcher::set_default(&d));
+                })
                 .enable_all()
                 .build()
                 .expect("runtime");
@@ -85,7 +122,7 @@ impl Gateway {
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("gateway address");
-        Self { addr, metrics, stop: Some(stop_tx), thread: Some(thread) }
+        Self { addr, metrics, stop: Some(stop_tx), thread: Some(thread), logs }
     }
 
     /// Where sensors send.
@@ -117,5 +154,10 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            if let Ok(v) = self.logs.0.lock() {
+                eprintln!("---- gateway log ----\n{}", String::from_utf8_lossy(&v));
+            }
+        }
     }
 }

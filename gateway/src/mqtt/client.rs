@@ -775,6 +775,33 @@ mod tests {
     }
 
     #[test]
+    fn suback_refusal_and_unsuback() {
+        let mut t = T::up(true, false);
+        t.cmd(Command::Subscribe { id: 1, filter: "ok".into(), qos: QoS::ExactlyOnce });
+        t.cmd(Command::Subscribe { id: 2, filter: "denied".into(), qos: QoS::AtMostOnce });
+        t.cmd(Command::Unsubscribe { id: 3, filter: "ok".into() });
+        let pkids: Vec<u16> = t
+            .sent()
+            .into_iter()
+            .map(|p| match p {
+                MqttPacket::Subscribe { pkid, .. } | MqttPacket::Unsubscribe { pkid, .. } => pkid,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        t.pkt(MqttPacket::SubAck { pkid: pkids[0], codes: vec![1] });
+        t.pkt(MqttPacket::SubAck { pkid: pkids[1], codes: vec![0x80] });
+        t.pkt(MqttPacket::UnsubAck(pkids[2]));
+        assert_eq!(
+            t.events(),
+            [
+                Event::SubAcked { id: 1, granted: Some(QoS::AtLeastOnce) },
+                Event::SubAcked { id: 2, granted: None },
+                Event::UnsubAcked { id: 3 },
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_pubrel_gets_pubcomp() {
         let mut t = T::up(true, false);
         t.pkt(MqttPacket::PubRel(999));

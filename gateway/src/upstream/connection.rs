@@ -81,6 +81,8 @@ pub struct UpstreamOptions {
     pub connect_timeout: Duration,
     /// The largest packet accepted from the broker.
     pub max_packet: usize,
+    /// How long to wait for the broker to close after DISCONNECT.
+    pub close_timeout: Duration,
 }
 
 impl Default for UpstreamOptions {
@@ -90,6 +92,7 @@ impl Default for UpstreamOptions {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(5),
             max_packet: 1 << 20,
+            close_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -200,6 +203,15 @@ async fn run(
         }
         if failed.is_none() && client.poll_close() {
             let _ = s.shutdown().await;
+            // After DISCONNECT, wait (briefly) for the broker to close its
+            // side: then it has processed the DISCONNECT before any new
+            // connection with the same ClientId arrives, so a replacement
+            // never looks like a takeover that fires the will.
+            let mut sink = [0u8; 512];
+            let _ = tokio::time::timeout(opts.close_timeout, async {
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
             stream = None;
             client.handle_transport_down("closed by the gateway");
             continue;
