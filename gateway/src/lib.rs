@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod mqtt;
 pub mod server;

@@ -53,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
     let broker = cfg.broker_addr()?;
     let session = Arc::new(cfg.session_config()?);
 
+    match mqttsn_gateway::limits::raise_open_files() {
+        Ok(n) => info!("open files limit: {n}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
     let socket = tokio::net::UdpSocket::bind(listen)
         .await
         .with_context(|| format!("cannot listen on udp://{listen}"))?;

@@ -161,3 +161,23 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// The `mqttsn-gateway` binary of this build, built first if missing.
+pub fn gateway_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/mqttsn-gateway
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("mqttsn-gateway");
+    if !bin.is_file() {
+        let profile_release = dir.ends_with("release");
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "mqttsn-gateway", "--bin", "mqttsn-gateway"]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p mqttsn-gateway failed");
+    }
+    assert!(bin.is_file(), "{} missing", bin.display());
+    bin
+}

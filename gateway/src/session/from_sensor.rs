@@ -309,6 +309,7 @@ impl Session {
         let Some(UpRequest::Subscribe { msg_id, topic_id, filter, qos: _ }) =
             self.requests.remove(&id)
         else {
+            // A restored subscription: nothing to tell the sensor.
             return;
         };
         self.pending_msg_ids.remove(&msg_id);

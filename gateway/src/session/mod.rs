@@ -154,9 +154,22 @@ enum Wait {
 /// A request sent upstream on the sensor's behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum UpRequest {
-    Publish { msg_id: u16, topic_id: u16, qos: mqttsn_codec::QoS },
-    Subscribe { msg_id: u16, topic_id: u16, filter: Arc<str>, qos: MqttQoS },
-    Unsubscribe { msg_id: u16 },
+    Publish {
+        msg_id: u16,
+        topic_id: u16,
+        qos: mqttsn_codec::QoS,
+    },
+    Subscribe {
+        msg_id: u16,
+        topic_id: u16,
+        filter: Arc<str>,
+        qos: MqttQoS,
+    },
+    Unsubscribe {
+        msg_id: u16,
+    },
+    /// Restores a subscription the broker lost; no answer to the sensor.
+    Resubscribe,
 }
 
 /// A sensor's QoS 2 PUBLISH between PUBLISH and PUBCOMP.
@@ -204,6 +217,8 @@ pub struct Session {
 
     // The upstream.
     upstream_open: bool,
+    /// The connection being opened has CleanSession true (a wipe).
+    connecting_clean: bool,
     plan: VecDeque<Step>,
     waiting: Option<Wait>,
 
@@ -253,6 +268,7 @@ impl Session {
             next_msg_id: 0,
             stalled: false,
             upstream_open: false,
+            connecting_clean: false,
             plan: VecDeque::new(),
             waiting: None,
             transmits: VecDeque::new(),
@@ -347,6 +363,12 @@ impl Session {
     pub fn handle_upstream(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected { session_present } => {
+                if !session_present && !self.connecting_clean {
+                    // The broker lost the session (a restart without
+                    // persistence, say): subscribe again to what the
+                    // sensor subscribed to.
+                    self.resubscribe();
+                }
                 if self.waiting == Some(Wait::Connected) {
                     self.waiting = None;
                     if self.plan.front() == Some(&Step::WipeIfPresent) {
@@ -586,6 +608,7 @@ impl Session {
                         password: None,
                     };
                     self.upstream_open = true;
+                    self.connecting_clean = clean;
                     self.commands.push_back(Command::Connect(spec));
                     self.waiting = Some(Wait::Connected);
                 }
@@ -683,6 +706,15 @@ impl Session {
         self.qos2_in.clear();
         self.pending_msg_ids.clear();
         self.requests.clear();
+    }
+
+    fn resubscribe(&mut self) {
+        let subs = self.subs.clone();
+        for (filter, qos) in subs {
+            let id = self.next_request();
+            self.requests.insert(id, UpRequest::Resubscribe);
+            self.commands.push_back(Command::Subscribe { id, filter: filter.to_string(), qos });
+        }
     }
 
     fn send(&mut self, p: Packet<'static>) {

@@ -762,3 +762,28 @@ fn too_long_messages_are_dropped_and_acked() {
     });
     assert_eq!(h.tx().len(), 1);
 }
+
+#[test]
+fn subscriptions_are_restored_when_the_broker_lost_the_session() {
+    let mut h = H::connected(false, 0);
+    h.subscribe("a/#", QoS::AtLeastOnce);
+    h.subscribe("b", QoS::ExactlyOnce);
+    // The broker restarted without persistence.
+    h.up(Event::Unavailable { reason: "reset".into() });
+    h.up(Event::Connected { session_present: false });
+    let cmds = h.cmds();
+    let filters: Vec<(&str, MqttQoS)> = cmds
+        .iter()
+        .map(|c| match c {
+            Command::Subscribe { filter, qos, .. } => (filter.as_str(), *qos),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(filters, [("a/#", MqttQoS::AtLeastOnce), ("b", MqttQoS::ExactlyOnce)]);
+    let Command::Subscribe { id, .. } = &cmds[0] else { panic!() };
+    h.up(Event::SubAcked { id: *id, granted: Some(MqttQoS::AtLeastOnce) });
+    assert!(h.tx().is_empty(), "no SUBACK for a restored subscription");
+    // With the session kept, nothing is sent again.
+    h.up(Event::Connected { session_present: true });
+    assert!(h.cmds().is_empty());
+}

@@ -1,0 +1,198 @@
+//! Keepalive, PINGREQ, unknown senders, bad input, broker outages and
+//! graceful shutdown, end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mqttsn_codec::{Ack, Connect, Packet, QoS, ReturnCode, TopicFilter, TopicId, WillTopic};
+use mqttsn_tests::broker::{unique, Mosquitto};
+use mqttsn_tests::gateway::Gateway;
+use mqttsn_tests::mqtt_client::MqttClient;
+use mqttsn_tests::sn::Sensor;
+
+#[test]
+fn pingreq_gets_pingresp_and_keeps_the_sensor_alive() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&unique("s"), true, 1);
+    // 1 s keepalive: pinging every 0.5 s for 2.5 s keeps the session.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(500));
+        s.send(Packet::PingReq(None));
+        s.expect(Packet::PingResp);
+    }
+    assert_eq!(gw.metrics().sensors_lost, 0);
+    assert_eq!(gw.metrics().sessions_active, 1);
+}
+
+#[test]
+fn silent_sensor_is_lost_and_then_unknown() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&unique("s"), true, 1);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(gw.metrics().sensors_lost, 1);
+    // Its address has no session any more.
+    s.send(Packet::PingReq(None));
+    s.expect(Packet::Disconnect(None));
+}
+
+#[test]
+fn messages_from_unknown_addresses_get_a_rate_limited_disconnect() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let mut s = Sensor::new(gw.addr());
+    s.publish(TopicId::Normal(1), QoS::AtLeastOnce, 1, b"after a restart", false);
+    s.expect(Packet::Disconnect(None));
+    // Within the interval: no second DISCONNECT.
+    s.send(Packet::PingReq(None));
+    s.expect_silence(Duration::from_millis(300));
+    // The sensor reconnects and carries on.
+    s.connect(&unique("s"), true, 60);
+    s.send(Packet::PingReq(None));
+    s.expect(Packet::PingResp);
+}
+
+#[test]
+fn malformed_datagrams_are_dropped_and_counted_without_harm() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&unique("s"), true, 60);
+    let bad: &[&[u8]] = &[
+        &[],
+        &[0x01],
+        &[0x01, 0x00],
+        &[0x00, 0x0c],
+        &[0x05, 0x0e, 0x00, 0x01],
+        &[0x04, 0x04, 0x04, 0x01],
+        &[0x08, 0xfe, 0x00, 0x01, 0x02, 0x03],
+        &[0x02, 0x99],
+    ];
+    let other = Sensor::new(gw.addr());
+    for b in bad {
+        other.send_raw(b);
+        s.send_raw(b);
+    }
+    // The session is untouched.
+    s.send(Packet::PingReq(None));
+    s.expect(Packet::PingResp);
+    let m = gw.metrics();
+    assert_eq!(m.malformed, 2 * bad.len() as u64, "{m:?}");
+}
+
+#[test]
+fn broker_outage_is_survived_and_nothing_acknowledged_is_lost() {
+    let mut broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let topic = unique("outage");
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&unique("s"), false, 60);
+    let id = s.register(&topic, 1);
+    s.subscribe(TopicFilter::Name(topic.as_bytes()), QoS::AtLeastOnce, 2);
+
+    broker.kill();
+    // Published (retained) during the outage: no PUBACK yet.
+    s.publish(TopicId::Normal(id), QoS::AtLeastOnce, 3, b"during outage", true);
+    s.expect_silence(Duration::from_millis(300));
+    broker.restart();
+    // Once the broker is back, the publish goes through, then PUBACK.
+    s.expect_where("PUBACK", |p| {
+        *p == Packet::PubAck(Ack { topic_id: id, msg_id: 3, return_code: ReturnCode::Accepted })
+    });
+    let mut late = MqttClient::connect(broker.port(), &unique("late"));
+    late.subscribe(&topic, 1);
+    assert_eq!(late.recv().payload, b"during outage");
+    // The new broker had no session: the gateway subscribed again, so
+    // messages reach the sensor.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        late.publish(&topic, b"after outage", 1, false);
+        if let Some(d) = s.recv_within(Duration::from_millis(200)) {
+            if let Ok(Packet::Publish(p)) = Packet::decode(&d) {
+                if p.data == b"after outage" {
+                    break;
+                }
+                // The retained message comes first with the subscription.
+                s.send(Packet::PubAck(Ack {
+                    topic_id: p.topic.raw(),
+                    msg_id: p.msg_id,
+                    return_code: ReturnCode::Accepted,
+                }));
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "subscription not restored");
+    }
+}
+
+#[test]
+fn the_binary_runs_and_stops_gracefully_on_sigterm() {
+    let broker = Mosquitto::start();
+    let will = unique("bin-will");
+    let mut watcher = MqttClient::connect(broker.port(), &unique("watch"));
+    watcher.subscribe(&will, 1);
+    let mut child = Command::new(mqttsn_tests::gateway::gateway_binary())
+        .args(["--listen", "127.0.0.1:0", "--broker", &broker.url()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mqttsn-gateway");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let out = child.stdout.take().unwrap();
+    let mut child = Kill(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("startup log line");
+        if let Some(rest) = line.split("listening on udp://").nth(1) {
+            break rest.split([',', ' ']).next().unwrap().parse().unwrap();
+        }
+    };
+    let mut s = Sensor::new(addr);
+    s.send(Packet::Connect(Connect {
+        will: true,
+        clean_session: true,
+        protocol_id: 1,
+        duration: 60,
+        client_id: unique("bin").as_bytes(),
+    }));
+    s.expect(Packet::WillTopicReq);
+    s.send(Packet::WillTopic(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: will.as_bytes(),
+    })));
+    s.expect(Packet::WillMsgReq);
+    s.send(Packet::WillMsg(b"must not fire"));
+    s.expect(Packet::ConnAck(ReturnCode::Accepted));
+
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // The sensor is told, the process exits by itself, and no will fires.
+    s.expect(Packet::Disconnect(None));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "gateway did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(watcher.recv_within(Duration::from_millis(500)).is_none(), "a will fired on shutdown");
+}
