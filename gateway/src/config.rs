@@ -139,6 +139,8 @@ pub struct LimitsSection {
     pub max_datagram: usize,
     /// The longest ClientId accepted.
     pub max_client_id_len: usize,
+    /// The most sessions at once; 0 means no limit.
+    pub max_sessions: usize,
 }
 
 impl Default for LimitsSection {
@@ -149,6 +151,7 @@ impl Default for LimitsSection {
             max_topics: 1000,
             max_datagram: 1024,
             max_client_id_len: mqttsn_codec::validate::MAX_CLIENT_ID_LEN,
+            max_sessions: 0,
         }
     }
 }
@@ -268,6 +271,14 @@ impl Config {
             }
         }
         Ok(table)
+    }
+
+    /// The dispatcher's settings.
+    pub fn server_options(&self) -> crate::server::ServerOptions {
+        crate::server::ServerOptions {
+            max_sessions: (self.limits.max_sessions > 0).then_some(self.limits.max_sessions),
+            ..crate::server::ServerOptions::default()
+        }
     }
 
     /// The settings every session runs with.

@@ -9,7 +9,7 @@ use clap::Parser;
 use mqttsn_gateway::config::Config;
 use mqttsn_gateway::metrics::Metrics;
 use mqttsn_gateway::mqtt::client::ClientOptions;
-use mqttsn_gateway::server::{self, ServerOptions};
+use mqttsn_gateway::server;
 use mqttsn_gateway::upstream::connection::{Backoff, MqttUpstreams, TcpConnector, UpstreamOptions};
 use tracing::info;
 
@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     let metrics = Arc::new(Metrics::default());
-    server::run(socket, upstreams, session, ServerOptions::default(), metrics, shutdown_signal())
+    server::run(socket, upstreams, session, cfg.server_options(), metrics, shutdown_signal())
         .await?;
     info!("stopped");
     Ok(())

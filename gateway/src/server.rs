@@ -49,6 +49,10 @@ pub struct ServerOptions {
     pub unknown_disconnect_interval: Duration,
     /// How long a graceful shutdown waits for upstream sessions to close.
     pub shutdown_grace: Duration,
+    /// The most sessions kept at once (connected or persistent); a CONNECT
+    /// for a new ClientId beyond it gets CONNACK congestion. `None`: no
+    /// limit but memory.
+    pub max_sessions: Option<usize>,
 }
 
 impl Default for ServerOptions {
@@ -56,6 +60,7 @@ impl Default for ServerOptions {
         Self {
             unknown_disconnect_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
+            max_sessions: None,
         }
     }
 }
@@ -179,6 +184,16 @@ impl<U: Upstreams> Server<U> {
                     return;
                 }
                 let Ok(client_id) = std::str::from_utf8(c.client_id) else { return };
+                let full = self.opts.max_sessions.is_some_and(|max| self.sessions.len() >= max);
+                if full && !self.sessions.contains_key(client_id) {
+                    Metrics::inc(&self.metrics.connects_refused);
+                    if self.may_log(now) {
+                        warn!(%from, client_id, "CONNECT refused: session limit reached");
+                    }
+                    self.send_to(&Packet::ConnAck(mqttsn_codec::ReturnCode::Congestion), from)
+                        .await;
+                    return;
+                }
                 let cid = self.attach(client_id, from, now.into_std());
                 if let Some(entry) = self.sessions.get_mut(&cid) {
                     entry.session.handle_connect(&c, now.into_std());

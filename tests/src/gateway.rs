@@ -60,6 +60,11 @@ impl Gateway {
 
     /// A gateway with these session settings.
     pub fn start_with(broker_port: u16, cfg: SessionConfig) -> Self {
+        Self::start_full(broker_port, cfg, ServerOptions::default())
+    }
+
+    /// A gateway with these session and dispatcher settings.
+    pub fn start_full(broker_port: u16, cfg: SessionConfig, opts: ServerOptions) -> Self {
         // This gateway's own logs, printed if the test fails; RUST_LOG
         // (default mqttsn_gateway=debug) chooses what is kept.
         let logs = LogBuffer::default();
@@ -109,16 +114,9 @@ impl Gateway {
                 let shutdown = async {
                     let _ = stop_rx.await;
                 };
-                server::run(
-                    socket,
-                    upstreams,
-                    Arc::new(cfg),
-                    ServerOptions::default(),
-                    m,
-                    shutdown,
-                )
-                .await
-                .expect("gateway run");
+                server::run(socket, upstreams, Arc::new(cfg), opts, m, shutdown)
+                    .await
+                    .expect("gateway run");
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("gateway address");

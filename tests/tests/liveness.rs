@@ -196,3 +196,27 @@ fn the_binary_runs_and_stops_gracefully_on_sigterm() {
     }
     assert!(watcher.recv_within(Duration::from_millis(500)).is_none(), "a will fired on shutdown");
 }
+
+#[test]
+fn session_limit_answers_congestion() {
+    let broker = Mosquitto::start();
+    let opts = mqttsn_gateway::server::ServerOptions {
+        max_sessions: Some(1),
+        ..mqttsn_gateway::server::ServerOptions::default()
+    };
+    let gw = Gateway::start_full(broker.port(), mqttsn_tests::gateway::fast_config(), opts);
+    let mut a = Sensor::new(gw.addr());
+    let id = unique("a");
+    a.connect(&id, true, 60);
+    let mut b = Sensor::new(gw.addr());
+    b.send(Packet::Connect(Connect {
+        will: false,
+        clean_session: true,
+        protocol_id: 1,
+        duration: 60,
+        client_id: unique("b").as_bytes(),
+    }));
+    b.expect(Packet::ConnAck(ReturnCode::Congestion));
+    // The existing ClientId still reconnects.
+    a.connect(&id, true, 60);
+}

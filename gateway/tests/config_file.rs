@@ -1,0 +1,23 @@
+//! `config/gateway.toml` documents every option with its default: it must
+//! parse, and give exactly the defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use mqttsn_gateway::config::Config;
+
+#[test]
+fn example_config_is_valid_and_shows_the_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+    let file = Config::load(&path).unwrap();
+    let defaults = Config::default();
+    assert_eq!(format!("{file:?}"), format!("{defaults:?}"));
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_key() {
+    let e = Config::parse("[limits]\nmax_topic = 3\n", "f.toml").unwrap_err().to_string();
+    assert!(e.contains("max_topic"), "{e}");
+    let e = Config::parse("[limits]\nmax_datagram = 8\n", "f.toml").unwrap_err().to_string();
+    assert!(e.contains("limits.max_datagram") && e.contains('8'), "{e}");
+    let e = Config::parse("[gateway]\nlisten = \"nowhere\"\n", "f.toml").unwrap_err().to_string();
+    assert!(e.contains("gateway.listen") && e.contains("nowhere"), "{e}");
+}
