@@ -54,6 +54,8 @@ pub struct Config {
     pub timers: TimersSection,
     /// `[limits]`: bounds per sensor.
     pub limits: LimitsSection,
+    /// `[sleep]`: sleeping sensors.
+    pub sleep: SleepSection,
     /// `[[predefined]]`: predefined topic ids.
     pub predefined: Vec<PredefinedTopic>,
 }
@@ -156,6 +158,24 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[sleep]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SleepSection {
+    /// Messages buffered for one sleeping sensor.
+    pub buffer_messages: usize,
+    /// Octets (payloads and topic names) buffered for one sleeping sensor.
+    pub buffer_bytes: usize,
+    /// Buffer QoS 0 messages too.
+    pub buffer_qos0: bool,
+}
+
+impl Default for SleepSection {
+    fn default() -> Self {
+        Self { buffer_messages: 1000, buffer_bytes: 1 << 20, buffer_qos0: true }
+    }
+}
+
 /// One `[[predefined]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +238,9 @@ impl Config {
                 l.max_client_id_len,
                 "must be 1 to 65535",
             ));
+        }
+        if self.sleep.buffer_messages == 0 {
+            return Err(invalid("sleep.buffer_messages", 0, "must be at least 1"));
         }
         self.predefined_table()?;
         Ok(())
@@ -300,6 +323,9 @@ impl Config {
             max_client_id_len: l.max_client_id_len,
             client_id_prefix: self.broker.client_id_prefix.clone(),
             predefined: Arc::new(self.predefined_table()?),
+            sleep_buffer_messages: self.sleep.buffer_messages,
+            sleep_buffer_bytes: self.sleep.buffer_bytes,
+            buffer_qos0: self.sleep.buffer_qos0,
         })
     }
 }

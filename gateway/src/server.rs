@@ -201,6 +201,18 @@ impl<U: Upstreams> Server<U> {
                 self.flush(&cid).await;
             }
             packet => {
+                // A sleeping sensor that wakes from a new address (NAT
+                // rebinding, NB-IoT) names itself in PINGREQ.
+                if let Packet::PingReq(Some(id)) = &packet {
+                    let sleeper = std::str::from_utf8(id)
+                        .ok()
+                        .and_then(|id| self.sessions.get_key_value(id))
+                        .filter(|(_, e)| e.session.is_sleeping())
+                        .map(|(k, _)| k.clone());
+                    if let Some(cid) = sleeper {
+                        self.bind(&cid, from);
+                    }
+                }
                 let Some(cid) = self.by_addr.get(&from).cloned() else {
                     return self.unknown_sender(&packet, from, now).await;
                 };
@@ -232,27 +244,33 @@ impl<U: Upstreams> Server<U> {
                 cid
             }
         };
+        self.bind(&cid, from);
+        cid
+    }
+
+    /// Binds `from` to the session `cid`: a session has one address, an
+    /// address one session.
+    fn bind(&mut self, cid: &Arc<str>, from: SocketAddr) {
         // The address may belong to another session (a NAT reused it).
         if let Some(other) = self.by_addr.insert(from, cid.clone()) {
-            if other != cid {
+            if other != *cid {
                 if let Some(e) = self.sessions.get_mut(&other) {
                     e.addr = None;
                 }
             }
         }
-        if let Some(entry) = self.sessions.get_mut(&cid) {
+        if let Some(entry) = self.sessions.get_mut(cid) {
             if let Some(old) = entry.addr.replace(from) {
                 if old != from {
                     // A takeover: the old address hears nothing more.
-                    if self.by_addr.get(&old) == Some(&cid) {
+                    if self.by_addr.get(&old) == Some(cid) {
                         self.by_addr.remove(&old);
                     }
                     Metrics::inc(&self.metrics.takeovers);
-                    info!(client_id, %old, new = %from, "session taken over by a new address");
+                    info!(client_id = %cid, %old, new = %from, "session moved to a new address");
                 }
             }
         }
-        cid
     }
 
     /// A datagram from an address without a session: an unsolicited

@@ -60,6 +60,12 @@ pub struct SessionConfig {
     pub client_id_prefix: String,
     /// The predefined topics.
     pub predefined: Arc<Predefined>,
+    /// Messages buffered for one sleeping sensor.
+    pub sleep_buffer_messages: usize,
+    /// Octets (payloads and topic names) buffered for one sleeping sensor.
+    pub sleep_buffer_bytes: usize,
+    /// Buffer QoS 0 messages for sleeping sensors too.
+    pub buffer_qos0: bool,
 }
 
 impl Default for SessionConfig {
@@ -75,6 +81,9 @@ impl Default for SessionConfig {
             max_client_id_len: mqttsn_codec::validate::MAX_CLIENT_ID_LEN,
             client_id_prefix: String::new(),
             predefined: Arc::new(Predefined::new()),
+            sleep_buffer_messages: 1000,
+            sleep_buffer_bytes: 1 << 20,
+            buffer_qos0: true,
         }
     }
 }

@@ -29,7 +29,11 @@ impl Session {
             Packet::PubRec(msg_id) => self.pubrec_from_sensor(*msg_id, now),
             Packet::PubComp(msg_id) => self.pubcomp_from_sensor(*msg_id, now),
             Packet::PingReq(_) => self.send(Packet::PingResp),
-            Packet::Disconnect(_) => {
+            Packet::Disconnect(Some(duration)) => {
+                self.send(Packet::Disconnect(None));
+                self.fall_asleep(std::time::Duration::from_secs(u64::from(*duration)), now);
+            }
+            Packet::Disconnect(None) => {
                 self.send(Packet::Disconnect(None));
                 self.close(false, now);
             }

@@ -31,6 +31,7 @@
 mod config;
 mod from_sensor;
 mod outgoing;
+mod sleep;
 #[cfg(test)]
 mod tests;
 mod to_sensor;
@@ -110,6 +111,11 @@ enum Phase {
     Connecting,
     /// Connected.
     Active,
+    /// Asleep (spec 6.14): messages are buffered until the sensor wakes;
+    /// lost when `deadline` passes.
+    Asleep { deadline: Instant, duration: Duration },
+    /// Awake: the buffer is being flushed; PINGRESP when it is empty.
+    Awake { duration: Duration },
     /// DISCONNECTed, lost or refused: the upstream is being closed.
     Ending,
     /// Over.
@@ -282,9 +288,15 @@ impl Session {
         &self.client_id
     }
 
-    /// True while the sensor is connected (CONNACK sent, no DISCONNECT).
+    /// True while the sensor is connected (CONNACK sent, no DISCONNECT):
+    /// active, asleep or awake.
     pub fn is_active(&self) -> bool {
-        self.phase == Phase::Active
+        matches!(self.phase, Phase::Active | Phase::Asleep { .. } | Phase::Awake { .. })
+    }
+
+    /// True while the sensor sleeps or is awake between two sleeps.
+    pub fn is_sleeping(&self) -> bool {
+        matches!(self.phase, Phase::Asleep { .. } | Phase::Awake { .. })
     }
 
     /// True once the session is over and its upstream closed.
@@ -352,6 +364,8 @@ impl Session {
             Phase::WillMsg { topic, .. } => self.in_will_msg(packet, topic, now),
             Phase::Connecting => self.dropped(DropReason::Unexpected),
             Phase::Active => self.in_active(packet, now),
+            Phase::Asleep { .. } => self.in_asleep(packet, now),
+            Phase::Awake { .. } => self.in_awake(packet, now),
             Phase::Ending | Phase::Ended => match packet {
                 Packet::Disconnect(_) => self.send(Packet::Disconnect(None)),
                 _ => self.dropped(DropReason::Unexpected),
@@ -390,7 +404,9 @@ impl Session {
                     Phase::Connecting => {
                         self.send(Packet::ConnAck(refusal_code(code)));
                     }
-                    Phase::Active => self.send(Packet::Disconnect(None)),
+                    Phase::Active | Phase::Asleep { .. } | Phase::Awake { .. } => {
+                        self.send(Packet::Disconnect(None));
+                    }
                     _ => {}
                 }
                 self.end_now();
@@ -458,6 +474,16 @@ impl Session {
                 }
                 self.retransmit(now);
             }
+            Phase::Asleep { deadline, .. } if now >= deadline => self.lost(now),
+            Phase::Awake { duration } => {
+                self.retransmit(now);
+                if self.stalled {
+                    // The sensor stopped answering: it sleeps again, and
+                    // the messages wait for the next wake.
+                    self.stalled = false;
+                    self.fall_asleep(duration, now);
+                }
+            }
             _ => {}
         }
     }
@@ -490,6 +516,8 @@ impl Session {
                     (a, b) => a.or(b),
                 }
             }
+            Phase::Asleep { deadline, .. } => Some(*deadline),
+            Phase::Awake { .. } => self.retry_deadline(),
             _ => None,
         }
     }
@@ -567,7 +595,10 @@ impl Session {
             && self.waiting.is_none()
             && !self.clean
             && will == self.will
-            && matches!(self.phase, Phase::Active | Phase::Connecting);
+            && matches!(
+                self.phase,
+                Phase::Active | Phase::Connecting | Phase::Asleep { .. } | Phase::Awake { .. }
+            );
         self.will = will;
         self.phase = Phase::Connecting;
         if reuse {
@@ -654,10 +685,14 @@ impl Session {
                 self.plan.push_back(Step::Disconnect);
             }
         }
-        // Messages not delivered go back to the broker: it redelivers them
-        // on the next connection of a persistent session.
-        self.queue.clear();
-        self.inflight.clear();
+        // Messages not yet acknowledged upstream go back to the broker: it
+        // redelivers them on the next connection of a persistent session.
+        // Those the gateway acknowledged already (buffered for a sleeper)
+        // stay with a persistent session for its next connection.
+        let inflight: Vec<_> = self.inflight.drain(..).map(|i| i.message).collect();
+        let mut kept: VecDeque<_> = inflight.into_iter().chain(self.queue.drain(..)).collect();
+        kept.retain(|d| !self.clean && d.delivery.is_none() && d.qos != MqttQoS::AtMostOnce);
+        self.queue = kept;
         self.register = None;
         self.requests.clear();
         self.pending_msg_ids.clear();

@@ -787,3 +787,248 @@ fn subscriptions_are_restored_when_the_broker_lost_the_session() {
     h.up(Event::Connected { session_present: true });
     assert!(h.cmds().is_empty());
 }
+
+// ----- sleeping sensors (spec 6.14) -----
+
+fn ping_with_id() -> Packet<'static> {
+    Packet::PingReq(Some(b"sensor-1"))
+}
+
+fn acks(h: &mut H) -> Vec<u64> {
+    h.cmds()
+        .into_iter()
+        .map(|c| match c {
+            Command::Ack(DeliveryId(d)) => d,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Answers every PUBLISH and REGISTER the gateway sends until PINGRESP;
+/// returns the payloads in order. Checks that a message needing an answer
+/// is the last one sent before that answer (one at a time).
+fn flush(h: &mut H) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let tx = h.tx();
+        assert!(!tx.is_empty(), "nothing sent before PINGRESP");
+        for (i, o) in tx.iter().enumerate() {
+            let last = i + 1 == tx.len();
+            match o.packet() {
+                Packet::PingResp => {
+                    assert!(last, "PINGRESP is last: {tx:?}");
+                    return got;
+                }
+                Packet::Register(r) => {
+                    assert!(last, "one at a time: {tx:?}");
+                    h.sensor(Packet::RegAck(Ack {
+                        topic_id: r.topic_id,
+                        msg_id: r.msg_id,
+                        return_code: ReturnCode::Accepted,
+                    }));
+                }
+                Packet::Publish(p) => {
+                    got.push(p.data.to_vec());
+                    match p.qos {
+                        QoS::AtLeastOnce => {
+                            assert!(last, "one at a time: {tx:?}");
+                            h.sensor(Packet::PubAck(Ack {
+                                topic_id: p.topic.raw(),
+                                msg_id: p.msg_id,
+                                return_code: ReturnCode::Accepted,
+                            }));
+                        }
+                        QoS::ExactlyOnce => {
+                            assert!(last, "one at a time: {tx:?}");
+                            h.sensor(Packet::PubRec(p.msg_id));
+                            let rel = h.tx();
+                            assert!(
+                                matches!(rel[0].packet(), Packet::PubRel(id) if id == p.msg_id)
+                            );
+                            h.sensor(Packet::PubComp(p.msg_id));
+                        }
+                        _ => {}
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    panic!("no PINGRESP")
+}
+
+#[test]
+fn sleeping_sensor_gets_its_buffer_then_pingresp_last() {
+    let mut h = H::connected(false, 10);
+    h.subscribe("room/#", QoS::ExactlyOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.expect_tx(&[Packet::Disconnect(None)]);
+    assert!(h.s.is_sleeping());
+    h.message(1, "room/a", MqttQoS::AtLeastOnce);
+    h.message(2, "room/a", MqttQoS::AtMostOnce);
+    h.message(3, "room/b", MqttQoS::ExactlyOnce);
+    assert!(h.tx().is_empty(), "nothing is sent to a sleeping sensor");
+    // Buffered means acknowledged to the broker, in order.
+    assert_eq!(acks(&mut h), [1, 3]);
+    // The keepalive no longer applies: 100 s of sleep are fine (60 s +10%
+    // tolerance would not be, so wake before).
+    h.advance(Duration::from_secs(50));
+    assert!(h.s.is_sleeping());
+    h.sensor(ping_with_id());
+    let got = flush(&mut h);
+    assert_eq!(got, [b"m1".to_vec(), b"m2".to_vec(), b"m3".to_vec()]);
+    assert!(h.cmds().is_empty(), "each message acknowledged upstream exactly once");
+    // Asleep again: a second wake delivers nothing again.
+    h.sensor(ping_with_id());
+    h.expect_tx(&[Packet::PingResp]);
+}
+
+#[test]
+fn sleep_timer_running_out_makes_the_sensor_lost() {
+    let mut h = H::connected(false, 10);
+    h.sensor(Packet::Disconnect(Some(20)));
+    h.tx();
+    // A new Duration replaces the old one.
+    h.sensor(Packet::Disconnect(Some(100)));
+    h.expect_tx(&[Packet::Disconnect(None)]);
+    h.advance(Duration::from_secs(105));
+    assert!(h.s.is_sleeping());
+    h.advance(Duration::from_secs(10));
+    assert!(!h.s.is_active());
+    assert_eq!(h.events(), [SessionEvent::Lost]);
+    assert_eq!(h.cmds(), [Command::Abort], "the will fires");
+}
+
+#[test]
+fn wake_needs_the_sensors_own_client_id() {
+    let mut h = H::connected(false, 10);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    h.sensor(Packet::PingReq(None));
+    h.sensor(Packet::PingReq(Some(b"someone-else")));
+    assert!(h.tx().is_empty());
+    h.sensor(ping_with_id());
+    assert_eq!(flush(&mut h), [b"m1".to_vec()]);
+}
+
+#[test]
+fn connect_from_asleep_keeps_or_discards_the_buffer() {
+    let mut h = H::connected(false, 10);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    h.cmds();
+    assert_eq!(h.s.pending_deliveries(), 1);
+
+    let mut h = H::connected(false, 10);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    h.cmds();
+    // CleanSession true: subscriptions, will and buffer are discarded.
+    h.connect(true, false, 10);
+    assert!(h.s.pending_deliveries() == 0);
+}
+
+#[test]
+fn connect_false_from_asleep_delivers_the_buffer() {
+    let mut h = H::connected(false, 10);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    h.cmds();
+    h.connect(false, false, 10);
+    let tx = h.tx();
+    assert_eq!(tx[0].packet(), Packet::ConnAck(ReturnCode::Accepted));
+    assert!(matches!(tx[1].packet(), Packet::Publish(p) if p.data == b"m1"), "{tx:?}");
+    assert!(h.s.is_active() && !h.s.is_sleeping());
+}
+
+#[test]
+fn disconnect_without_duration_from_asleep_ends_the_session() {
+    let mut h = H::connected(false, 10);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.sensor(Packet::Disconnect(None));
+    h.expect_tx(&[Packet::Disconnect(None)]);
+    assert_eq!(h.cmds(), [Command::Disconnect]);
+    assert!(!h.s.is_active());
+}
+
+#[test]
+fn a_silent_awake_sensor_sleeps_again_and_keeps_its_messages() {
+    let mut h = H::connected(false, 10);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    h.sensor(ping_with_id());
+    let first = h.tx();
+    let Packet::Publish(p) = first[0].packet() else { panic!() };
+    let msg_id = p.msg_id;
+    // No PUBACK: retransmitted Nretry (2) times, then asleep again.
+    for _ in 0..3 {
+        h.advance(100 * MS);
+    }
+    assert!(h.s.is_sleeping());
+    h.tx();
+    // The next wake sends it again, with the same MsgId and DUP.
+    h.sensor(ping_with_id());
+    let tx = h.tx();
+    assert!(matches!(tx[0].packet(), Packet::Publish(p) if p.dup && p.msg_id == msg_id));
+}
+
+#[test]
+fn in_flight_at_sleep_is_acknowledged_upstream_and_resent_on_wake() {
+    let mut h = H::connected(false, 10);
+    h.subscribe("ab", QoS::ExactlyOnce);
+    h.message(1, "ab", MqttQoS::ExactlyOnce);
+    let tx = h.tx();
+    let Packet::Publish(p) = tx[0].packet() else { panic!() };
+    let msg_id = p.msg_id;
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    assert_eq!(acks(&mut h), [1]);
+    h.sensor(ping_with_id());
+    let tx = h.tx();
+    assert!(matches!(tx[0].packet(), Packet::Publish(p) if p.msg_id == msg_id && p.dup));
+    h.sensor(Packet::PubRec(msg_id));
+    assert!(h.cmds().is_empty(), "acknowledged upstream once, at sleep");
+    h.expect_tx(&[Packet::PubRel(msg_id)]);
+    h.sensor(Packet::PubComp(msg_id));
+    h.expect_tx(&[Packet::PingResp]);
+}
+
+#[test]
+fn sleep_buffer_bounds_drop_qos0_first_then_refuse() {
+    let mut cfg = config();
+    cfg.sleep_buffer_messages = 2;
+    let mut h = H::with(cfg);
+    h.connect(false, false, 10);
+    h.cmds();
+    h.up(Event::Connected { session_present: false });
+    h.tx();
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.events();
+    h.message(1, "ab", MqttQoS::AtMostOnce);
+    h.message(2, "ab", MqttQoS::AtLeastOnce);
+    h.message(3, "ab", MqttQoS::AtLeastOnce);
+    h.message(4, "ab", MqttQoS::AtLeastOnce);
+    assert_eq!(acks(&mut h), [2, 3, 4]);
+    assert_eq!(
+        h.events(),
+        [
+            SessionEvent::Dropped(DropReason::QueueFull),
+            SessionEvent::Dropped(DropReason::QueueFull)
+        ]
+    );
+    h.sensor(ping_with_id());
+    assert_eq!(flush(&mut h), [b"m2".to_vec(), b"m3".to_vec()]);
+}

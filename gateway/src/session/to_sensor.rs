@@ -82,6 +82,9 @@ impl Session {
         now: Instant,
     ) {
         let topic: Arc<str> = Arc::from(topic);
+        if matches!(self.phase, Phase::Asleep { .. }) {
+            return self.buffer(Delivery { delivery, topic, payload, qos, retain });
+        }
         if self.subs_known
             && !self.subs.iter().any(|(f, _)| mqttsn_codec::validate::topic_matches(f, &topic))
         {
@@ -94,7 +97,7 @@ impl Session {
         self.pump(now);
     }
 
-    fn drop_message(&mut self, delivery: Option<DeliveryId>, reason: DropReason) {
+    pub(super) fn drop_message(&mut self, delivery: Option<DeliveryId>, reason: DropReason) {
         if let Some(id) = delivery {
             self.commands.push_back(Command::Ack(id));
         }
@@ -103,9 +106,14 @@ impl Session {
 
     /// Sends what the queue and the in-flight window allow.
     pub(super) fn pump(&mut self, now: Instant) {
-        if self.phase != Phase::Active || self.stalled {
+        if !matches!(self.phase, Phase::Active | Phase::Awake { .. }) || self.stalled {
             return;
         }
+        self.pump_queue(now);
+        self.flushed(now);
+    }
+
+    fn pump_queue(&mut self, now: Instant) {
         while self.register.is_none() && self.inflight.len() < self.cfg.max_inflight.max(1) {
             let Some(front) = self.queue.front() else { break };
             let name = front.topic.clone();

@@ -1,0 +1,145 @@
+//! Sleeping sensors end to end (spec 6.14): buffered while asleep, flushed
+//! one at a time on PINGREQ with PINGRESP last, never redelivered, lost
+//! (with its will) when it oversleeps, and found again at a new address.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mqttsn_codec::{Ack, Connect, Packet, QoS, ReturnCode, TopicFilter, TopicId, WillTopic};
+use mqttsn_tests::broker::{unique, Mosquitto};
+use mqttsn_tests::gateway::Gateway;
+use mqttsn_tests::mqtt_client::MqttClient;
+use mqttsn_tests::sn::Sensor;
+
+/// Wakes the sensor and answers everything until PINGRESP; returns the
+/// payloads in order, and checks REGISTER comes before the PUBLISH that
+/// needs it.
+fn wake(s: &mut Sensor, client_id: &str, known: &mut HashSet<u16>) -> Vec<Vec<u8>> {
+    s.send(Packet::PingReq(Some(client_id.as_bytes())));
+    let mut got = Vec::new();
+    loop {
+        let d = s.recv();
+        match Packet::decode(&d).unwrap() {
+            Packet::PingResp => return got,
+            Packet::Register(r) => {
+                known.insert(r.topic_id);
+                s.send(Packet::RegAck(Ack {
+                    topic_id: r.topic_id,
+                    msg_id: r.msg_id,
+                    return_code: ReturnCode::Accepted,
+                }));
+            }
+            Packet::Publish(p) => {
+                if let TopicId::Normal(id) = p.topic {
+                    assert!(known.contains(&id), "PUBLISH before its REGISTER");
+                }
+                got.push(p.data.to_vec());
+                match p.qos {
+                    QoS::AtLeastOnce => s.send(Packet::PubAck(Ack {
+                        topic_id: p.topic.raw(),
+                        msg_id: p.msg_id,
+                        return_code: ReturnCode::Accepted,
+                    })),
+                    QoS::ExactlyOnce => {
+                        s.send(Packet::PubRec(p.msg_id));
+                        s.expect(Packet::PubRel(p.msg_id));
+                        s.send(Packet::PubComp(p.msg_id));
+                    }
+                    _ => {}
+                }
+            }
+            other => panic!("unexpected while awake: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_sleeping_sensor_receives_everything_once_in_order_with_pingresp_last() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let base = unique("sleep");
+    let id = unique("sleeper");
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&id, false, 60);
+    let filter = format!("{base}/#");
+    s.subscribe(TopicFilter::Name(filter.as_bytes()), QoS::ExactlyOnce, 1);
+    let mut known = HashSet::new();
+    s.send(Packet::Disconnect(Some(60)));
+    s.expect(Packet::Disconnect(None));
+
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    publisher.publish(&format!("{base}/a"), b"q0", 0, false);
+    publisher.publish(&format!("{base}/a"), b"q1", 1, false);
+    publisher.publish(&format!("{base}/b"), b"q2", 2, false);
+    publisher.publish(&format!("{base}/c"), b"retained", 1, true);
+    s.expect_silence(Duration::from_millis(300));
+
+    let got = wake(&mut s, &id, &mut known);
+    assert_eq!(got, [b"q0".to_vec(), b"q1".to_vec(), b"q2".to_vec(), b"retained".to_vec()]);
+    // A second wake does not redeliver what was acknowledged.
+    assert!(wake(&mut s, &id, &mut known).is_empty());
+    // More while asleep, another wake.
+    publisher.publish(&format!("{base}/a"), b"later", 2, false);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(wake(&mut s, &id, &mut known), [b"later".to_vec()]);
+}
+
+#[test]
+fn a_sensor_that_never_wakes_is_lost_and_its_will_published() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let will = unique("will");
+    let mut watcher = MqttClient::connect(broker.port(), &unique("watch"));
+    watcher.subscribe(&will, 1);
+    let mut s = Sensor::new(gw.addr());
+    s.send(Packet::Connect(Connect {
+        will: true,
+        clean_session: true,
+        protocol_id: 1,
+        duration: 60,
+        client_id: unique("s").as_bytes(),
+    }));
+    s.expect(Packet::WillTopicReq);
+    s.send(Packet::WillTopic(Some(WillTopic {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: will.as_bytes(),
+    })));
+    s.expect(Packet::WillMsgReq);
+    s.send(Packet::WillMsg(b"overslept"));
+    s.expect(Packet::ConnAck(ReturnCode::Accepted));
+    // Sleep for 1 s; the timer (1 s + 50%) runs out.
+    s.send(Packet::Disconnect(Some(1)));
+    s.expect(Packet::Disconnect(None));
+    let m = watcher.recv();
+    assert_eq!(m.payload, b"overslept");
+    assert_eq!(gw.metrics().sensors_lost, 1);
+}
+
+#[test]
+fn a_sleeper_waking_from_a_new_address_gets_its_messages_and_nobody_else_does() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let topic = unique("nat");
+    let id = unique("sleeper");
+    let mut old = Sensor::new(gw.addr());
+    old.connect(&id, false, 60);
+    let ack = old.subscribe(TopicFilter::Name(topic.as_bytes()), QoS::AtLeastOnce, 1);
+    let mut known = HashSet::from([ack.topic_id]);
+    old.send(Packet::Disconnect(Some(60)));
+    old.expect(Packet::Disconnect(None));
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    publisher.publish(&topic, b"for the sleeper", 1, false);
+
+    // Another sensor (different ClientId) now sends from the sleeper's old
+    // address: it must not get the sleeper's messages.
+    old.connect(&unique("intruder"), true, 60);
+    old.send(Packet::PingReq(None));
+    old.expect(Packet::PingResp);
+    old.expect_silence(Duration::from_millis(300));
+
+    // The sleeper wakes from a new port (NAT rebinding).
+    let mut new = Sensor::new(gw.addr());
+    assert_eq!(wake(&mut new, &id, &mut known), [b"for the sleeper".to_vec()]);
+}
