@@ -78,8 +78,10 @@ impl Default for GatewaySection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSection {
-    /// `mqtt://HOST:PORT`.
-    pub url: String,
+    /// `mqtt://HOST:PORT`; none means the embedded broker.
+    pub url: Option<String>,
+    /// Where the embedded broker listens when `url` is not set.
+    pub embedded_listen: String,
     /// Put before every sensor's ClientId on the broker.
     pub client_id_prefix: String,
     /// The MQTT keepalive of each upstream connection, in seconds.
@@ -91,7 +93,8 @@ pub struct BrokerSection {
 impl Default for BrokerSection {
     fn default() -> Self {
         Self {
-            url: "mqtt://127.0.0.1:1883".into(),
+            url: None,
+            embedded_listen: "127.0.0.1:1883".into(),
             client_id_prefix: String::new(),
             keepalive_secs: 60,
             connect_timeout_ms: 5_000,
@@ -176,6 +179,15 @@ impl Default for SleepSection {
     }
 }
 
+/// The broker the gateway talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerTarget {
+    /// A broker elsewhere, `host:port`.
+    Remote(String),
+    /// The embedded broker, listening here.
+    Embedded(SocketAddr),
+}
+
 /// One `[[predefined]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,7 +221,7 @@ impl Config {
     /// Checks values that parse but cannot be used.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
-        self.broker_addr()?;
+        self.broker_target()?;
         let t = &self.timers;
         if t.retry_interval_ms == 0 {
             return Err(invalid("timers.retry_interval_ms", 0, "must be at least 1"));
@@ -254,9 +266,22 @@ impl Config {
             .map_err(|_| invalid("gateway.listen", &self.gateway.listen, "not an IP:PORT address"))
     }
 
-    /// The broker's `host:port` from `broker.url`.
-    pub fn broker_addr(&self) -> Result<String, ConfigError> {
-        let url = &self.broker.url;
+    /// Which broker to use.
+    pub fn broker_target(&self) -> Result<BrokerTarget, ConfigError> {
+        match &self.broker.url {
+            Some(url) => Ok(BrokerTarget::Remote(Self::host_port(url)?)),
+            None => self.broker.embedded_listen.parse().map(BrokerTarget::Embedded).map_err(|_| {
+                invalid(
+                    "broker.embedded_listen",
+                    &self.broker.embedded_listen,
+                    "not an IP:PORT address",
+                )
+            }),
+        }
+    }
+
+    /// The `host:port` of an `mqtt://` URL.
+    fn host_port(url: &str) -> Result<String, ConfigError> {
         let Some(rest) = url.strip_prefix("mqtt://") else {
             return Err(invalid("broker.url", url, "must start with mqtt://"));
         };
@@ -339,7 +364,10 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::parse("", "x").unwrap();
         assert_eq!(c.listen_addr().unwrap().port(), 1884);
-        assert_eq!(c.broker_addr().unwrap(), "127.0.0.1:1883");
+        assert_eq!(
+            c.broker_target().unwrap(),
+            BrokerTarget::Embedded("127.0.0.1:1883".parse().unwrap())
+        );
     }
 
     #[test]
@@ -365,11 +393,18 @@ mod tests {
     #[test]
     fn broker_urls() {
         let mut c = Config::default();
-        c.broker.url = "mqtt://broker.local".into();
-        assert_eq!(c.broker_addr().unwrap(), "broker.local:1883");
-        c.broker.url = "mqtt://10.0.0.1:2883/".into();
-        assert_eq!(c.broker_addr().unwrap(), "10.0.0.1:2883");
-        c.broker.url = "mqtt://h:x".into();
-        assert!(c.broker_addr().is_err());
+        let target = |c: &mut Config, url: &str| {
+            c.broker.url = Some(url.into());
+            c.broker_target()
+        };
+        assert_eq!(
+            target(&mut c, "mqtt://broker.local").unwrap(),
+            BrokerTarget::Remote("broker.local:1883".into())
+        );
+        assert_eq!(
+            target(&mut c, "mqtt://10.0.0.1:2883/").unwrap(),
+            BrokerTarget::Remote("10.0.0.1:2883".into())
+        );
+        assert!(target(&mut c, "mqtt://h:x").is_err());
     }
 }

@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+#[cfg(feature = "embedded-broker")]
+pub mod embedded;
 pub mod limits;
 pub mod metrics;
 pub mod mqtt;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mqttsn_gateway::config::Config;
+use mqttsn_gateway::config::{BrokerTarget, Config};
 use mqttsn_gateway::metrics::Metrics;
 use mqttsn_gateway::mqtt::client::ClientOptions;
 use mqttsn_gateway::server;
@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
         )
         .init();
     let args = Args::parse();
@@ -46,11 +46,14 @@ async fn main() -> anyhow::Result<()> {
         cfg.gateway.listen = listen;
     }
     if let Some(broker) = args.broker {
-        cfg.broker.url = broker;
+        cfg.broker.url = Some(broker);
     }
     cfg.check()?;
     let listen = cfg.listen_addr()?;
-    let broker = cfg.broker_addr()?;
+    let broker = match cfg.broker_target()? {
+        BrokerTarget::Remote(addr) => addr,
+        BrokerTarget::Embedded(addr) => start_embedded(addr)?,
+    };
     let session = Arc::new(cfg.session_config()?);
 
     match mqttsn_gateway::limits::raise_open_files() {
@@ -60,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let socket = tokio::net::UdpSocket::bind(listen)
         .await
         .with_context(|| format!("cannot listen on udp://{listen}"))?;
-    info!("MQTT-SN gateway listening on udp://{}, broker {}", socket.local_addr()?, cfg.broker.url);
+    info!("MQTT-SN gateway listening on udp://{}, broker mqtt://{broker}", socket.local_addr()?);
     let upstreams = MqttUpstreams::new(
         Arc::new(TcpConnector { addr: broker }),
         UpstreamOptions {
@@ -78,6 +81,25 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     info!("stopped");
     Ok(())
+}
+
+/// Starts the embedded broker; returns its `host:port`.
+#[cfg(feature = "embedded-broker")]
+fn start_embedded(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    mqttsn_gateway::embedded::start(addr, 1 << 20)?;
+    info!(
+        "no broker configured: embedded MQTT broker on mqtt://{addr} \
+         (watch with: mosquitto_sub -h {} -p {} -t '#' -v)",
+        addr.ip(),
+        addr.port()
+    );
+    Ok(addr.to_string())
+}
+
+/// Without the embedded broker, a broker must be configured.
+#[cfg(not(feature = "embedded-broker"))]
+fn start_embedded(_: std::net::SocketAddr) -> anyhow::Result<String> {
+    anyhow::bail!("no broker configured: set broker.url or --broker mqtt://HOST:PORT")
 }
 
 /// Completes on SIGINT or SIGTERM.

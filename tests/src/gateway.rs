@@ -179,3 +179,78 @@ pub fn gateway_binary() -> std::path::PathBuf {
     assert!(bin.is_file(), "{} missing", bin.display());
     bin
 }
+
+/// The `mqttsn-gateway` binary running as a process, killed on drop.
+pub struct GatewayProcess {
+    /// The child.
+    pub child: std::process::Child,
+    /// Where it listens for sensors.
+    pub addr: SocketAddr,
+    /// Its log lines (stdout), as they come.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl GatewayProcess {
+    /// Starts the binary with these arguments and waits (bounded) for its
+    /// "listening on" line.
+    pub fn spawn(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(gateway_binary())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start mqttsn-gateway");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut me = Self { child, addr: ([0, 0, 0, 0], 0).into(), lines };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = me.lines.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = me.child.kill();
+                let mut err = String::new();
+                if let Some(mut e) = me.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("the gateway did not start: {err}")
+            });
+            if let Some(rest) = line.split("listening on udp://").nth(1) {
+                me.addr =
+                    rest.split([',', ' ']).next().and_then(|a| a.parse().ok()).expect("address");
+                return me;
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the gateway did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

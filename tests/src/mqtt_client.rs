@@ -97,7 +97,8 @@ impl MqttClient {
             flags |= 0xc0;
         }
         body.push(flags);
-        body.extend_from_slice(&0u16.to_be_bytes());
+        // Keepalive 60 s (tests are shorter; some brokers refuse 0).
+        body.extend_from_slice(&60u16.to_be_bytes());
         string(client_id.as_bytes(), &mut body);
         if let Some(w) = &will {
             string(w.topic.as_bytes(), &mut body);

@@ -2,8 +2,6 @@
 //! graceful shutdown, end to end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mqttsn_codec::{Ack, Connect, Packet, QoS, ReturnCode, TopicFilter, TopicId, WillTopic};
@@ -135,34 +133,13 @@ fn the_binary_runs_and_stops_gracefully_on_sigterm() {
     let will = unique("bin-will");
     let mut watcher = MqttClient::connect(broker.port(), &unique("watch"));
     watcher.subscribe(&will, 1);
-    let mut child = Command::new(mqttsn_tests::gateway::gateway_binary())
-        .args(["--listen", "127.0.0.1:0", "--broker", &broker.url()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mqttsn-gateway");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let out = child.stdout.take().unwrap();
-    let mut child = Kill(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx.recv_timeout(Duration::from_secs(10)).expect("startup log line");
-        if let Some(rest) = line.split("listening on udp://").nth(1) {
-            break rest.split([',', ' ']).next().unwrap().parse().unwrap();
-        }
-    };
+    let mut gw = mqttsn_tests::gateway::GatewayProcess::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--broker",
+        &broker.url(),
+    ]);
+    let addr = gw.addr;
     let mut s = Sensor::new(addr);
     s.send(Packet::Connect(Connect {
         will: true,
@@ -181,19 +158,10 @@ fn the_binary_runs_and_stops_gracefully_on_sigterm() {
     s.send(Packet::WillMsg(b"must not fire"));
     s.expect(Packet::ConnAck(ReturnCode::Accepted));
 
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = gw.terminate();
     // The sensor is told, the process exits by itself, and no will fires.
     s.expect(Packet::Disconnect(None));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "gateway did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(status.success(), "{status}");
     assert!(watcher.recv_within(Duration::from_millis(500)).is_none(), "a will fired on shutdown");
 }
 
