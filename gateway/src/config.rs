@@ -56,6 +56,10 @@ pub struct Config {
     pub limits: LimitsSection,
     /// `[sleep]`: sleeping sensors.
     pub sleep: SleepSection,
+    /// `[discovery]`: SEARCHGW, GWINFO and ADVERTISE.
+    pub discovery: DiscoverySection,
+    /// `[qos_minus_one]`: PUBLISH without a connection.
+    pub qos_minus_one: QosMinusOneSection,
     /// `[[predefined]]`: predefined topic ids.
     pub predefined: Vec<PredefinedTopic>,
 }
@@ -161,6 +165,44 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[discovery]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoverySection {
+    /// The GwId in ADVERTISE and GWINFO.
+    pub gateway_id: u8,
+    /// Answer SEARCHGW with GWINFO, unicast to the searcher.
+    pub answer_searchgw: bool,
+    /// Where to send ADVERTISE (broadcast or multicast `IP:PORT`); empty:
+    /// no ADVERTISE.
+    pub advertise_to: String,
+    /// Seconds between two ADVERTISE messages.
+    pub advertise_interval_secs: u16,
+}
+
+impl Default for DiscoverySection {
+    fn default() -> Self {
+        Self {
+            gateway_id: 1,
+            answer_searchgw: true,
+            advertise_to: String::new(),
+            advertise_interval_secs: 900,
+        }
+    }
+}
+
+/// `[qos_minus_one]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct QosMinusOneSection {
+    /// Accept QoS -1 PUBLISH (to predefined ids and short names) from
+    /// addresses without a connection.
+    pub enabled: bool,
+    /// Source networks allowed to (`192.168.1.0/24`, `10.0.0.7`); empty:
+    /// any.
+    pub allow: Vec<String>,
+}
+
 /// `[sleep]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -255,6 +297,7 @@ impl Config {
             return Err(invalid("sleep.buffer_messages", 0, "must be at least 1"));
         }
         self.predefined_table()?;
+        self.server_options()?;
         Ok(())
     }
 
@@ -322,11 +365,43 @@ impl Config {
     }
 
     /// The dispatcher's settings.
-    pub fn server_options(&self) -> crate::server::ServerOptions {
-        crate::server::ServerOptions {
+    pub fn server_options(&self) -> Result<crate::server::ServerOptions, ConfigError> {
+        let d = &self.discovery;
+        let advertise = if d.advertise_to.is_empty() {
+            None
+        } else {
+            let to = d.advertise_to.parse().map_err(|_| {
+                invalid("discovery.advertise_to", &d.advertise_to, "not an IP:PORT address")
+            })?;
+            if d.advertise_interval_secs == 0 {
+                return Err(invalid("discovery.advertise_interval_secs", 0, "must be at least 1"));
+            }
+            Some((to, Duration::from_secs(u64::from(d.advertise_interval_secs))))
+        };
+        let q = &self.qos_minus_one;
+        let qos_minus_one = if q.enabled {
+            let mut list = Vec::new();
+            for (i, net) in q.allow.iter().enumerate() {
+                list.push(net.parse::<crate::cidr::Cidr>().map_err(|e| {
+                    invalid(&format!("qos_minus_one.allow[{i}]"), net, &e.to_string())
+                })?);
+            }
+            Some(list)
+        } else {
+            None
+        };
+        Ok(crate::server::ServerOptions {
             max_sessions: (self.limits.max_sessions > 0).then_some(self.limits.max_sessions),
+            gateway_id: d.gateway_id,
+            answer_searchgw: d.answer_searchgw,
+            advertise,
+            qos_minus_one,
+            own_client_id: format!(
+                "{}mqttsn-gateway-{}",
+                self.broker.client_id_prefix, d.gateway_id
+            ),
             ..crate::server::ServerOptions::default()
-        }
+        })
     }
 
     /// The settings every session runs with.

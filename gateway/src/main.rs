@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     let metrics = Arc::new(Metrics::default());
-    server::run(socket, upstreams, session, cfg.server_options(), metrics, shutdown_signal())
+    server::run(socket, upstreams, session, cfg.server_options()?, metrics, shutdown_signal())
         .await?;
     info!("stopped");
     Ok(())

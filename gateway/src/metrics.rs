@@ -24,6 +24,10 @@ pub struct Metrics {
     pub takeovers: AtomicU64,
     /// Sensors lost to keepalive supervision.
     pub sensors_lost: AtomicU64,
+    /// QoS -1 PUBLISHes forwarded.
+    pub qos_minus_one: AtomicU64,
+    /// QoS -1 PUBLISHes dropped (not allowed, unknown topic).
+    pub qos_minus_one_refused: AtomicU64,
     /// Messages and requests dropped, by reason.
     pub dropped_not_subscribed: AtomicU64,
     /// See [`DropReason::TopicRefused`].
@@ -59,6 +63,10 @@ pub struct Snapshot {
     pub takeovers: u64,
     /// Sensors lost.
     pub sensors_lost: u64,
+    /// QoS -1 PUBLISHes forwarded.
+    pub qos_minus_one: u64,
+    /// QoS -1 PUBLISHes dropped.
+    pub qos_minus_one_refused: u64,
     /// Everything dropped, all reasons together.
     pub dropped: u64,
 }
@@ -102,6 +110,8 @@ impl Metrics {
             sessions_active: get(&self.sessions_active),
             takeovers: get(&self.takeovers),
             sensors_lost: get(&self.sensors_lost),
+            qos_minus_one: get(&self.qos_minus_one),
+            qos_minus_one_refused: get(&self.qos_minus_one_refused),
             dropped: get(&self.dropped_not_subscribed)
                 + get(&self.dropped_topic_refused)
                 + get(&self.dropped_topics_full)

@@ -20,9 +20,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::cidr::Cidr;
 use crate::metrics::Metrics;
+use crate::peer::Peer;
 use crate::session::{check_connect, Session, SessionConfig, SessionEvent};
-use crate::upstream::{Command, Event};
+use crate::upstream::{Command, ConnectSpec, Event};
 
 /// Identifies one upstream connection task; never reused, so events from a
 /// finished upstream cannot reach a later one.
@@ -53,6 +55,19 @@ pub struct ServerOptions {
     /// for a new ClientId beyond it gets CONNACK congestion. `None`: no
     /// limit but memory.
     pub max_sessions: Option<usize>,
+    /// The GwId in ADVERTISE and GWINFO.
+    pub gateway_id: u8,
+    /// Answer SEARCHGW with GWINFO (unicast to the searcher).
+    pub answer_searchgw: bool,
+    /// Send ADVERTISE to this (broadcast or multicast) address at this
+    /// interval, while the broker is reachable.
+    pub advertise: Option<(SocketAddr, Duration)>,
+    /// QoS -1 PUBLISH without a connection (spec 6.8): `None` refuses it;
+    /// `Some(list)` accepts it from sources in the list (empty: any).
+    pub qos_minus_one: Option<Vec<Cidr>>,
+    /// The ClientId of the gateway's own upstream connection (QoS -1
+    /// publishes, broker reachability).
+    pub own_client_id: String,
 }
 
 impl Default for ServerOptions {
@@ -61,13 +76,18 @@ impl Default for ServerOptions {
             unknown_disconnect_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
             max_sessions: None,
+            gateway_id: 1,
+            answer_searchgw: true,
+            advertise: None,
+            qos_minus_one: None,
+            own_client_id: "mqttsn-gateway".into(),
         }
     }
 }
 
 struct Entry {
     session: Session,
-    addr: Option<SocketAddr>,
+    addr: Option<Peer>,
     upstream: Option<(UpstreamKey, mpsc::UnboundedSender<Command>)>,
     scheduled: Option<Instant>,
     counted_active: bool,
@@ -81,15 +101,23 @@ struct Server<U> {
     opts: ServerOptions,
     metrics: Arc<Metrics>,
     sessions: HashMap<Arc<str>, Entry>,
-    by_addr: HashMap<SocketAddr, Arc<str>>,
+    by_addr: HashMap<Peer, Arc<str>>,
     by_key: HashMap<UpstreamKey, Arc<str>>,
     next_key: UpstreamKey,
     timers: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     events_tx: mpsc::UnboundedSender<(UpstreamKey, Event)>,
-    unknown_sent: HashMap<SocketAddr, Instant>,
+    unknown_sent: HashMap<Peer, Instant>,
     log_budget: (Instant, u32),
     out: Vec<u8>,
+    /// The gateway's own upstream connection.
+    own: mpsc::UnboundedSender<Command>,
+    own_next_request: u64,
+    /// The broker answered the gateway's own connection last time.
+    broker_up: bool,
 }
+
+/// The upstream key of the gateway's own connection.
+const OWN_KEY: UpstreamKey = 0;
 
 /// Runs the gateway on `socket` until `shutdown` completes, then closes
 /// every session gracefully: sensors get DISCONNECT, upstream sessions end
@@ -103,6 +131,23 @@ pub async fn run<U: Upstreams>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let own = upstreams.start(OWN_KEY, events_tx.clone());
+    let _ = own.send(Command::Connect(ConnectSpec {
+        client_id: opts.own_client_id.clone(),
+        clean_session: true,
+        keep_alive: 60,
+        will: None,
+        username: None,
+        password: None,
+    }));
+    if opts.advertise.is_some() {
+        socket.set_broadcast(true)?;
+    }
+    let mut advertise = opts.advertise.map(|(_, every)| {
+        let mut i = tokio::time::interval(every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     let mut server = Server {
         socket: Arc::new(socket),
         upstreams,
@@ -118,6 +163,9 @@ pub async fn run<U: Upstreams>(
         unknown_sent: HashMap::new(),
         log_budget: (Instant::now(), 0),
         out: vec![0u8; 65_536],
+        own,
+        own_next_request: 1,
+        broker_up: false,
     };
     let mut buf = vec![0u8; 65_536];
     tokio::pin!(shutdown);
@@ -135,6 +183,12 @@ pub async fn run<U: Upstreams>(
             },
             Some((key, event)) = events_rx.recv() => server.upstream_event(key, event).await,
             () = sleep_until_opt(next_timer) => server.timers_due().await,
+            _ = async {
+                match advertise.as_mut() {
+                    Some(i) => i.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => server.advertise().await,
             () = &mut shutdown => break,
         }
     }
@@ -164,14 +218,10 @@ impl<U: Upstreams> Server<U> {
             }
         };
         debug!(%from, "in: {frame}");
-        if frame.forwarder.is_some() {
-            // Forwarder-encapsulated traffic is not routed yet.
-            Metrics::inc(&self.metrics.malformed);
-            if self.may_log(now) {
-                warn!(%from, "encapsulated datagram dropped: forwarders are not supported yet");
-            }
-            return;
-        }
+        let from = match frame.forwarder {
+            None => Peer::direct(from),
+            Some(f) => Peer::forwarded(from, f.node_id),
+        };
         match frame.packet {
             Packet::Connect(c) => {
                 if let Err(rc) = check_connect(&c, &self.cfg) {
@@ -180,7 +230,7 @@ impl<U: Upstreams> Server<U> {
                         warn!(%from, "CONNECT refused: {rc}");
                     }
                     debug!(%from, "out: CONNACK {rc}");
-                    self.send_to(&Packet::ConnAck(rc), from).await;
+                    self.send_to(Packet::ConnAck(rc), &from).await;
                     return;
                 }
                 let Ok(client_id) = std::str::from_utf8(c.client_id) else { return };
@@ -190,11 +240,11 @@ impl<U: Upstreams> Server<U> {
                     if self.may_log(now) {
                         warn!(%from, client_id, "CONNECT refused: session limit reached");
                     }
-                    self.send_to(&Packet::ConnAck(mqttsn_codec::ReturnCode::Congestion), from)
+                    self.send_to(Packet::ConnAck(mqttsn_codec::ReturnCode::Congestion), &from)
                         .await;
                     return;
                 }
-                let cid = self.attach(client_id, from, now.into_std());
+                let cid = self.attach(client_id, from.clone(), now.into_std());
                 if let Some(entry) = self.sessions.get_mut(&cid) {
                     entry.session.handle_connect(&c, now.into_std());
                 }
@@ -210,7 +260,7 @@ impl<U: Upstreams> Server<U> {
                         .filter(|(_, e)| e.session.is_sleeping())
                         .map(|(k, _)| k.clone());
                     if let Some(cid) = sleeper {
-                        self.bind(&cid, from);
+                        self.bind(&cid, from.clone());
                     }
                 }
                 let Some(cid) = self.by_addr.get(&from).cloned() else {
@@ -225,7 +275,7 @@ impl<U: Upstreams> Server<U> {
     }
 
     /// Finds or makes the session of `client_id` and binds it to `from`.
-    fn attach(&mut self, client_id: &str, from: SocketAddr, now: std::time::Instant) -> Arc<str> {
+    fn attach(&mut self, client_id: &str, from: Peer, now: std::time::Instant) -> Arc<str> {
         let cid: Arc<str> = match self.sessions.get_key_value(client_id) {
             Some((k, _)) => k.clone(),
             None => {
@@ -250,9 +300,9 @@ impl<U: Upstreams> Server<U> {
 
     /// Binds `from` to the session `cid`: a session has one address, an
     /// address one session.
-    fn bind(&mut self, cid: &Arc<str>, from: SocketAddr) {
+    fn bind(&mut self, cid: &Arc<str>, from: Peer) {
         // The address may belong to another session (a NAT reused it).
-        if let Some(other) = self.by_addr.insert(from, cid.clone()) {
+        if let Some(other) = self.by_addr.insert(from.clone(), cid.clone()) {
             if other != *cid {
                 if let Some(e) = self.sessions.get_mut(&other) {
                     e.addr = None;
@@ -260,7 +310,7 @@ impl<U: Upstreams> Server<U> {
             }
         }
         if let Some(entry) = self.sessions.get_mut(cid) {
-            if let Some(old) = entry.addr.replace(from) {
+            if let Some(old) = entry.addr.replace(from.clone()) {
                 if old != from {
                     // A takeover: the old address hears nothing more.
                     if self.by_addr.get(&old) == Some(cid) {
@@ -276,11 +326,25 @@ impl<U: Upstreams> Server<U> {
     /// A datagram from an address without a session: an unsolicited
     /// DISCONNECT (rate-limited per address) tells a sensor that missed a
     /// gateway restart or a NAT rebinding to connect again.
-    async fn unknown_sender(&mut self, packet: &Packet<'_>, from: SocketAddr, now: Instant) {
-        Metrics::inc(&self.metrics.unknown_sender);
-        if matches!(packet, Packet::SearchGw { .. } | Packet::Advertise(_) | Packet::GwInfo(_)) {
-            return;
+    async fn unknown_sender(&mut self, packet: &Packet<'_>, from: Peer, now: Instant) {
+        match packet {
+            Packet::SearchGw { .. } => {
+                if self.opts.answer_searchgw {
+                    let info = Packet::GwInfo(mqttsn_codec::GwInfo {
+                        gw_id: self.opts.gateway_id,
+                        gw_addr: &[],
+                    });
+                    self.send_to(info, &from).await;
+                }
+                return;
+            }
+            Packet::Advertise(_) | Packet::GwInfo(_) => return,
+            Packet::Publish(p) if p.qos == mqttsn_codec::QoS::NoSession => {
+                return self.qos_minus_one(p, &from, now);
+            }
+            _ => {}
         }
+        Metrics::inc(&self.metrics.unknown_sender);
         if let Some(last) = self.unknown_sent.get(&from) {
             if now.duration_since(*last) < self.opts.unknown_disconnect_interval {
                 return;
@@ -290,12 +354,79 @@ impl<U: Upstreams> Server<U> {
             let horizon = self.opts.unknown_disconnect_interval;
             self.unknown_sent.retain(|_, t| now.duration_since(*t) < horizon);
         }
-        self.unknown_sent.insert(from, now);
         debug!(%from, "{} from an address without a session: DISCONNECT", packet.msg_type());
-        self.send_to(&Packet::Disconnect(None), from).await;
+        self.send_to(Packet::Disconnect(None), &from).await;
+        self.unknown_sent.insert(from, now);
+    }
+
+    /// A QoS -1 PUBLISH (spec 6.8): to a predefined id or a short name,
+    /// from an allowed source, forwarded at QoS 0. Nothing is answered.
+    fn qos_minus_one(&mut self, p: &mqttsn_codec::Publish<'_>, from: &Peer, now: Instant) {
+        let allowed = self.opts.qos_minus_one.as_ref().is_some_and(|list| {
+            list.is_empty() || list.iter().any(|net| net.contains(from.addr.ip()))
+        });
+        let topic = match p.topic {
+            mqttsn_codec::TopicId::Predefined(id) => {
+                self.cfg.predefined.name(id).map(|n| n.to_string())
+            }
+            mqttsn_codec::TopicId::Short(s) => {
+                mqttsn_codec::validate::topic_name(&s).ok().map(str::to_owned)
+            }
+            _ => None,
+        };
+        let (true, Some(topic)) = (allowed, topic) else {
+            Metrics::inc(&self.metrics.qos_minus_one_refused);
+            if self.may_log(now) {
+                let why = if allowed { "unknown topic" } else { "not allowed" };
+                warn!(%from, "QoS -1 PUBLISH dropped: {why}");
+            }
+            return;
+        };
+        Metrics::inc(&self.metrics.qos_minus_one);
+        let id = self.own_next_request;
+        self.own_next_request += 1;
+        let _ = self.own.send(Command::Publish {
+            id,
+            topic,
+            payload: bytes::Bytes::copy_from_slice(p.data),
+            qos: crate::mqtt::QoS::AtMostOnce,
+            retain: p.retain,
+        });
+    }
+
+    /// Periodic ADVERTISE, paused while the broker is unreachable.
+    async fn advertise(&mut self) {
+        let Some((to, every)) = self.opts.advertise else { return };
+        if !self.broker_up {
+            return;
+        }
+        let duration = u16::try_from(every.as_secs()).unwrap_or(u16::MAX);
+        let packet =
+            Packet::Advertise(mqttsn_codec::Advertise { gw_id: self.opts.gateway_id, duration });
+        self.send_to(packet, &Peer::direct(to)).await;
     }
 
     async fn upstream_event(&mut self, key: UpstreamKey, event: Event) {
+        if key == OWN_KEY {
+            match event {
+                Event::Connected { .. } => {
+                    if !self.broker_up {
+                        info!("broker reachable");
+                    }
+                    self.broker_up = true;
+                }
+                Event::Unavailable { reason } => {
+                    warn!("broker unreachable: {reason}");
+                    self.broker_up = false;
+                }
+                Event::Refused { code } => {
+                    warn!("broker refused the gateway's own connection: code {code}");
+                    self.broker_up = false;
+                }
+                _ => {}
+            }
+            return;
+        }
         let Some(cid) = self.by_key.get(&key).cloned() else {
             debug!(upstream = key, "event from a finished upstream ignored: {event:?}");
             return;
@@ -351,14 +482,14 @@ impl<U: Upstreams> Server<U> {
         let Some(entry) = self.sessions.get_mut(cid) else { return };
         let mut ended = false;
         while let Some(out) = entry.session.poll_transmit() {
-            let Some(addr) = entry.addr else { continue };
-            debug!(%addr, "out: {}", out.packet());
-            match out.encode(&mut self.out) {
+            let Some(peer) = &entry.addr else { continue };
+            debug!(%peer, "out: {}", out.packet());
+            match peer.encode(out.packet(), &mut self.out) {
                 Ok(n) => {
                     let datagram = self.out.get(..n).unwrap_or_default();
-                    match self.socket.send_to(datagram, addr).await {
+                    match self.socket.send_to(datagram, peer.addr).await {
                         Ok(_) => Metrics::inc(&self.metrics.datagrams_out),
-                        Err(e) => debug!(%addr, "send_to: {e}"),
+                        Err(e) => debug!(%peer, "send_to: {e}"),
                     }
                 }
                 Err(e) => {
@@ -425,10 +556,10 @@ impl<U: Upstreams> Server<U> {
         }
     }
 
-    async fn send_to(&mut self, packet: &Packet<'_>, addr: SocketAddr) {
-        if let Ok(n) = packet.encode(&mut self.out) {
+    async fn send_to(&mut self, packet: Packet<'_>, peer: &Peer) {
+        if let Ok(n) = peer.encode(packet, &mut self.out) {
             if let Some(d) = self.out.get(..n) {
-                if self.socket.send_to(d, addr).await.is_ok() {
+                if self.socket.send_to(d, peer.addr).await.is_ok() {
                     Metrics::inc(&self.metrics.datagrams_out);
                 }
             }
@@ -450,10 +581,10 @@ impl<U: Upstreams> Server<U> {
         for cid in &cids {
             if let Some(entry) = self.sessions.get_mut(cid) {
                 if entry.session.is_active() {
-                    if let Some(addr) = entry.addr {
-                        let mut b = [0u8; 4];
-                        if let Ok(n) = Packet::Disconnect(None).encode(&mut b) {
-                            let _ = self.socket.send_to(&b[..n], addr).await;
+                    if let Some(peer) = &entry.addr {
+                        let mut b = [0u8; 300];
+                        if let Ok(n) = peer.encode(Packet::Disconnect(None), &mut b) {
+                            let _ = self.socket.send_to(&b[..n], peer.addr).await;
                         }
                     }
                 }
@@ -462,6 +593,7 @@ impl<U: Upstreams> Server<U> {
                 }
             }
         }
+        let _ = self.own.send(Command::Disconnect);
         let deadline = Instant::now() + self.opts.shutdown_grace;
         while !self.by_key.is_empty() {
             match tokio::time::timeout_at(deadline, events_rx.recv()).await {
