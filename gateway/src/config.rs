@@ -60,6 +60,10 @@ pub struct Config {
     pub discovery: DiscoverySection,
     /// `[qos_minus_one]`: PUBLISH without a connection.
     pub qos_minus_one: QosMinusOneSection,
+    /// `[auth]`: the policy for ClientIds not in `[[clients]]`.
+    pub auth: AuthSection,
+    /// `[[clients]]`: known sensors, their upstream identity and pins.
+    pub clients: Vec<ClientSection>,
     /// `[[predefined]]`: predefined topic ids.
     pub predefined: Vec<PredefinedTopic>,
 }
@@ -92,6 +96,10 @@ pub struct BrokerSection {
     pub keepalive_secs: u16,
     /// How long a TCP connect to the broker may take.
     pub connect_timeout_ms: u64,
+    /// Upstream username for sensors not in `[[clients]]`.
+    pub username: Option<String>,
+    /// Upstream password for sensors not in `[[clients]]`.
+    pub password: Option<String>,
 }
 
 impl Default for BrokerSection {
@@ -102,6 +110,8 @@ impl Default for BrokerSection {
             client_id_prefix: String::new(),
             keepalive_secs: 60,
             connect_timeout_ms: 5_000,
+            username: None,
+            password: None,
         }
     }
 }
@@ -201,6 +211,38 @@ pub struct QosMinusOneSection {
     /// Source networks allowed to (`192.168.1.0/24`, `10.0.0.7`); empty:
     /// any.
     pub allow: Vec<String>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// `"allow"` (with the `[broker]` identity) or `"refuse"` (CONNACK not
+    /// supported) for ClientIds not in `[[clients]]`.
+    pub unknown_clients: String,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self { unknown_clients: "allow".into() }
+    }
+}
+
+/// One `[[clients]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    /// The sensor's ClientId.
+    pub client_id: String,
+    /// Its upstream username.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Its upstream password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Source networks it may connect from; empty: anywhere.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
 }
 
 /// `[sleep]`.
@@ -390,7 +432,9 @@ impl Config {
         } else {
             None
         };
+        let auth = std::sync::Arc::new(self.auth_table()?);
         Ok(crate::server::ServerOptions {
+            auth,
             max_sessions: (self.limits.max_sessions > 0).then_some(self.limits.max_sessions),
             gateway_id: d.gateway_id,
             answer_searchgw: d.answer_searchgw,
@@ -402,6 +446,55 @@ impl Config {
             ),
             ..crate::server::ServerOptions::default()
         })
+    }
+
+    /// The credentials table.
+    pub fn auth_table(&self) -> Result<crate::auth::AuthTable, ConfigError> {
+        use crate::auth::{AuthTable, ClientEntry, Identity};
+        let allow_unknown = match self.auth.unknown_clients.as_str() {
+            "allow" => true,
+            "refuse" => false,
+            other => {
+                return Err(invalid(
+                    "auth.unknown_clients",
+                    other,
+                    "must be \"allow\" or \"refuse\"",
+                ))
+            }
+        };
+        let mut table = AuthTable::default();
+        table.allow_unknown = allow_unknown;
+        table.default_identity = Identity {
+            username: self.broker.username.clone(),
+            password: self.broker.password.clone().map(bytes::Bytes::from),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            if !seen.insert(c.client_id.as_str()) {
+                return Err(invalid(
+                    &format!("clients[{i}].client_id"),
+                    &c.client_id,
+                    "listed twice",
+                ));
+            }
+            let mut allow_from = Vec::new();
+            for (j, net) in c.allow_from.iter().enumerate() {
+                allow_from.push(net.parse::<crate::cidr::Cidr>().map_err(|e| {
+                    invalid(&format!("clients[{i}].allow_from[{j}]"), net, &e.to_string())
+                })?);
+            }
+            table.insert(
+                &c.client_id,
+                ClientEntry {
+                    identity: Identity {
+                        username: c.username.clone(),
+                        password: c.password.clone().map(bytes::Bytes::from),
+                    },
+                    allow_from,
+                },
+            );
+        }
+        Ok(table)
     }
 
     /// The settings every session runs with.

@@ -1,6 +1,7 @@
 //! The MQTT-SN gateway: a sans-IO session core and the tokio drivers around it.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cidr;
 pub mod config;
 #[cfg(feature = "embedded-broker")]

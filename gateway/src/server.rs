@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::auth::AuthTable;
 use crate::cidr::Cidr;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
@@ -68,6 +69,8 @@ pub struct ServerOptions {
     /// The ClientId of the gateway's own upstream connection (QoS -1
     /// publishes, broker reachability).
     pub own_client_id: String,
+    /// Who may connect, and as whom upstream.
+    pub auth: Arc<AuthTable>,
 }
 
 impl Default for ServerOptions {
@@ -81,6 +84,7 @@ impl Default for ServerOptions {
             advertise: None,
             qos_minus_one: None,
             own_client_id: "mqttsn-gateway".into(),
+            auth: Arc::new(AuthTable::open()),
         }
     }
 }
@@ -114,6 +118,9 @@ struct Server<U> {
     own_next_request: u64,
     /// The broker answered the gateway's own connection last time.
     broker_up: bool,
+    /// The gateway's own connection found the broker unreachable (unknown
+    /// at start counts as reachable).
+    broker_down: bool,
 }
 
 /// The upstream key of the gateway's own connection.
@@ -137,8 +144,8 @@ pub async fn run<U: Upstreams>(
         clean_session: true,
         keep_alive: 60,
         will: None,
-        username: None,
-        password: None,
+        username: opts.auth.default_identity.username.clone(),
+        password: opts.auth.default_identity.password.clone(),
     }));
     if opts.advertise.is_some() {
         socket.set_broadcast(true)?;
@@ -166,6 +173,7 @@ pub async fn run<U: Upstreams>(
         own,
         own_next_request: 1,
         broker_up: false,
+        broker_down: false,
     };
     let mut buf = vec![0u8; 65_536];
     tokio::pin!(shutdown);
@@ -234,6 +242,24 @@ impl<U: Upstreams> Server<U> {
                     return;
                 }
                 let Ok(client_id) = std::str::from_utf8(c.client_id) else { return };
+                let identity = match self.opts.auth.check(client_id, from.addr.ip()) {
+                    Ok(identity) => identity,
+                    Err(why) => {
+                        Metrics::inc(&self.metrics.connects_refused);
+                        if self.may_log(now) {
+                            warn!(%from, client_id, "CONNECT refused: {}", why.as_str());
+                        }
+                        let rc = mqttsn_codec::ReturnCode::NotSupported;
+                        self.send_to(Packet::ConnAck(rc), &from).await;
+                        return;
+                    }
+                };
+                if self.broker_down {
+                    // Try again later: the broker is unreachable.
+                    let rc = mqttsn_codec::ReturnCode::Congestion;
+                    self.send_to(Packet::ConnAck(rc), &from).await;
+                    return;
+                }
                 let full = self.opts.max_sessions.is_some_and(|max| self.sessions.len() >= max);
                 if full && !self.sessions.contains_key(client_id) {
                     Metrics::inc(&self.metrics.connects_refused);
@@ -246,6 +272,7 @@ impl<U: Upstreams> Server<U> {
                 }
                 let cid = self.attach(client_id, from.clone(), now.into_std());
                 if let Some(entry) = self.sessions.get_mut(&cid) {
+                    entry.session.set_identity(identity.username, identity.password);
                     entry.session.handle_connect(&c, now.into_std());
                 }
                 self.flush(&cid).await;
@@ -254,8 +281,11 @@ impl<U: Upstreams> Server<U> {
                 // A sleeping sensor that wakes from a new address (NAT
                 // rebinding, NB-IoT) names itself in PINGREQ.
                 if let Packet::PingReq(Some(id)) = &packet {
+                    let auth = &self.opts.auth;
+                    let ip = from.addr.ip();
                     let sleeper = std::str::from_utf8(id)
                         .ok()
+                        .filter(|id| auth.check(id, ip).is_ok())
                         .and_then(|id| self.sessions.get_key_value(id))
                         .filter(|(_, e)| e.session.is_sleeping())
                         .map(|(k, _)| k.clone());
@@ -414,10 +444,12 @@ impl<U: Upstreams> Server<U> {
                         info!("broker reachable");
                     }
                     self.broker_up = true;
+                    self.broker_down = false;
                 }
                 Event::Unavailable { reason } => {
                     warn!("broker unreachable: {reason}");
                     self.broker_up = false;
+                    self.broker_down = true;
                 }
                 Event::Refused { code } => {
                     warn!("broker refused the gateway's own connection: code {code}");

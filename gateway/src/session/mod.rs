@@ -198,6 +198,8 @@ pub struct Session {
     last_heard: Instant,
     phase: Phase,
     will: Option<Will>,
+    username: Option<String>,
+    password: Option<Bytes>,
     regs: Registrations,
     /// Subscribed filters and granted QoS.
     subs: Vec<(Arc<str>, MqttQoS)>,
@@ -261,6 +263,8 @@ impl Session {
             last_heard: now,
             phase: Phase::Ended,
             will: None,
+            username: None,
+            password: None,
             regs,
             subs: Vec::new(),
             subs_known: false,
@@ -308,6 +312,12 @@ impl Session {
     /// asked for a persistent session (CleanSession false).
     pub fn persistent(&self) -> bool {
         !self.clean
+    }
+
+    /// Sets the upstream identity used by the next connection.
+    pub fn set_identity(&mut self, username: Option<String>, password: Option<Bytes>) {
+        self.username = username;
+        self.password = password;
     }
 
     /// The keepalive the sensor asked for.
@@ -635,8 +645,8 @@ impl Session {
                         clean_session: clean,
                         keep_alive: 0,
                         will: if with_will { self.will.clone() } else { None },
-                        username: None,
-                        password: None,
+                        username: self.username.clone(),
+                        password: self.password.clone(),
                     };
                     self.upstream_open = true;
                     self.connecting_clean = clean;

@@ -1,0 +1,114 @@
+//! Who may connect, and as whom on the broker.
+//!
+//! MQTT-SN 1.2 CONNECT carries no credentials, so the gateway supplies the
+//! identity: a table maps ClientIds to upstream usernames and passwords,
+//! optionally pinned to source networks; a policy decides for ClientIds not
+//! in the table.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+
+use crate::cidr::Cidr;
+
+/// The upstream identity of a sensor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// MQTT username, if any.
+    pub username: Option<String>,
+    /// MQTT password, if any.
+    pub password: Option<Bytes>,
+}
+
+/// One known sensor.
+#[derive(Debug, Clone, Default)]
+pub struct ClientEntry {
+    /// Its upstream identity.
+    pub identity: Identity,
+    /// Source networks it may connect from; empty: anywhere.
+    pub allow_from: Vec<Cidr>,
+}
+
+/// Why a sensor may not connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The ClientId is not in the table and the policy refuses unknown ones.
+    UnknownClient,
+    /// The source address is outside the ClientId's pinned networks.
+    OutsidePin,
+}
+
+impl Refusal {
+    /// For logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownClient => "unknown ClientId",
+            Self::OutsidePin => "source address outside the ClientId's pinned networks",
+        }
+    }
+}
+
+/// The credentials table and policy.
+#[derive(Debug, Clone, Default)]
+pub struct AuthTable {
+    clients: HashMap<String, ClientEntry>,
+    /// Allow ClientIds not in the table (with `default_identity`).
+    pub allow_unknown: bool,
+    /// The identity of sensors not in the table.
+    pub default_identity: Identity,
+}
+
+impl AuthTable {
+    /// Everyone allowed, no credentials: the default.
+    pub fn open() -> Self {
+        Self { allow_unknown: true, ..Self::default() }
+    }
+
+    /// Adds or replaces a known sensor.
+    pub fn insert(&mut self, client_id: &str, entry: ClientEntry) {
+        self.clients.insert(client_id.to_owned(), entry);
+    }
+
+    /// The identity for `client_id` connecting from `ip`, or why not.
+    pub fn check(&self, client_id: &str, ip: IpAddr) -> Result<Identity, Refusal> {
+        match self.clients.get(client_id) {
+            Some(entry) => {
+                if entry.allow_from.is_empty() || entry.allow_from.iter().any(|n| n.contains(ip)) {
+                    Ok(entry.identity.clone())
+                } else {
+                    Err(Refusal::OutsidePin)
+                }
+            }
+            None if self.allow_unknown => Ok(self.default_identity.clone()),
+            None => Err(Refusal::UnknownClient),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn table_pins_and_policy() {
+        let mut t = AuthTable::default();
+        t.insert(
+            "a",
+            ClientEntry {
+                identity: Identity { username: Some("alice".into()), password: None },
+                allow_from: vec!["10.0.0.0/8".parse().unwrap()],
+            },
+        );
+        t.insert("b", ClientEntry::default());
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        let outside: IpAddr = "192.168.0.1".parse().unwrap();
+        assert_eq!(t.check("a", inside).unwrap().username.as_deref(), Some("alice"));
+        assert_eq!(t.check("a", outside), Err(Refusal::OutsidePin));
+        assert!(t.check("b", outside).is_ok());
+        assert_eq!(t.check("c", inside), Err(Refusal::UnknownClient));
+        t.allow_unknown = true;
+        assert!(t.check("c", inside).is_ok());
+    }
+}
