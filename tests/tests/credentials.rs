@@ -119,7 +119,7 @@ fn sensors_arrive_upstream_as_their_own_users_and_pins_hold() {
     publish(&mut alice, "bob/x", b"alice writing as bob");
     publish(&mut alice, "alice/x", b"from alice");
     publish(&mut bob, "bob/x", b"from bob");
-    let mut got = vec![admin.recv(), admin.recv()];
+    let mut got = [admin.recv(), admin.recv()];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!((got[0].topic.as_str(), got[0].payload.as_slice()), ("alice/x", &b"from alice"[..]));
     assert_eq!((got[1].topic.as_str(), got[1].payload.as_slice()), ("bob/x", &b"from bob"[..]));
