@@ -2,7 +2,7 @@
 //! keys refused; `config/gateway.toml` lists every option with its default.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +100,13 @@ pub struct BrokerSection {
     pub username: Option<String>,
     /// Upstream password for sensors not in `[[clients]]`.
     pub password: Option<String>,
+    /// `mqtts://`: CA certificates (PEM) that sign the broker's
+    /// certificate; default: the system bundle.
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://`: client certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// `mqtts://`: the client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for BrokerSection {
@@ -112,6 +119,9 @@ impl Default for BrokerSection {
             connect_timeout_ms: 5_000,
             username: None,
             password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -268,6 +278,13 @@ impl Default for SleepSection {
 pub enum BrokerTarget {
     /// A broker elsewhere, `host:port`.
     Remote(String),
+    /// A broker over TLS (`mqtts://`).
+    Tls {
+        /// The host name or address (the certificate's name).
+        host: String,
+        /// The port.
+        port: u16,
+    },
     /// The embedded broker, listening here.
     Embedded(SocketAddr),
 }
@@ -354,7 +371,15 @@ impl Config {
     /// Which broker to use.
     pub fn broker_target(&self) -> Result<BrokerTarget, ConfigError> {
         match &self.broker.url {
-            Some(url) => Ok(BrokerTarget::Remote(Self::host_port(url)?)),
+            Some(url) if url.starts_with("mqtts://") => {
+                let plain = format!("mqtt://{}", &url["mqtts://".len()..]);
+                let hp = Self::host_port(&plain, 8883)
+                    .map_err(|_| invalid("broker.url", url, "not mqtts://HOST[:PORT]"))?;
+                let (host, port) = hp.rsplit_once(':').unwrap_or((hp.as_str(), "8883"));
+                let port = port.parse().map_err(|_| invalid("broker.url", url, "bad port"))?;
+                Ok(BrokerTarget::Tls { host: host.to_owned(), port })
+            }
+            Some(url) => Ok(BrokerTarget::Remote(Self::host_port(url, 1883)?)),
             None => self.broker.embedded_listen.parse().map(BrokerTarget::Embedded).map_err(|_| {
                 invalid(
                     "broker.embedded_listen",
@@ -366,9 +391,9 @@ impl Config {
     }
 
     /// The `host:port` of an `mqtt://` URL.
-    fn host_port(url: &str) -> Result<String, ConfigError> {
+    fn host_port(url: &str, default_port: u16) -> Result<String, ConfigError> {
         let Some(rest) = url.strip_prefix("mqtt://") else {
-            return Err(invalid("broker.url", url, "must start with mqtt://"));
+            return Err(invalid("broker.url", url, "must start with mqtt:// or mqtts://"));
         };
         let rest = rest.trim_end_matches('/');
         let hostport = if rest.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
@@ -376,7 +401,7 @@ impl Config {
         } else if rest.contains(':') && !rest.starts_with('[') {
             return Err(invalid("broker.url", url, "the port is not a number"));
         } else {
-            format!("{rest}:1883")
+            format!("{rest}:{default_port}")
         };
         if hostport.starts_with(':') {
             return Err(invalid("broker.url", url, "no host"));
@@ -446,6 +471,15 @@ impl Config {
             ),
             ..crate::server::ServerOptions::default()
         })
+    }
+
+    /// The TLS settings for `mqtts://`.
+    pub fn tls_settings(&self) -> crate::upstream::tls::TlsSettings {
+        crate::upstream::tls::TlsSettings {
+            ca_file: self.broker.ca_file.clone(),
+            cert_file: self.broker.cert_file.clone(),
+            key_file: self.broker.key_file.clone(),
+        }
     }
 
     /// The credentials table.

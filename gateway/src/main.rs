@@ -10,7 +10,10 @@ use mqttsn_gateway::config::{BrokerTarget, Config};
 use mqttsn_gateway::metrics::Metrics;
 use mqttsn_gateway::mqtt::client::ClientOptions;
 use mqttsn_gateway::server;
-use mqttsn_gateway::upstream::connection::{Backoff, MqttUpstreams, TcpConnector, UpstreamOptions};
+use mqttsn_gateway::upstream::connection::{
+    Backoff, Connector, MqttUpstreams, TcpConnector, UpstreamOptions,
+};
+use mqttsn_gateway::upstream::tls::TlsConnector;
 use tracing::info;
 
 /// MQTT-SN v1.2 gateway: sensors speak MQTT-SN over UDP, and each gets its
@@ -50,10 +53,14 @@ async fn main() -> anyhow::Result<()> {
     }
     cfg.check()?;
     let listen = cfg.listen_addr()?;
-    let broker = match cfg.broker_target()? {
-        BrokerTarget::Remote(addr) => addr,
-        BrokerTarget::Embedded(addr) => start_embedded(addr)?,
+    let connector: Arc<dyn Connector> = match cfg.broker_target()? {
+        BrokerTarget::Remote(addr) => Arc::new(TcpConnector { addr }),
+        BrokerTarget::Tls { host, port } => {
+            Arc::new(TlsConnector::new(&host, port, &cfg.tls_settings())?)
+        }
+        BrokerTarget::Embedded(addr) => Arc::new(TcpConnector { addr: start_embedded(addr)? }),
     };
+    let broker = connector.describe();
     let session = Arc::new(cfg.session_config()?);
 
     match mqttsn_gateway::limits::raise_open_files() {
@@ -63,9 +70,9 @@ async fn main() -> anyhow::Result<()> {
     let socket = tokio::net::UdpSocket::bind(listen)
         .await
         .with_context(|| format!("cannot listen on udp://{listen}"))?;
-    info!("MQTT-SN gateway listening on udp://{}, broker mqtt://{broker}", socket.local_addr()?);
+    info!("MQTT-SN gateway listening on udp://{}, broker {broker}", socket.local_addr()?);
     let upstreams = MqttUpstreams::new(
-        Arc::new(TcpConnector { addr: broker }),
+        connector,
         UpstreamOptions {
             client: ClientOptions {
                 keep_alive: Duration::from_secs(u64::from(cfg.broker.keepalive_secs)),

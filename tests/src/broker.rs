@@ -79,17 +79,20 @@ impl Mosquitto {
             ),
         )
         .map_err(|e| e.to_string())?;
+        let log = dir.join("mosquitto.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let mut child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .map_err(|e| format!("spawn mosquitto: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("mosquitto exited: {status}"));
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("mosquitto exited: {status}: {said}"));
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(child);

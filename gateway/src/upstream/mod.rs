@@ -9,6 +9,7 @@
 use bytes::Bytes;
 
 pub mod connection;
+pub mod tls;
 
 pub use crate::mqtt::QoS;
 

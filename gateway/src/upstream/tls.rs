@@ -1,0 +1,127 @@
+//! `mqtts://`: TLS toward the broker with rustls (ring provider), server
+//! verification against a CA file (or the system bundle), and an optional
+//! client certificate.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+
+use super::connection::{BoxedTransport, Connector};
+
+/// The CA bundle of Debian and Raspberry Pi OS, used when no CA file is
+/// configured.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Why TLS cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{what} {path}: {reason}")]
+    File {
+        /// Which file (`broker.ca_file`, ...).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The host is not a valid TLS server name.
+    #[error("`{0}` is not a valid TLS server name")]
+    ServerName(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// TLS settings of the upstream connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// CA certificates (PEM) to verify the broker; default: the system
+    /// bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM), for brokers that require one.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+fn file_error(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File { what, path: path.to_owned(), reason: reason.to_string() }
+}
+
+fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(what, path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// TLS over TCP to one broker.
+pub struct TlsConnector {
+    addr: String,
+    name: ServerName<'static>,
+    inner: tokio_rustls::TlsConnector,
+}
+
+impl TlsConnector {
+    /// A connector to `host:port`.
+    pub fn new(host: &str, port: u16, settings: &TlsSettings) -> Result<Self, TlsError> {
+        let ca = settings.ca_file.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs("broker.ca_file", &ca)? {
+            roots.add(cert).map_err(|e| file_error("broker.ca_file", &ca, e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let config = match (&settings.cert_file, &settings.key_file) {
+            (Some(cert), Some(key)) => {
+                let chain = certs("broker.cert_file", cert)?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| file_error("broker.key_file", key, e))?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), None) => {
+                return Err(file_error("broker.cert_file", cert, "needs broker.key_file too"))
+            }
+            (None, Some(key)) => {
+                return Err(file_error("broker.key_file", key, "needs broker.cert_file too"))
+            }
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(bare.to_owned())
+            .map_err(|_| TlsError::ServerName(bare.to_owned()))?;
+        Ok(Self {
+            addr: format!("{host}:{port}"),
+            name,
+            inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+}
+
+impl Connector for TlsConnector {
+    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedTransport>> + Send + '_>> {
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&self.addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = self.inner.connect(self.name.clone(), tcp).await?;
+            Ok(Box::new(tls) as BoxedTransport)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("mqtts://{}", self.addr)
+    }
+}

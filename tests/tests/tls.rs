@@ -1,0 +1,147 @@
+//! `mqtts://` toward the broker: the gateway (the binary, configured by
+//! file) verifies mosquitto's certificate against a CA file and presents a
+//! client certificate; mosquitto requires it and takes its CN as the user.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use mqttsn_codec::{Ack, Packet, QoS, ReturnCode, TopicId};
+use mqttsn_tests::broker::{unique, Mosquitto};
+use mqttsn_tests::gateway::GatewayProcess;
+use mqttsn_tests::mqtt_client::MqttClient;
+use mqttsn_tests::sn::Sensor;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is required ({e}); scripts/test installs it"));
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certs(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=mqttsn-test-ca"]);
+    openssl(dir, &ca);
+    // Extensions make v3 certificates, which webpki requires.
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "gateway-user")] {
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let subj = format!("/CN={cn}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        let crt = format!("{name}.crt");
+        let mut sign = vec![
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+        ];
+        let ext = format!("{name}.ext");
+        sign.extend(["-extfile", &ext]);
+        openssl(dir, &sign);
+    }
+    // mosquitto started as root drops to its own user: let it read them.
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn mqtts_with_a_client_certificate() {
+    let dir = std::env::temp_dir().join(unique("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certs(&dir);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    // The harness's own listener stays plain (for the test's subscriber);
+    // the TLS listener requires a client certificate.
+    let broker = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\n\
+         keyfile {d}/server.key\nrequire_certificate true\nuse_identity_as_username true\n"
+    ));
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[broker]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\n\
+             ca_file = \"{d}/ca.crt\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"\n"
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let topic = unique("tls");
+    let mut sub = MqttClient::connect(broker.port(), &unique("sub"));
+    sub.subscribe(&topic, 1);
+    let mut s = Sensor::new(gw.addr);
+    s.connect(&unique("s"), true, 60);
+    let id = s.register(&topic, 1);
+    s.publish(TopicId::Normal(id), QoS::AtLeastOnce, 2, b"over TLS", false);
+    s.expect(Packet::PubAck(Ack { topic_id: id, msg_id: 2, return_code: ReturnCode::Accepted }));
+    assert_eq!(sub.recv().payload, b"over TLS");
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_broker_certificate_from_another_ca_is_refused() {
+    let dir = std::env::temp_dir().join(unique("tls-bad"));
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    make_certs(&dir);
+    make_certs(&other);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    let _broker = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"
+    ));
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[broker]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\n\
+             ca_file = \"{}/ca.crt\"\n",
+            other.display()
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let mut s = Sensor::new(gw.addr);
+    s.send(Packet::Connect(mqttsn_codec::Connect {
+        will: false,
+        clean_session: true,
+        protocol_id: 1,
+        duration: 60,
+        client_id: unique("s").as_bytes(),
+    }));
+    // The broker cannot be verified: try later.
+    s.expect(Packet::ConnAck(ReturnCode::Congestion));
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
