@@ -64,6 +64,8 @@ pub struct Config {
     pub auth: AuthSection,
     /// `[[clients]]`: known sensors, their upstream identity and pins.
     pub clients: Vec<ClientSection>,
+    /// `[monitoring]`: the Prometheus endpoint and the broker topics.
+    pub monitoring: MonitoringSection,
     /// `[[predefined]]`: predefined topic ids.
     pub predefined: Vec<PredefinedTopic>,
 }
@@ -223,6 +225,26 @@ pub struct QosMinusOneSection {
     pub allow: Vec<String>,
 }
 
+/// `[monitoring]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringSection {
+    /// Where `GET /metrics` (Prometheus) is served; empty: nowhere.
+    pub listen: String,
+    /// Seconds between publications of the key figures on the broker; 0:
+    /// never.
+    pub sys_interval_secs: u64,
+    /// The topic prefix of those publications; empty:
+    /// `mqttsn/gateway/<gateway_id>`.
+    pub sys_prefix: String,
+}
+
+impl Default for MonitoringSection {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9184".into(), sys_interval_secs: 60, sys_prefix: String::new() }
+    }
+}
+
 /// `[auth]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -357,6 +379,7 @@ impl Config {
         }
         self.predefined_table()?;
         self.server_options()?;
+        self.monitoring_addr()?;
         Ok(())
     }
 
@@ -458,8 +481,18 @@ impl Config {
             None
         };
         let auth = std::sync::Arc::new(self.auth_table()?);
+        let mon = &self.monitoring;
+        let sys_topics = (mon.sys_interval_secs > 0).then(|| {
+            let prefix = if mon.sys_prefix.is_empty() {
+                format!("mqttsn/gateway/{}", d.gateway_id)
+            } else {
+                mon.sys_prefix.trim_end_matches('/').to_owned()
+            };
+            (prefix, Duration::from_secs(mon.sys_interval_secs))
+        });
         Ok(crate::server::ServerOptions {
             auth,
+            sys_topics,
             max_sessions: (self.limits.max_sessions > 0).then_some(self.limits.max_sessions),
             gateway_id: d.gateway_id,
             answer_searchgw: d.answer_searchgw,
@@ -471,6 +504,15 @@ impl Config {
             ),
             ..crate::server::ServerOptions::default()
         })
+    }
+
+    /// Where the Prometheus endpoint listens, if anywhere.
+    pub fn monitoring_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let l = &self.monitoring.listen;
+        if l.is_empty() {
+            return Ok(None);
+        }
+        l.parse().map(Some).map_err(|_| invalid("monitoring.listen", l, "not an IP:PORT address"))
     }
 
     /// The TLS settings for `mqtts://`.

@@ -22,6 +22,9 @@ pub enum EmbeddedError {
     /// The broker thread could not be started.
     #[error("cannot start the embedded MQTT broker thread: {0}")]
     Thread(std::io::Error),
+    /// The broker did not accept connections in time.
+    #[error("the embedded MQTT broker on {0} did not start listening")]
+    NotReady(SocketAddr),
 }
 
 /// Starts rumqttd on `addr` (MQTT 3.1.1) on its own thread. It runs until
@@ -64,5 +67,13 @@ pub fn start(addr: SocketAddr, max_payload: usize) -> Result<(), EmbeddedError> 
             }
         })
         .map_err(EmbeddedError::Thread)?;
+    // Ready when it accepts connections (bounded: it binds at once).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(EmbeddedError::NotReady(addr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod embedded;
 pub mod limits;
 pub mod metrics;
+pub mod monitor;
 pub mod mqtt;
 pub mod peer;
 pub mod server;

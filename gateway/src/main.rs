@@ -27,9 +27,14 @@ struct Args {
     /// The UDP address to listen on (overrides gateway.listen).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<String>,
-    /// The upstream broker, mqtt://HOST:PORT (overrides broker.url).
+    /// The upstream broker, mqtt://HOST:PORT or mqtts://HOST:PORT
+    /// (overrides broker.url).
     #[arg(long, value_name = "URL")]
     broker: Option<String>,
+    /// Where to serve Prometheus metrics; "" turns them off (overrides
+    /// monitoring.listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -51,6 +56,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(broker) = args.broker {
         cfg.broker.url = Some(broker);
     }
+    if let Some(metrics) = args.metrics_listen {
+        cfg.monitoring.listen = metrics;
+    }
     cfg.check()?;
     let listen = cfg.listen_addr()?;
     let connector: Arc<dyn Connector> = match cfg.broker_target()? {
@@ -63,6 +71,18 @@ async fn main() -> anyhow::Result<()> {
     let broker = connector.describe();
     let session = Arc::new(cfg.session_config()?);
 
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = cfg.monitoring_addr()? {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot serve metrics on http://{addr} (monitoring.listen)")
+        })?;
+        info!("metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(mqttsn_gateway::monitor::serve(
+            listener,
+            metrics.clone(),
+            std::future::pending(),
+        ));
+    }
     match mqttsn_gateway::limits::raise_open_files() {
         Ok(n) => info!("open files limit: {n}"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
@@ -83,7 +103,6 @@ async fn main() -> anyhow::Result<()> {
             ..UpstreamOptions::default()
         },
     );
-    let metrics = Arc::new(Metrics::default());
     server::run(socket, upstreams, session, cfg.server_options()?, metrics, shutdown_signal())
         .await?;
     info!("stopped");

@@ -42,7 +42,32 @@ pub struct Metrics {
     pub dropped_rejected_by_sensor: AtomicU64,
     /// See [`DropReason::Unexpected`].
     pub dropped_unexpected: AtomicU64,
+    /// Sensors asleep now.
+    pub sessions_asleep: AtomicU64,
+    /// Sensor PUBLISHes acknowledged by the broker, by QoS 0, 1, 2, -1.
+    pub messages_in: [AtomicU64; 4],
+    /// Broker messages delivered to sensors, by QoS 0, 1, 2.
+    pub messages_out: [AtomicU64; 3],
+    /// REGISTER, PUBLISH and PUBREL sent to sensors again.
+    pub retransmissions: AtomicU64,
+    /// Upstream connections established (first connects and reconnects).
+    pub upstream_connects: AtomicU64,
+    /// Upstream connections lost or not made.
+    pub upstream_outages: AtomicU64,
+    /// Messages waiting for sensors (queued, in flight, buffered).
+    pub buffered_messages: AtomicU64,
+    /// Octets of those messages (payloads and topic names).
+    pub buffered_bytes: AtomicU64,
+    /// Sensor PUBLISH to broker acknowledgement, QoS 1 and 2, in
+    /// milliseconds: counts per bucket of [`LATENCY_BUCKETS_MS`] (the last
+    /// one is everything above).
+    pub latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    /// Sum of those latencies in microseconds.
+    pub latency_sum_us: AtomicU64,
 }
+
+/// Upper bounds of the latency histogram buckets, in milliseconds.
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
 
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,6 +94,12 @@ pub struct Snapshot {
     pub qos_minus_one_refused: u64,
     /// Everything dropped, all reasons together.
     pub dropped: u64,
+    /// Sensors asleep.
+    pub sessions_asleep: u64,
+    /// Retransmissions.
+    pub retransmissions: u64,
+    /// Messages waiting for sensors.
+    pub buffered_messages: u64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -84,6 +115,181 @@ impl Metrics {
     /// Subtracts one from a gauge, never below zero.
     pub fn dec(c: &AtomicU64) {
         let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    /// Records the broker's acknowledgement of a sensor's PUBLISH.
+    pub fn published(&self, qos: mqttsn_codec::QoS, latency: std::time::Duration) {
+        let i = match qos {
+            mqttsn_codec::QoS::AtMostOnce => 0,
+            mqttsn_codec::QoS::AtLeastOnce => 1,
+            mqttsn_codec::QoS::ExactlyOnce => 2,
+            mqttsn_codec::QoS::NoSession => 3,
+        };
+        Self::inc(&self.messages_in[i]);
+        if i == 1 || i == 2 {
+            let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+            let bucket = LATENCY_BUCKETS_MS
+                .iter()
+                .position(|b| ms <= *b)
+                .unwrap_or(LATENCY_BUCKETS_MS.len());
+            Self::inc(&self.latency[bucket]);
+            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a delivery to a sensor.
+    pub fn delivered(&self, qos: crate::mqtt::QoS) {
+        Self::inc(&self.messages_out[qos as usize]);
+    }
+
+    /// Sets a gauge.
+    pub fn set(c: &AtomicU64, v: u64) {
+        c.store(v, Ordering::Relaxed);
+    }
+
+    /// The counters in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP mqttsn_{name} {help}\n# TYPE mqttsn_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "mqttsn_{name}{labels} {v}");
+            }
+        };
+        metric(
+            "sensors",
+            "gauge",
+            "Sensors by state.",
+            &[
+                (
+                    "{state=\"connected\"}",
+                    get(&self.sessions_active).saturating_sub(get(&self.sessions_asleep)),
+                ),
+                ("{state=\"asleep\"}", get(&self.sessions_asleep)),
+            ],
+        );
+        metric(
+            "datagrams_total",
+            "counter",
+            "Datagrams by direction.",
+            &[
+                ("{direction=\"in\"}", get(&self.datagrams_in)),
+                ("{direction=\"out\"}", get(&self.datagrams_out)),
+            ],
+        );
+        metric(
+            "malformed_datagrams_total",
+            "counter",
+            "Datagrams that did not decode.",
+            &[("", get(&self.malformed))],
+        );
+        metric(
+            "unknown_sender_total",
+            "counter",
+            "Datagrams from addresses without a session.",
+            &[("", get(&self.unknown_sender))],
+        );
+        metric(
+            "connects_refused_total",
+            "counter",
+            "CONNECTs refused.",
+            &[("", get(&self.connects_refused))],
+        );
+        metric(
+            "sensors_lost_total",
+            "counter",
+            "Sensors lost to keepalive or sleep supervision.",
+            &[("", get(&self.sensors_lost))],
+        );
+        metric(
+            "takeovers_total",
+            "counter",
+            "Sessions moved to a new address.",
+            &[("", get(&self.takeovers))],
+        );
+        metric(
+            "dropped_total",
+            "counter",
+            "Messages and requests dropped, by reason.",
+            &[
+                ("{reason=\"not_subscribed\"}", get(&self.dropped_not_subscribed)),
+                ("{reason=\"topic_refused\"}", get(&self.dropped_topic_refused)),
+                ("{reason=\"topics_full\"}", get(&self.dropped_topics_full)),
+                ("{reason=\"too_long\"}", get(&self.dropped_too_long)),
+                ("{reason=\"queue_full\"}", get(&self.dropped_queue_full)),
+                ("{reason=\"rejected_by_sensor\"}", get(&self.dropped_rejected_by_sensor)),
+                ("{reason=\"unexpected\"}", get(&self.dropped_unexpected)),
+                ("{reason=\"qos_minus_one_refused\"}", get(&self.qos_minus_one_refused)),
+            ],
+        );
+        metric(
+            "messages_total",
+            "counter",
+            "Messages by direction and QoS.",
+            &[
+                ("{direction=\"sensor_to_broker\",qos=\"0\"}", get(&self.messages_in[0])),
+                ("{direction=\"sensor_to_broker\",qos=\"1\"}", get(&self.messages_in[1])),
+                ("{direction=\"sensor_to_broker\",qos=\"2\"}", get(&self.messages_in[2])),
+                (
+                    "{direction=\"sensor_to_broker\",qos=\"-1\"}",
+                    get(&self.messages_in[3]) + get(&self.qos_minus_one),
+                ),
+                ("{direction=\"broker_to_sensor\",qos=\"0\"}", get(&self.messages_out[0])),
+                ("{direction=\"broker_to_sensor\",qos=\"1\"}", get(&self.messages_out[1])),
+                ("{direction=\"broker_to_sensor\",qos=\"2\"}", get(&self.messages_out[2])),
+            ],
+        );
+        metric(
+            "retransmissions_total",
+            "counter",
+            "REGISTER, PUBLISH and PUBREL sent to sensors again.",
+            &[("", get(&self.retransmissions))],
+        );
+        metric(
+            "upstream_connects_total",
+            "counter",
+            "Upstream MQTT connections established.",
+            &[("", get(&self.upstream_connects))],
+        );
+        metric(
+            "upstream_outages_total",
+            "counter",
+            "Upstream MQTT connections lost or not made.",
+            &[("", get(&self.upstream_outages))],
+        );
+        metric(
+            "buffered_messages",
+            "gauge",
+            "Messages waiting for sensors.",
+            &[("", get(&self.buffered_messages))],
+        );
+        metric(
+            "buffered_bytes",
+            "gauge",
+            "Octets of messages waiting for sensors.",
+            &[("", get(&self.buffered_bytes))],
+        );
+        let _ = writeln!(out, "# HELP mqttsn_publish_latency_seconds Sensor PUBLISH (QoS 1, 2) to broker acknowledgement.\n# TYPE mqttsn_publish_latency_seconds histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+            cumulative += get(&self.latency[i]);
+            let _ = writeln!(
+                out,
+                "mqttsn_publish_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1000.0
+            );
+        }
+        cumulative += get(&self.latency[LATENCY_BUCKETS_MS.len()]);
+        let _ = writeln!(out, "mqttsn_publish_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "mqttsn_publish_latency_seconds_sum {}",
+            get(&self.latency_sum_us) as f64 / 1e6
+        );
+        let _ = writeln!(out, "mqttsn_publish_latency_seconds_count {cumulative}");
+        out
     }
 
     /// Counts a drop.
@@ -112,6 +318,9 @@ impl Metrics {
             sensors_lost: get(&self.sensors_lost),
             qos_minus_one: get(&self.qos_minus_one),
             qos_minus_one_refused: get(&self.qos_minus_one_refused),
+            sessions_asleep: get(&self.sessions_asleep),
+            retransmissions: get(&self.retransmissions),
+            buffered_messages: get(&self.buffered_messages),
             dropped: get(&self.dropped_not_subscribed)
                 + get(&self.dropped_topic_refused)
                 + get(&self.dropped_topics_full)

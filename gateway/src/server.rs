@@ -71,6 +71,9 @@ pub struct ServerOptions {
     pub own_client_id: String,
     /// Who may connect, and as whom upstream.
     pub auth: Arc<AuthTable>,
+    /// Publish key figures, retained, under this topic prefix at this
+    /// interval (on the gateway's own upstream connection).
+    pub sys_topics: Option<(String, Duration)>,
 }
 
 impl Default for ServerOptions {
@@ -85,6 +88,7 @@ impl Default for ServerOptions {
             qos_minus_one: None,
             own_client_id: "mqttsn-gateway".into(),
             auth: Arc::new(AuthTable::open()),
+            sys_topics: None,
         }
     }
 }
@@ -155,6 +159,14 @@ pub async fn run<U: Upstreams>(
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         i
     });
+    let mut gauges = tokio::time::interval(Duration::from_secs(1));
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sys = opts.sys_topics.as_ref().map(|(_, every)| {
+        let mut i = tokio::time::interval(*every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    let started = Instant::now();
     let mut server = Server {
         socket: Arc::new(socket),
         upstreams,
@@ -197,6 +209,13 @@ pub async fn run<U: Upstreams>(
                     None => std::future::pending().await,
                 }
             } => server.advertise().await,
+            _ = gauges.tick() => server.refresh_gauges(),
+            _ = async {
+                match sys.as_mut() {
+                    Some(i) => i.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => server.publish_sys(started),
             () = &mut shutdown => break,
         }
     }
@@ -424,6 +443,54 @@ impl<U: Upstreams> Server<U> {
         });
     }
 
+    /// Sensors by state and what waits for them.
+    fn refresh_gauges(&mut self) {
+        let (mut asleep, mut messages, mut bytes) = (0u64, 0u64, 0u64);
+        for e in self.sessions.values() {
+            if e.session.is_sleeping() {
+                asleep += 1;
+            }
+            let (m, b) = e.session.buffered();
+            messages += m as u64;
+            bytes += b as u64;
+        }
+        Metrics::set(&self.metrics.sessions_asleep, asleep);
+        Metrics::set(&self.metrics.buffered_messages, messages);
+        Metrics::set(&self.metrics.buffered_bytes, bytes);
+    }
+
+    /// Key figures as retained messages on the broker.
+    fn publish_sys(&mut self, started: Instant) {
+        let Some((prefix, _)) = self.opts.sys_topics.clone() else { return };
+        self.refresh_gauges();
+        let m = self.metrics.snapshot();
+        let figures: [(&str, u64); 12] = [
+            ("sensors/connected", m.sessions_active.saturating_sub(m.sessions_asleep)),
+            ("sensors/asleep", m.sessions_asleep),
+            ("sensors/lost", m.sensors_lost),
+            ("datagrams/in", m.datagrams_in),
+            ("datagrams/out", m.datagrams_out),
+            ("datagrams/malformed", m.malformed),
+            ("messages/dropped", m.dropped),
+            ("messages/retransmitted", m.retransmissions),
+            ("messages/buffered", m.buffered_messages),
+            ("connects/refused", m.connects_refused),
+            ("connects/takeovers", m.takeovers),
+            ("uptime", started.elapsed().as_secs()),
+        ];
+        for (name, value) in figures {
+            let id = self.own_next_request;
+            self.own_next_request += 1;
+            let _ = self.own.send(Command::Publish {
+                id,
+                topic: format!("{prefix}/{name}"),
+                payload: bytes::Bytes::from(value.to_string()),
+                qos: crate::mqtt::QoS::AtMostOnce,
+                retain: true,
+            });
+        }
+    }
+
     /// Periodic ADVERTISE, paused while the broker is unreachable.
     async fn advertise(&mut self) {
         let Some((to, every)) = self.opts.advertise else { return };
@@ -464,6 +531,11 @@ impl<U: Upstreams> Server<U> {
             return;
         };
         debug!(client_id = %cid, upstream = key, "event: {event:?}");
+        match &event {
+            Event::Connected { .. } => Metrics::inc(&self.metrics.upstream_connects),
+            Event::Unavailable { .. } => Metrics::inc(&self.metrics.upstream_outages),
+            _ => {}
+        }
         let closed = matches!(event, Event::Closed | Event::Refused { .. });
         match &event {
             Event::Unavailable { reason } => {
@@ -561,6 +633,9 @@ impl<U: Upstreams> Server<U> {
                     info!(client_id = %cid, "sensor lost: keepalive expired, will published");
                 }
                 SessionEvent::Ended => ended = true,
+                SessionEvent::Published { qos, latency } => self.metrics.published(qos, latency),
+                SessionEvent::Delivered { qos } => self.metrics.delivered(qos),
+                SessionEvent::Retransmitted => Metrics::inc(&self.metrics.retransmissions),
             }
         }
         if entry.counted_active && !entry.session.is_active() {

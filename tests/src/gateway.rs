@@ -160,22 +160,26 @@ impl Drop for Gateway {
     }
 }
 
-/// The `mqttsn-gateway` binary of this build, built first if missing.
+/// The `mqttsn-gateway` binary of this build, brought up to date once per
+/// test process (`cargo build` is quick when nothing changed).
 pub fn gateway_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("test executable");
     // target/<profile>/deps/<test> -> target/<profile>/mqttsn-gateway
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("mqttsn-gateway");
-    if !bin.is_file() {
-        let profile_release = dir.ends_with("release");
+    BUILT.call_once(|| {
         let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "mqttsn-gateway", "--bin", "mqttsn-gateway"]);
-        if profile_release {
+        cmd.args(["build", "--quiet", "-p", "mqttsn-gateway", "--bin", "mqttsn-gateway"]);
+        if dir.ends_with("release") {
             cmd.arg("--release");
+        }
+        if let Some(target) = dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build -p mqttsn-gateway failed");
-    }
+    });
     assert!(bin.is_file(), "{} missing", bin.display());
     bin
 }
@@ -188,6 +192,8 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     /// Its log lines (stdout), as they come.
     pub lines: std::sync::mpsc::Receiver<String>,
+    /// Where it serves metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl GatewayProcess {
@@ -197,6 +203,8 @@ impl GatewayProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(gateway_binary())
             .args(args)
+            // Tests run in parallel: never the fixed default metrics port.
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())
@@ -212,7 +220,7 @@ impl GatewayProcess {
                 }
             }
         });
-        let mut me = Self { child, addr: ([0, 0, 0, 0], 0).into(), lines };
+        let mut me = Self { child, addr: ([0, 0, 0, 0], 0).into(), lines, metrics: None };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -224,6 +232,9 @@ impl GatewayProcess {
                 }
                 panic!("the gateway did not start: {err}")
             });
+            if let Some(rest) = line.split("metrics on http://").nth(1) {
+                me.metrics = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
             if let Some(rest) = line.split("listening on udp://").nth(1) {
                 me.addr =
                     rest.split([',', ' ']).next().and_then(|a| a.parse().ok()).expect("address");

@@ -34,9 +34,10 @@ fn without_a_broker_the_embedded_one_carries_sensor_messages() {
     let gw = GatewayProcess::spawn(&["--config", cfg.to_str().unwrap()]);
     let topic = unique("first-run");
     let mut sub = MqttClient::connect(port, &unique("watch"));
-    sub.subscribe("#", 1);
+    sub.subscribe(&format!("{topic}/#"), 1);
     let mut s = Sensor::new(gw.addr);
     s.connect(&unique("s"), true, 60);
+    let topic = format!("{topic}/temperature");
     let id = s.register(&topic, 1);
     s.publish(TopicId::Normal(id), QoS::AtLeastOnce, 2, b"zero set-up", false);
     s.expect(Packet::PubAck(Ack { topic_id: id, msg_id: 2, return_code: ReturnCode::Accepted }));

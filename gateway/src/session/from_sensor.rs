@@ -12,7 +12,10 @@ use mqttsn_codec::{
 };
 
 use super::topics::RegisterError;
-use super::{mqtt_qos, sn_qos, DropReason, Qos2In, Session, Step, UpRequest, MAX_PENDING_REQUESTS};
+use super::{
+    mqtt_qos, sn_qos, DropReason, Qos2In, Session, SessionEvent, Step, UpRequest,
+    MAX_PENDING_REQUESTS,
+};
 use crate::mqtt::QoS as MqttQoS;
 use crate::upstream::{Command, RequestId, Will};
 
@@ -20,7 +23,7 @@ impl Session {
     pub(super) fn in_active(&mut self, packet: &Packet<'_>, now: Instant) {
         match packet {
             Packet::Register(r) => self.register_from_sensor(r.msg_id, r.topic_name),
-            Packet::Publish(p) => self.publish_from_sensor(p),
+            Packet::Publish(p) => self.publish_from_sensor(p, now),
             Packet::PubRel(msg_id) => self.pubrel_from_sensor(*msg_id),
             Packet::Subscribe(s) => self.subscribe_from_sensor(s),
             Packet::Unsubscribe(u) => self.unsubscribe_from_sensor(u),
@@ -70,7 +73,7 @@ impl Session {
         }
     }
 
-    fn publish_from_sensor(&mut self, p: &Publish<'_>) {
+    fn publish_from_sensor(&mut self, p: &Publish<'_>, now: Instant) {
         let refuse = |s: &mut Self, rc| {
             s.send(Packet::PubAck(Ack {
                 topic_id: p.topic.raw(),
@@ -86,6 +89,10 @@ impl Session {
             QoS::AtMostOnce | QoS::NoSession => {
                 let id = self.next_request();
                 self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::AtMostOnce));
+                self.events.push_back(SessionEvent::Published {
+                    qos: p.qos,
+                    latency: std::time::Duration::ZERO,
+                });
             }
             QoS::AtLeastOnce => {
                 if self.pending_msg_ids.contains_key(&p.msg_id) {
@@ -99,7 +106,12 @@ impl Session {
                 self.pending_msg_ids.insert(p.msg_id, id);
                 self.requests.insert(
                     id,
-                    UpRequest::Publish { msg_id: p.msg_id, topic_id: p.topic.raw(), qos: p.qos },
+                    UpRequest::Publish {
+                        msg_id: p.msg_id,
+                        topic_id: p.topic.raw(),
+                        qos: p.qos,
+                        sent: now,
+                    },
                 );
                 self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::AtLeastOnce));
             }
@@ -119,7 +131,12 @@ impl Session {
                     .insert(p.msg_id, Qos2In { request: id, recorded: false, releasing: false });
                 self.requests.insert(
                     id,
-                    UpRequest::Publish { msg_id: p.msg_id, topic_id: p.topic.raw(), qos: p.qos },
+                    UpRequest::Publish {
+                        msg_id: p.msg_id,
+                        topic_id: p.topic.raw(),
+                        qos: p.qos,
+                        sent: now,
+                    },
                 );
                 self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::ExactlyOnce));
             }
@@ -275,11 +292,16 @@ impl Session {
 
     // ----- upstream completions of the sensor's requests -----
 
-    pub(super) fn publish_acked(&mut self, id: RequestId) {
-        let Some(UpRequest::Publish { msg_id, topic_id, qos }) = self.requests.get(&id).cloned()
+    pub(super) fn publish_acked(&mut self, id: RequestId, now: Instant) {
+        let Some(UpRequest::Publish { msg_id, topic_id, qos, sent }) =
+            self.requests.get(&id).cloned()
         else {
             return;
         };
+        if qos != QoS::AtMostOnce && qos != QoS::NoSession {
+            let latency = now.saturating_duration_since(sent);
+            self.events.push_back(SessionEvent::Published { qos, latency });
+        }
         match qos {
             QoS::AtLeastOnce => {
                 self.requests.remove(&id);

@@ -98,6 +98,22 @@ pub enum SessionEvent {
     /// The session is over and its upstream closed. A session with
     /// `persistent()` may be kept for the sensor's next CONNECT.
     Ended,
+    /// A sensor's PUBLISH was acknowledged by the broker (QoS 0 and -1:
+    /// handed to the upstream), `latency` after it arrived.
+    Published {
+        /// The sensor's QoS.
+        qos: mqttsn_codec::QoS,
+        /// From the sensor's PUBLISH to the broker's acknowledgement.
+        latency: Duration,
+    },
+    /// A broker's message reached the sensor (acknowledged by it for QoS 1
+    /// and 2, sent for QoS 0).
+    Delivered {
+        /// The QoS toward the sensor.
+        qos: MqttQoS,
+    },
+    /// A REGISTER, PUBLISH or PUBREL was sent to the sensor again.
+    Retransmitted,
 }
 
 /// Where the sensor is in its connection.
@@ -164,6 +180,7 @@ enum UpRequest {
         msg_id: u16,
         topic_id: u16,
         qos: mqttsn_codec::QoS,
+        sent: Instant,
     },
     Subscribe {
         msg_id: u16,
@@ -325,6 +342,15 @@ impl Session {
         self.keepalive
     }
 
+    /// Messages waiting for the sensor and their octets (payloads and
+    /// topic names).
+    pub fn buffered(&self) -> (usize, usize) {
+        let queued = self.queue.iter().map(|d| d.payload.len() + d.topic.len());
+        let inflight =
+            self.inflight.iter().map(|i| i.message.payload.len() + i.message.topic.len());
+        (self.queue.len() + self.inflight.len(), queued.chain(inflight).sum())
+    }
+
     /// Messages waiting for the sensor, in flight or queued.
     pub fn pending_deliveries(&self) -> usize {
         self.queue.len() + self.inflight.len()
@@ -439,7 +465,7 @@ impl Session {
                 }
                 self.run_plan(now);
             }
-            Event::PublishAcked { id } => self.publish_acked(id),
+            Event::PublishAcked { id } => self.publish_acked(id, now),
             Event::PublishCompleted { id } => self.publish_completed(id),
             Event::SubAcked { id, granted } => self.sub_acked(id, granted),
             Event::UnsubAcked { id } => self.unsub_acked(id),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use mqttsn_codec::{Ack, Packet, ReturnCode, TopicId};
 
 use super::topics::RegisterError;
-use super::{sn_qos, DropReason, Outgoing, Phase, Session};
+use super::{sn_qos, DropReason, Outgoing, Phase, Session, SessionEvent};
 use crate::mqtt::QoS as MqttQoS;
 use crate::upstream::{Command, DeliveryId};
 
@@ -171,6 +171,7 @@ impl Session {
                 if let Some(id) = message.delivery {
                     self.commands.push_back(Command::Ack(id));
                 }
+                self.events.push_back(SessionEvent::Delivered { qos: MqttQoS::AtMostOnce });
                 continue;
             }
             let msg_id = self.alloc_msg_id();
@@ -224,6 +225,7 @@ impl Session {
                     if let Some(id) = done.unacked_delivery() {
                         self.commands.push_back(Command::Ack(id));
                     }
+                    self.events.push_back(SessionEvent::Delivered { qos: done.message.qos });
                 }
             }
             ReturnCode::InvalidTopicId => {
@@ -265,6 +267,7 @@ impl Session {
                 self.commands.push_back(Command::Ack(id));
             }
             i.stage = Stage::Released;
+            self.events.push_back(SessionEvent::Delivered { qos: MqttQoS::ExactlyOnce });
         }
         i.deadline = now + self.cfg.retry_interval;
         i.retries = 0;
@@ -307,6 +310,7 @@ impl Session {
                 } else {
                     r.retries += 1;
                     r.deadline = now + retry;
+                    self.events.push_back(SessionEvent::Retransmitted);
                     self.transmits.push_back(Outgoing::Register {
                         topic_id: r.topic_id,
                         msg_id: r.msg_id,
@@ -325,6 +329,7 @@ impl Session {
             }
             i.retries += 1;
             i.deadline = now + retry;
+            self.events.push_back(SessionEvent::Retransmitted);
             self.transmits.push_back(match i.stage {
                 Stage::Sent => publish_out(&i.message, i.topic, i.msg_id, true),
                 Stage::Released => Outgoing::Packet(Packet::PubRel(i.msg_id)),
