@@ -1,6 +1,7 @@
 //! The gateway's configuration: a TOML file, every key optional, unknown
 //! keys refused; `config/gateway.toml` lists every option with its default.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -172,6 +173,10 @@ pub struct LimitsSection {
     pub max_client_id_len: usize,
     /// The most sessions at once; 0 means no limit.
     pub max_sessions: usize,
+    /// PUBLISHes per second one sensor may send on average; 0: no limit.
+    pub max_publish_rate: f64,
+    /// How many PUBLISHes above the rate a sensor may send in a burst.
+    pub publish_burst: u32,
 }
 
 impl Default for LimitsSection {
@@ -183,6 +188,8 @@ impl Default for LimitsSection {
             max_datagram: 1024,
             max_client_id_len: mqttsn_codec::validate::MAX_CLIENT_ID_LEN,
             max_sessions: 0,
+            max_publish_rate: 0.0,
+            publish_burst: 10,
         }
     }
 }
@@ -315,6 +322,9 @@ pub enum BrokerTarget {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredefinedTopic {
+    /// Only for this ClientId; unset: for every sensor.
+    #[serde(default)]
+    pub client_id: Option<String>,
     /// The topic id, 1 to 65534.
     pub id: u16,
     /// The topic name.
@@ -377,7 +387,15 @@ impl Config {
         if self.sleep.buffer_messages == 0 {
             return Err(invalid("sleep.buffer_messages", 0, "must be at least 1"));
         }
+        if !l.max_publish_rate.is_finite() || l.max_publish_rate < 0.0 {
+            return Err(invalid(
+                "limits.max_publish_rate",
+                l.max_publish_rate,
+                "must be 0 or more",
+            ));
+        }
         self.predefined_table()?;
+        self.predefined_by_client()?;
         self.server_options()?;
         self.monitoring_addr()?;
         Ok(())
@@ -432,10 +450,31 @@ impl Config {
         Ok(hostport)
     }
 
-    /// The predefined topic table.
+    /// The predefined topic table shared by every sensor.
     pub fn predefined_table(&self) -> Result<Predefined, ConfigError> {
+        self.predefined_for(None)
+    }
+
+    /// The predefined topics of each ClientId that has its own (the shared
+    /// ones included).
+    pub fn predefined_by_client(&self) -> Result<HashMap<String, Arc<Predefined>>, ConfigError> {
+        let mut out = HashMap::new();
+        for p in &self.predefined {
+            if let Some(id) = &p.client_id {
+                if !out.contains_key(id) {
+                    out.insert(id.clone(), Arc::new(self.predefined_for(Some(id))?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn predefined_for(&self, client: Option<&str>) -> Result<Predefined, ConfigError> {
         let mut table = Predefined::new();
         for (i, p) in self.predefined.iter().enumerate() {
+            if p.client_id.as_deref().is_some_and(|c| Some(c) != client) {
+                continue;
+            }
             let key = format!("predefined[{i}]");
             if p.id == 0 || p.id == 0xffff {
                 return Err(invalid(&format!("{key}.id"), p.id, "0 and 65535 are reserved"));
@@ -592,6 +631,9 @@ impl Config {
             max_client_id_len: l.max_client_id_len,
             client_id_prefix: self.broker.client_id_prefix.clone(),
             predefined: Arc::new(self.predefined_table()?),
+            predefined_by_client: self.predefined_by_client()?,
+            publish_rate: (l.max_publish_rate > 0.0)
+                .then_some((l.max_publish_rate, l.publish_burst.max(1))),
             sleep_buffer_messages: self.sleep.buffer_messages,
             sleep_buffer_bytes: self.sleep.buffer_bytes,
             buffer_qos0: self.sleep.buffer_qos0,

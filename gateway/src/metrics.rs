@@ -42,6 +42,8 @@ pub struct Metrics {
     pub dropped_rejected_by_sensor: AtomicU64,
     /// See [`DropReason::Unexpected`].
     pub dropped_unexpected: AtomicU64,
+    /// See [`DropReason::RateLimited`].
+    pub dropped_rate_limited: AtomicU64,
     /// Sensors asleep now.
     pub sessions_asleep: AtomicU64,
     /// Sensor PUBLISHes acknowledged by the broker, by QoS 0, 1, 2, -1.
@@ -221,6 +223,7 @@ impl Metrics {
                 ("{reason=\"queue_full\"}", get(&self.dropped_queue_full)),
                 ("{reason=\"rejected_by_sensor\"}", get(&self.dropped_rejected_by_sensor)),
                 ("{reason=\"unexpected\"}", get(&self.dropped_unexpected)),
+                ("{reason=\"rate_limited\"}", get(&self.dropped_rate_limited)),
                 ("{reason=\"qos_minus_one_refused\"}", get(&self.qos_minus_one_refused)),
             ],
         );
@@ -302,6 +305,7 @@ impl Metrics {
             DropReason::QueueFull => &self.dropped_queue_full,
             DropReason::RejectedBySensor => &self.dropped_rejected_by_sensor,
             DropReason::Unexpected => &self.dropped_unexpected,
+            DropReason::RateLimited => &self.dropped_rate_limited,
         });
     }
 
@@ -327,7 +331,8 @@ impl Metrics {
                 + get(&self.dropped_too_long)
                 + get(&self.dropped_queue_full)
                 + get(&self.dropped_rejected_by_sensor)
-                + get(&self.dropped_unexpected),
+                + get(&self.dropped_unexpected)
+                + get(&self.dropped_rate_limited),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The settings one session runs with.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,13 @@ pub struct SessionConfig {
     pub sleep_buffer_bytes: usize,
     /// Buffer QoS 0 messages for sleeping sensors too.
     pub buffer_qos0: bool,
+    /// PUBLISHes a sensor may send per second on average, with this burst;
+    /// beyond it QoS 1/2 get PUBACK congestion and QoS 0 is dropped
+    /// (counted). `None`: no limit.
+    pub publish_rate: Option<(f64, u32)>,
+    /// Predefined topics of particular ClientIds (the global ones
+    /// included), instead of `predefined`.
+    pub predefined_by_client: HashMap<String, Arc<Predefined>>,
 }
 
 impl Default for SessionConfig {
@@ -84,6 +92,8 @@ impl Default for SessionConfig {
             sleep_buffer_messages: 1000,
             sleep_buffer_bytes: 1 << 20,
             buffer_qos0: true,
+            publish_rate: None,
+            predefined_by_client: HashMap::new(),
         }
     }
 }

@@ -85,6 +85,13 @@ impl Session {
             Ok(t) => t,
             Err(rc) => return refuse(self, rc),
         };
+        if !self.take_token(now) {
+            self.dropped(DropReason::RateLimited);
+            if p.qos == QoS::AtLeastOnce || p.qos == QoS::ExactlyOnce {
+                refuse(self, ReturnCode::Congestion);
+            }
+            return;
+        }
         match p.qos {
             QoS::AtMostOnce | QoS::NoSession => {
                 let id = self.next_request();
@@ -140,6 +147,20 @@ impl Session {
                 );
                 self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::ExactlyOnce));
             }
+        }
+    }
+
+    /// The token bucket of `publish_rate`: true when this PUBLISH may go.
+    fn take_token(&mut self, now: Instant) -> bool {
+        let Some((rate, burst)) = self.cfg.publish_rate else { return true };
+        let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(f64::from(burst));
+        self.tokens_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 

@@ -69,6 +69,8 @@ pub enum DropReason {
     RejectedBySensor,
     /// A sensor's message arrived in a state where it has no meaning.
     Unexpected,
+    /// The sensor published faster than its allowed rate.
+    RateLimited,
 }
 
 impl DropReason {
@@ -82,6 +84,7 @@ impl DropReason {
             Self::QueueFull => "queue_full",
             Self::RejectedBySensor => "rejected_by_sensor",
             Self::Unexpected => "unexpected",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -213,6 +216,9 @@ pub struct Session {
     clean: bool,
     keepalive: Duration,
     last_heard: Instant,
+    /// The publish rate limiter: tokens left, and when they were counted.
+    tokens: f64,
+    tokens_at: Instant,
     phase: Phase,
     will: Option<Will>,
     username: Option<String>,
@@ -271,13 +277,17 @@ impl Session {
     /// A new session for a sensor whose CONNECT passed [`check_connect`].
     /// Call [`Session::handle_connect`] with that CONNECT next.
     pub fn new(cfg: Arc<SessionConfig>, client_id: &str, now: Instant) -> Self {
-        let regs = Registrations::new(cfg.predefined.clone(), cfg.max_topics);
+        let predefined = cfg.predefined_by_client.get(client_id).unwrap_or(&cfg.predefined).clone();
+        let regs = Registrations::new(predefined, cfg.max_topics);
+        let tokens = cfg.publish_rate.map_or(0.0, |(_, burst)| f64::from(burst));
         Self {
             cfg,
             client_id: Arc::from(client_id),
             clean: true,
             keepalive: Duration::ZERO,
             last_heard: now,
+            tokens,
+            tokens_at: now,
             phase: Phase::Ended,
             will: None,
             username: None,

@@ -788,6 +788,51 @@ fn subscriptions_are_restored_when_the_broker_lost_the_session() {
     assert!(h.cmds().is_empty());
 }
 
+#[test]
+fn publish_rate_limit_answers_congestion_then_recovers() {
+    let mut cfg = config();
+    cfg.publish_rate = Some((2.0, 2));
+    let mut h = H::with(cfg);
+    h.connect(true, false, 0);
+    h.cmds();
+    h.up(Event::Connected { session_present: false });
+    h.tx();
+    h.events();
+    let p = |id| publish(QoS::AtLeastOnce, TopicId::Short(*b"rl"), id, b"x");
+    h.sensor(p(1));
+    h.sensor(p(2));
+    assert_eq!(h.cmds().len(), 2, "the burst goes through");
+    h.sensor(p(3));
+    h.expect_tx(&[Packet::PubAck(Ack {
+        topic_id: u16::from_be_bytes(*b"rl"),
+        msg_id: 3,
+        return_code: ReturnCode::Congestion,
+    })]);
+    assert_eq!(h.events(), [SessionEvent::Dropped(DropReason::RateLimited)]);
+    // Half a second later one token is back.
+    h.now += Duration::from_millis(500);
+    h.sensor(p(4));
+    assert_eq!(h.cmds().len(), 1);
+}
+
+#[test]
+fn per_client_predefined_topics() {
+    let mut cfg = config();
+    let mut own = Predefined::new();
+    own.insert(100, "pre/defined");
+    own.insert(200, "only/for/sensor-1");
+    cfg.predefined_by_client.insert("sensor-1".into(), Arc::new(own));
+    let mut h = H::with(cfg);
+    h.connect(true, false, 0);
+    h.cmds();
+    h.up(Event::Connected { session_present: false });
+    h.tx();
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Predefined(200), 0, b"x"));
+    assert!(
+        matches!(&h.cmds()[..], [Command::Publish { topic, .. }] if topic == "only/for/sensor-1")
+    );
+}
+
 // ----- sleeping sensors (spec 6.14) -----
 
 fn ping_with_id() -> Packet<'static> {
