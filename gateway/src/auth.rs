@@ -19,6 +19,8 @@ pub struct Identity {
     pub username: Option<String>,
     /// MQTT password, if any.
     pub password: Option<Bytes>,
+    /// TLS client certificate (`mqtts://`), if any.
+    pub client_cert: Option<crate::upstream::tls::ClientCert>,
 }
 
 /// One known sensor.
@@ -97,7 +99,11 @@ mod tests {
         t.insert(
             "a",
             ClientEntry {
-                identity: Identity { username: Some("alice".into()), password: None },
+                identity: Identity {
+                    username: Some("alice".into()),
+                    password: None,
+                    client_cert: None,
+                },
                 allow_from: vec!["10.0.0.0/8".parse().unwrap()],
             },
         );

@@ -282,6 +282,12 @@ pub struct ClientSection {
     /// Source networks it may connect from; empty: anywhere.
     #[serde(default)]
     pub allow_from: Vec<String>,
+    /// Its TLS client certificate (`mqtts://`), PEM.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The key of that certificate, PEM.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[sleep]`.
@@ -582,6 +588,7 @@ impl Config {
         table.default_identity = Identity {
             username: self.broker.username.clone(),
             password: self.broker.password.clone().map(bytes::Bytes::from),
+            client_cert: None,
         };
         let mut seen = std::collections::HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
@@ -604,6 +611,25 @@ impl Config {
                     identity: Identity {
                         username: c.username.clone(),
                         password: c.password.clone().map(bytes::Bytes::from),
+                        client_cert: match (&c.cert_file, &c.key_file) {
+                            (Some(cert), Some(key)) => Some(
+                                crate::upstream::tls::ClientCert::load(cert, key).map_err(|e| {
+                                    invalid(
+                                        &format!("clients[{i}].cert_file"),
+                                        cert.display(),
+                                        &e.to_string(),
+                                    )
+                                })?,
+                            ),
+                            (None, None) => None,
+                            _ => {
+                                return Err(invalid(
+                                    &format!("clients[{i}]"),
+                                    &c.client_id,
+                                    "cert_file and key_file go together",
+                                ))
+                            }
+                        },
                     },
                     allow_from,
                 },

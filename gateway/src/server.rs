@@ -150,6 +150,7 @@ pub async fn run<U: Upstreams>(
         will: None,
         username: opts.auth.default_identity.username.clone(),
         password: opts.auth.default_identity.password.clone(),
+        client_cert: opts.auth.default_identity.client_cert.clone(),
     }));
     if opts.advertise.is_some() {
         socket.set_broadcast(true)?;
@@ -291,7 +292,7 @@ impl<U: Upstreams> Server<U> {
                 }
                 let cid = self.attach(client_id, from.clone(), now.into_std());
                 if let Some(entry) = self.sessions.get_mut(&cid) {
-                    entry.session.set_identity(identity.username, identity.password);
+                    entry.session.set_identity(identity);
                     entry.session.handle_connect(&c, now.into_std());
                 }
                 self.flush(&cid).await;
@@ -601,23 +602,8 @@ impl<U: Upstreams> Server<U> {
                 }
             }
         }
-        while let Some(cmd) = entry.session.poll_upstream() {
-            if entry.upstream.is_none() {
-                if !matches!(cmd, Command::Connect(_)) {
-                    // Nothing to close or acknowledge without a connection.
-                    continue;
-                }
-                let key = self.next_key;
-                self.next_key += 1;
-                let tx = self.upstreams.start(key, self.events_tx.clone());
-                self.by_key.insert(key, cid.clone());
-                entry.upstream = Some((key, tx));
-            }
-            if let Some((key, tx)) = &entry.upstream {
-                debug!(client_id = %cid, upstream = key, "command: {cmd:?}");
-                let _ = tx.send(cmd);
-            }
-        }
+        // Events first: counters are up to date before anything they
+        // count can be seen outside (a will fired by the Abort below).
         while let Some(ev) = entry.session.poll_event() {
             match ev {
                 SessionEvent::Connected => {
@@ -636,6 +622,23 @@ impl<U: Upstreams> Server<U> {
                 SessionEvent::Published { qos, latency } => self.metrics.published(qos, latency),
                 SessionEvent::Delivered { qos } => self.metrics.delivered(qos),
                 SessionEvent::Retransmitted => Metrics::inc(&self.metrics.retransmissions),
+            }
+        }
+        while let Some(cmd) = entry.session.poll_upstream() {
+            if entry.upstream.is_none() {
+                if !matches!(cmd, Command::Connect(_)) {
+                    // Nothing to close or acknowledge without a connection.
+                    continue;
+                }
+                let key = self.next_key;
+                self.next_key += 1;
+                let tx = self.upstreams.start(key, self.events_tx.clone());
+                self.by_key.insert(key, cid.clone());
+                entry.upstream = Some((key, tx));
+            }
+            if let Some((key, tx)) = &entry.upstream {
+                debug!(client_id = %cid, upstream = key, "command: {cmd:?}");
+                let _ = tx.send(cmd);
             }
         }
         if entry.counted_active && !entry.session.is_active() {

@@ -54,6 +54,7 @@ fn user(name: &str, password: &str, pins: &[&str]) -> ClientEntry {
         identity: Identity {
             username: Some(name.into()),
             password: Some(Bytes::from(password.to_owned())),
+            client_cert: None,
         },
         allow_from: pins.iter().map(|p| p.parse().unwrap()).collect(),
     }

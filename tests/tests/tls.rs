@@ -23,6 +23,12 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 fn make_certs(dir: &Path) {
+    make_certs_with(dir, &["client"]);
+}
+
+/// A CA, a server certificate, and client certificates whose CN is their
+/// name.
+fn make_certs_with(dir: &Path, clients: &[&str]) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
@@ -35,7 +41,9 @@ fn make_certs(dir: &Path) {
         "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
     )
     .unwrap();
-    for (name, cn) in [("server", "127.0.0.1"), ("client", "gateway-user")] {
+    let mut names = vec![("server", "127.0.0.1")];
+    names.extend(clients.iter().map(|c| (*c, if *c == "client" { "gateway-user" } else { c })));
+    for (name, cn) in names {
         let mut req = vec!["req"];
         req.extend(ec);
         let key = format!("{name}.key");
@@ -59,7 +67,7 @@ fn make_certs(dir: &Path) {
             "-days",
             "2",
         ];
-        let ext = format!("{name}.ext");
+        let ext = if name == "server" { "server.ext".to_owned() } else { "client.ext".to_owned() };
         sign.extend(["-extfile", &ext]);
         openssl(dir, &sign);
     }
@@ -142,6 +150,65 @@ fn a_broker_certificate_from_another_ca_is_refused() {
     }));
     // The broker cannot be verified: try later.
     s.expect(Packet::ConnAck(ReturnCode::Congestion));
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn each_sensor_arrives_with_its_own_client_certificate() {
+    let dir = std::env::temp_dir().join(unique("tls-users"));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certs_with(&dir, &["client", "sensor-a", "sensor-b"]);
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("acl"),
+        "topic read #\nuser sensor-a\ntopic readwrite a/#\nuser sensor-b\ntopic readwrite b/#\n\
+         user gateway-user\ntopic readwrite #\n",
+    )
+    .unwrap();
+    let broker = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\n\
+         keyfile {d}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+         acl_file {d}/acl\n"
+    ));
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[broker]\nurl = \"mqtts://127.0.0.1:{tls_port}\"\n\
+             ca_file = \"{d}/ca.crt\"\ncert_file = \"{d}/client.crt\"\nkey_file = \"{d}/client.key\"\n\
+             [[clients]]\nclient_id = \"a\"\ncert_file = \"{d}/sensor-a.crt\"\nkey_file = \"{d}/sensor-a.key\"\n\
+             [[clients]]\nclient_id = \"b\"\ncert_file = \"{d}/sensor-b.crt\"\nkey_file = \"{d}/sensor-b.key\"\n"
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let mut sub = MqttClient::connect(broker.port(), &unique("sub"));
+    sub.subscribe("#", 1);
+    let publish = |client: &str, topic: &str| {
+        let mut s = Sensor::new(gw.addr);
+        s.connect(client, true, 60);
+        let id = s.register(topic, 1);
+        s.publish(TopicId::Normal(id), QoS::AtLeastOnce, 2, client.as_bytes(), false);
+        s.expect(Packet::PubAck(Ack {
+            topic_id: id,
+            msg_id: 2,
+            return_code: ReturnCode::Accepted,
+        }));
+    };
+    // Each may write only its own tree: the broker saw two users.
+    publish("a", "b/x");
+    publish("a", "a/x");
+    publish("b", "b/x");
+    let mut got: Vec<(String, Vec<u8>)> = Vec::new();
+    while let Some(m) = sub.recv_within(std::time::Duration::from_millis(500)) {
+        if m.topic.starts_with("a/") || m.topic.starts_with("b/") {
+            got.push((m.topic, m.payload));
+        }
+    }
+    got.sort();
+    assert_eq!(got, [("a/x".to_owned(), b"a".to_vec()), ("b/x".to_owned(), b"b".to_vec())]);
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
 }

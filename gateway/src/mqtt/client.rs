@@ -184,6 +184,11 @@ impl Client {
         self.state == State::Up
     }
 
+    /// The TLS client certificate the current spec asks for.
+    pub fn client_cert(&self) -> Option<&crate::upstream::tls::ClientCert> {
+        self.spec.as_ref().and_then(|s| s.client_cert.as_ref())
+    }
+
     /// What the driver should do about the transport when it has none.
     pub fn want(&self) -> Want {
         if self.finished || self.spec.is_none() || self.state != State::Down {
@@ -644,6 +649,7 @@ mod tests {
             will: None,
             username: None,
             password: None,
+            client_cert: None,
         }
     }
 

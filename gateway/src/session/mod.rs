@@ -221,8 +221,7 @@ pub struct Session {
     tokens_at: Instant,
     phase: Phase,
     will: Option<Will>,
-    username: Option<String>,
-    password: Option<Bytes>,
+    identity: crate::auth::Identity,
     regs: Registrations,
     /// Subscribed filters and granted QoS.
     subs: Vec<(Arc<str>, MqttQoS)>,
@@ -290,8 +289,7 @@ impl Session {
             tokens_at: now,
             phase: Phase::Ended,
             will: None,
-            username: None,
-            password: None,
+            identity: crate::auth::Identity::default(),
             regs,
             subs: Vec::new(),
             subs_known: false,
@@ -342,9 +340,8 @@ impl Session {
     }
 
     /// Sets the upstream identity used by the next connection.
-    pub fn set_identity(&mut self, username: Option<String>, password: Option<Bytes>) {
-        self.username = username;
-        self.password = password;
+    pub fn set_identity(&mut self, identity: crate::auth::Identity) {
+        self.identity = identity;
     }
 
     /// The keepalive the sensor asked for.
@@ -681,8 +678,9 @@ impl Session {
                         clean_session: clean,
                         keep_alive: 0,
                         will: if with_will { self.will.clone() } else { None },
-                        username: self.username.clone(),
-                        password: self.password.clone(),
+                        username: self.identity.username.clone(),
+                        password: self.identity.password.clone(),
+                        client_cert: self.identity.client_cert.clone(),
                     };
                     self.upstream_open = true;
                     self.connecting_clean = clean;

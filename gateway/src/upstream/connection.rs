@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::tls::ClientCert;
 use super::{Command, Event};
 use crate::mqtt::client::{Client, ClientOptions, Want};
 use crate::mqtt::codec;
@@ -28,8 +29,12 @@ pub type BoxedTransport = Box<dyn Transport>;
 
 /// Opens transports to the broker.
 pub trait Connector: Send + Sync + 'static {
-    /// Opens one connection.
-    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedTransport>> + Send + '_>>;
+    /// Opens one connection, with this sensor's TLS client certificate if
+    /// it has one (ignored by plain TCP).
+    fn connect<'a>(
+        &'a self,
+        cert: Option<&'a ClientCert>,
+    ) -> Pin<Box<dyn Future<Output = io::Result<BoxedTransport>> + Send + 'a>>;
     /// The broker, for logs.
     fn describe(&self) -> String;
 }
@@ -42,7 +47,10 @@ pub struct TcpConnector {
 }
 
 impl Connector for TcpConnector {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedTransport>> + Send + '_>> {
+    fn connect<'a>(
+        &'a self,
+        _cert: Option<&'a ClientCert>,
+    ) -> Pin<Box<dyn Future<Output = io::Result<BoxedTransport>> + Send + 'a>> {
         Box::pin(async move {
             let s = TcpStream::connect(&self.addr).await?;
             s.set_nodelay(true)?;
@@ -177,7 +185,9 @@ async fn run(
                 }
                 Want::ConnectNow => {}
             }
-            match tokio::time::timeout(opts.connect_timeout, connector.connect()).await {
+            let cert = client.client_cert().cloned();
+            match tokio::time::timeout(opts.connect_timeout, connector.connect(cert.as_ref())).await
+            {
                 Ok(Ok(s)) => {
                     stream = Some(s);
                     rbuf.clear();

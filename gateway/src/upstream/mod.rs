@@ -52,6 +52,9 @@ pub struct ConnectSpec {
     pub username: Option<String>,
     /// Upstream password, if any.
     pub password: Option<Bytes>,
+    /// TLS client certificate for this sensor (`mqtts://` only), instead
+    /// of the connector's default.
+    pub client_cert: Option<tls::ClientCert>,
 }
 
 /// What a session asks of its upstream.

@@ -66,11 +66,45 @@ fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
+/// A TLS client certificate chain and its key, loaded from PEM files.
+#[derive(Clone)]
+pub struct ClientCert {
+    /// The certificate file, for logs.
+    pub name: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl ClientCert {
+    /// Loads a certificate chain and its private key.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
+        let chain = certs("cert_file", cert_file)?;
+        let key = PrivateKeyDer::from_pem_file(key_file)
+            .map_err(|e| file_error("key_file", key_file, e))?;
+        Ok(Self { name: cert_file.display().to_string(), chain, key: Arc::new(key) })
+    }
+}
+
+impl PartialEq for ClientCert {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain == other.chain
+    }
+}
+
+impl Eq for ClientCert {}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientCert({})", self.name)
+    }
+}
+
 /// TLS over TCP to one broker.
 pub struct TlsConnector {
     addr: String,
     name: ServerName<'static>,
     inner: tokio_rustls::TlsConnector,
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl TlsConnector {
@@ -81,18 +115,15 @@ impl TlsConnector {
         for cert in certs("broker.ca_file", &ca)? {
             roots.add(cert).map_err(|e| file_error("broker.ca_file", &ca, e))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
+        let roots = Arc::new(roots);
         let config = match (&settings.cert_file, &settings.key_file) {
             (Some(cert), Some(key)) => {
                 let chain = certs("broker.cert_file", cert)?;
                 let key = PrivateKeyDer::from_pem_file(key)
                     .map_err(|e| file_error("broker.key_file", key, e))?;
-                builder.with_client_auth_cert(chain, key)?
+                Self::builder(&roots)?.with_client_auth_cert(chain, key)?
             }
-            (None, None) => builder.with_no_client_auth(),
+            (None, None) => Self::builder(&roots)?.with_no_client_auth(),
             (Some(cert), None) => {
                 return Err(file_error("broker.cert_file", cert, "needs broker.key_file too"))
             }
@@ -107,16 +138,43 @@ impl TlsConnector {
             addr: format!("{host}:{port}"),
             name,
             inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            roots,
         })
+    }
+
+    fn builder(
+        roots: &Arc<rustls::RootCertStore>,
+    ) -> Result<
+        rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+        TlsError,
+    > {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots.clone()))
     }
 }
 
 impl Connector for TlsConnector {
-    fn connect(&self) -> Pin<Box<dyn Future<Output = io::Result<BoxedTransport>> + Send + '_>> {
+    fn connect<'a>(
+        &'a self,
+        cert: Option<&'a ClientCert>,
+    ) -> Pin<Box<dyn Future<Output = io::Result<BoxedTransport>> + Send + 'a>> {
         Box::pin(async move {
+            let connector = match cert {
+                None => self.inner.clone(),
+                Some(c) => {
+                    let config = Self::builder(&self.roots)
+                        .and_then(|b| {
+                            Ok(b.with_client_auth_cert(c.chain.clone(), c.key.clone_key())?)
+                        })
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    tokio_rustls::TlsConnector::from(Arc::new(config))
+                }
+            };
             let tcp = TcpStream::connect(&self.addr).await?;
             tcp.set_nodelay(true)?;
-            let tls = self.inner.connect(self.name.clone(), tcp).await?;
+            let tls = connector.connect(self.name.clone(), tcp).await?;
             Ok(Box::new(tls) as BoxedTransport)
         })
     }
