@@ -119,15 +119,33 @@ impl Mosquitto {
         &self.dir
     }
 
+    /// Stops the broker with SIGTERM (it saves its persistence file, if
+    /// configured) and waits for it.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+
     /// Kills the broker (an outage).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// Starts it again on the same port after [`Mosquitto::kill`].
+    /// Starts it again on the same port after [`Mosquitto::kill`] or
+    /// [`Mosquitto::stop`].
     pub fn restart(&mut self) {
-        self.kill();
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.kill();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match Self::spawn(&self.dir, self.port, &self.extra) {
