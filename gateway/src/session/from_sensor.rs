@@ -109,18 +109,8 @@ impl Session {
                 if self.requests.len() >= MAX_PENDING_REQUESTS {
                     return refuse(self, ReturnCode::Congestion);
                 }
-                let id = self.next_request();
+                let id = self.forward_publish(&topic, p, MqttQoS::AtLeastOnce, now);
                 self.pending_msg_ids.insert(p.msg_id, id);
-                self.requests.insert(
-                    id,
-                    UpRequest::Publish {
-                        msg_id: p.msg_id,
-                        topic_id: p.topic.raw(),
-                        qos: p.qos,
-                        sent: now,
-                    },
-                );
-                self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::AtLeastOnce));
             }
             QoS::ExactlyOnce => {
                 if let Some(state) = self.qos2_in.get(&p.msg_id) {
@@ -133,21 +123,28 @@ impl Session {
                 if self.requests.len() >= MAX_PENDING_REQUESTS {
                     return refuse(self, ReturnCode::Congestion);
                 }
-                let id = self.next_request();
+                let id = self.forward_publish(&topic, p, MqttQoS::ExactlyOnce, now);
                 self.qos2_in
                     .insert(p.msg_id, Qos2In { request: id, recorded: false, releasing: false });
-                self.requests.insert(
-                    id,
-                    UpRequest::Publish {
-                        msg_id: p.msg_id,
-                        topic_id: p.topic.raw(),
-                        qos: p.qos,
-                        sent: now,
-                    },
-                );
-                self.commands.push_back(self.publish_command(id, &topic, p, MqttQoS::ExactlyOnce));
             }
         }
+    }
+
+    /// Sends a QoS 1 or 2 PUBLISH upstream and remembers it until the
+    /// broker answers.
+    fn forward_publish(
+        &mut self,
+        topic: &str,
+        p: &Publish<'_>,
+        qos: MqttQoS,
+        now: Instant,
+    ) -> RequestId {
+        let id = self.next_request();
+        let request =
+            UpRequest::Publish { msg_id: p.msg_id, topic_id: p.topic.raw(), qos: p.qos, sent: now };
+        self.requests.insert(id, request);
+        self.commands.push_back(self.publish_command(id, topic, p, qos));
+        id
     }
 
     /// The token bucket of `publish_rate`: true when this PUBLISH may go.

@@ -577,14 +577,7 @@ impl Session {
     fn in_will_topic(&mut self, packet: &Packet<'_>, now: Instant) {
         match packet {
             Packet::WillTopic(None) => self.open(None),
-            Packet::WillTopic(Some(w)) => match will_draft(w) {
-                Some(topic) => {
-                    let deadline = now + self.cfg.retry_interval;
-                    self.phase = Phase::WillMsg { topic, deadline, retries: 0 };
-                    self.send(Packet::WillMsgReq);
-                }
-                None => self.refuse_connect(ReturnCode::NotSupported),
-            },
+            Packet::WillTopic(Some(w)) => self.will_topic(w, now),
             Packet::PingReq(_) => {}
             Packet::Disconnect(_) => self.disconnect_in_handshake(),
             // PUBLISH, REGISTER, WILLMSG before WILLTOPIC, ...
@@ -604,17 +597,23 @@ impl Session {
                 self.open(Some(will));
             }
             // The WILLMSGREQ was lost and the sensor sent WILLTOPIC again.
-            Packet::WillTopic(Some(w)) => match will_draft(w) {
-                Some(topic) => {
-                    let deadline = now + self.cfg.retry_interval;
-                    self.phase = Phase::WillMsg { topic, deadline, retries: 0 };
-                    self.send(Packet::WillMsgReq);
-                }
-                None => self.refuse_connect(ReturnCode::NotSupported),
-            },
+            Packet::WillTopic(Some(w)) => self.will_topic(w, now),
             Packet::WillTopic(None) => self.open(None),
             Packet::PingReq(_) => {}
             _ => self.disconnect_in_handshake(),
+        }
+    }
+
+    /// WILLTOPIC with a topic: WILLMSGREQ next, or CONNACK refusing a topic
+    /// that cannot be a will topic.
+    fn will_topic(&mut self, w: &mqttsn_codec::WillTopic<'_>, now: Instant) {
+        match will_draft(w) {
+            Some(topic) => {
+                let deadline = now + self.cfg.retry_interval;
+                self.phase = Phase::WillMsg { topic, deadline, retries: 0 };
+                self.send(Packet::WillMsgReq);
+            }
+            None => self.refuse_connect(ReturnCode::NotSupported),
         }
     }
 

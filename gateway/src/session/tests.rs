@@ -88,7 +88,12 @@ impl H {
 
     /// A connected session without will, upstream up.
     fn connected(clean: bool, duration: u16) -> Self {
-        let mut h = Self::new();
+        Self::connected_with(config(), clean, duration)
+    }
+
+    /// The same with other settings.
+    fn connected_with(cfg: SessionConfig, clean: bool, duration: u16) -> Self {
+        let mut h = Self::with(cfg);
         h.connect(clean, false, duration);
         let cmds = h.cmds();
         assert!(
@@ -573,11 +578,7 @@ fn retransmission_with_dup_then_wait_for_the_sensor() {
 fn msg_ids_skip_zero_and_ids_in_flight() {
     let mut cfg = config();
     cfg.max_inflight = 4;
-    let mut h = H::with(cfg);
-    h.connect(true, false, 0);
-    h.cmds();
-    h.up(Event::Connected { session_present: false });
-    h.tx();
+    let mut h = H::connected_with(cfg, true, 0);
     h.subscribe("ab", QoS::AtLeastOnce);
     h.s.next_msg_id = 0xfffe;
     for i in 1..=3 {
@@ -734,11 +735,7 @@ fn messages_before_connack_are_ignored_and_counted() {
 fn too_long_messages_are_dropped_and_acked() {
     let mut cfg = config();
     cfg.max_datagram = 64;
-    let mut h = H::with(cfg);
-    h.connect(true, false, 0);
-    h.cmds();
-    h.up(Event::Connected { session_present: false });
-    h.tx();
+    let mut h = H::connected_with(cfg, true, 0);
     h.subscribe("ab", QoS::AtLeastOnce);
     h.events();
     h.up(Event::Message {
@@ -792,11 +789,7 @@ fn subscriptions_are_restored_when_the_broker_lost_the_session() {
 fn publish_rate_limit_answers_congestion_then_recovers() {
     let mut cfg = config();
     cfg.publish_rate = Some((2.0, 2));
-    let mut h = H::with(cfg);
-    h.connect(true, false, 0);
-    h.cmds();
-    h.up(Event::Connected { session_present: false });
-    h.tx();
+    let mut h = H::connected_with(cfg, true, 0);
     h.events();
     let p = |id| publish(QoS::AtLeastOnce, TopicId::Short(*b"rl"), id, b"x");
     h.sensor(p(1));
@@ -822,11 +815,7 @@ fn per_client_predefined_topics() {
     own.insert(100, "pre/defined");
     own.insert(200, "only/for/sensor-1");
     cfg.predefined_by_client.insert("sensor-1".into(), Arc::new(own));
-    let mut h = H::with(cfg);
-    h.connect(true, false, 0);
-    h.cmds();
-    h.up(Event::Connected { session_present: false });
-    h.tx();
+    let mut h = H::connected_with(cfg, true, 0);
     h.sensor(publish(QoS::AtMostOnce, TopicId::Predefined(200), 0, b"x"));
     assert!(
         matches!(&h.cmds()[..], [Command::Publish { topic, .. }] if topic == "only/for/sensor-1")
@@ -1053,11 +1042,7 @@ fn in_flight_at_sleep_is_acknowledged_upstream_and_resent_on_wake() {
 fn sleep_buffer_bounds_drop_qos0_first_then_refuse() {
     let mut cfg = config();
     cfg.sleep_buffer_messages = 2;
-    let mut h = H::with(cfg);
-    h.connect(false, false, 10);
-    h.cmds();
-    h.up(Event::Connected { session_present: false });
-    h.tx();
+    let mut h = H::connected_with(cfg, false, 10);
     h.subscribe("ab", QoS::AtLeastOnce);
     h.sensor(Packet::Disconnect(Some(60)));
     h.tx();
