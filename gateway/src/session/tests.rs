@@ -86,6 +86,21 @@ impl H {
         assert_eq!(got, expected);
     }
 
+    /// A session through the will handshake (will topic `w`, QoS 0), its
+    /// upstream asked for but not up yet.
+    fn with_will(clean: bool, duration: u16, msg: &[u8]) -> Self {
+        let mut h = Self::new();
+        h.connect(clean, true, duration);
+        h.tx();
+        h.sensor(Packet::WillTopic(Some(WillTopic {
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: b"w",
+        })));
+        h.sensor(Packet::WillMsg(msg));
+        h
+    }
+
     /// A connected session without will, upstream up.
     fn connected(clean: bool, duration: u16) -> Self {
         Self::connected_with(config(), clean, duration)
@@ -173,15 +188,7 @@ fn will_handshake_becomes_the_upstream_will() {
 
 #[test]
 fn clean_session_wipes_a_session_the_broker_kept() {
-    let mut h = H::new();
-    h.connect(true, true, 30);
-    h.tx();
-    h.sensor(Packet::WillTopic(Some(WillTopic {
-        qos: QoS::AtMostOnce,
-        retain: false,
-        topic: b"w",
-    })));
-    h.sensor(Packet::WillMsg(b"x"));
+    let mut h = H::with_will(true, 30, b"x");
     h.tx();
     h.cmds();
     h.up(Event::Connected { session_present: true });
@@ -660,15 +667,7 @@ fn disconnect_is_answered_and_publishes_no_will() {
 
 #[test]
 fn will_updates_replace_the_upstream_connection() {
-    let mut h = H::new();
-    h.connect(false, true, 0);
-    h.tx();
-    h.sensor(Packet::WillTopic(Some(WillTopic {
-        qos: QoS::AtMostOnce,
-        retain: false,
-        topic: b"w",
-    })));
-    h.sensor(Packet::WillMsg(b"one"));
+    let mut h = H::with_will(false, 0, b"one");
     h.cmds();
     h.up(Event::Connected { session_present: false });
     h.tx();
