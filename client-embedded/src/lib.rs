@@ -1,3 +1,27 @@
 //! A `no_std`, no-alloc, sans-IO MQTT-SN v1.2 client for microcontrollers.
-#![no_std]
+//!
+//! [`Client`] is a state machine: the application calls requests
+//! ([`Client::connect`], [`Client::register`], [`Client::publish`],
+//! [`Client::subscribe`], [`Client::sleep`], [`Client::wake`], ...), feeds
+//! in what arrives ([`Client::handle_datagram`]) and the time
+//! ([`Client::handle_timeout`]), and takes out datagrams to send
+//! ([`Client::poll_transmit`]) and the next deadline
+//! ([`Client::poll_timeout`]). Time is milliseconds on any monotonic clock.
+//! Capacities are const generics: topic names, requests in flight, and
+//! the largest datagram.
+//!
+//! With the `std` feature, [`std_udp::UdpClient`] runs it over a blocking
+//! `std::net::UdpSocket`.
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
+
+mod buf;
+mod client;
+#[cfg(feature = "std")]
+pub mod std_udp;
+#[cfg(test)]
+mod tests;
+
+pub use buf::Buf;
+pub use client::{Client, Error, Event, MessageTopic, Millis, Settings, Topic, MAX_NAME};
+pub use mqttsn_codec::{QoS, ReturnCode, TopicFilter};

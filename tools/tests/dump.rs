@@ -111,3 +111,29 @@ fn help_works() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--relay-to"));
 }
+
+#[test]
+fn relay_survives_gateway_down() {
+    // The gateway's port is closed at first: the relayed datagram draws an
+    // ICMP port unreachable, which a connected socket reports on its next
+    // receive. The relay must keep reading once the gateway is back.
+    let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gw_addr = gw.local_addr().unwrap();
+    drop(gw);
+    let d = start(&["--relay-to", &gw_addr.to_string(), "--count", "3"]);
+    let sensor = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sensor.set_read_timeout(Some(WAIT)).unwrap();
+    let connect = [0x08, 0x04, 0x04, 0x01, 0x00, 0x3c, b'a', b'b'];
+    sensor.send_to(&connect, d.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let gw = UdpSocket::bind(gw_addr).unwrap();
+    gw.set_read_timeout(Some(WAIT)).unwrap();
+    sensor.send_to(&connect, d.addr).unwrap();
+    let mut buf = [0u8; 64];
+    let (_, relay) = gw.recv_from(&mut buf).expect("relayed CONNECT");
+    gw.send_to(&[0x03, 0x05, 0x00], relay).unwrap();
+    let (n, _) = sensor.recv_from(&mut buf).expect("relayed CONNACK");
+    assert_eq!(&buf[..n], &[0x03u8, 0x05, 0x00][..]);
+    let lines = output(d);
+    assert!(lines[2].contains("<- gw") && lines[2].contains("CONNACK"), "{lines:?}");
+}

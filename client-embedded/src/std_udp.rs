@@ -1,0 +1,337 @@
+//! The client over a blocking `std::net::UdpSocket`, with calls that wait
+//! (bounded) for their answer: for tools, tests and Linux sensors.
+
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use mqttsn_codec::{QoS, ReturnCode, TopicFilter};
+
+use crate::{Client, Error, Event, MessageTopic, Settings, Topic};
+
+/// What can go wrong on the blocking side.
+#[derive(Debug)]
+pub enum UdpError {
+    /// The socket failed.
+    Io(std::io::Error),
+    /// The client refused the call or a datagram.
+    Client(Error),
+    /// The gateway refused (CONNACK, REGACK, PUBACK, SUBACK return code).
+    Refused(ReturnCode),
+    /// No answer within the wait.
+    Timeout,
+    /// The gateway sent DISCONNECT, or went silent past Nretry.
+    GatewayGone,
+}
+
+impl core::fmt::Display for UdpError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "socket: {e}"),
+            Self::Client(e) => write!(f, "{e}"),
+            Self::Refused(rc) => write!(f, "refused by the gateway: {rc}"),
+            Self::Timeout => f.write_str("no answer from the gateway"),
+            Self::GatewayGone => f.write_str("the gateway disconnected or is unreachable"),
+        }
+    }
+}
+
+impl std::error::Error for UdpError {}
+
+impl From<std::io::Error> for UdpError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<Error> for UdpError {
+    fn from(e: Error) -> Self {
+        Self::Client(e)
+    }
+}
+
+/// A received message, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic name when the client knows it, else the id or short name
+    /// as text (`#123`, `@7` predefined).
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// QoS.
+    pub qos: QoS,
+    /// RETAIN.
+    pub retain: bool,
+}
+
+/// A client on a UDP socket.
+pub struct UdpClient<const T: usize = 16, const F: usize = 4, const B: usize = 1024> {
+    /// The state machine.
+    pub client: Client<T, F, B>,
+    sock: UdpSocket,
+    gateway: SocketAddr,
+    epoch: Instant,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    /// Messages received while waiting for something else.
+    pub inbox: Vec<Message>,
+    /// Print every datagram (`-d` in the tools).
+    pub debug: bool,
+}
+
+impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
+    /// A client bound to an ephemeral port, talking to `gateway`.
+    pub fn new(
+        gateway: impl ToSocketAddrs,
+        client_id: &str,
+        settings: Settings,
+    ) -> Result<Self, UdpError> {
+        let gateway = gateway
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address for the gateway"))?;
+        let bind: SocketAddr =
+            if gateway.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        Ok(Self {
+            client: Client::new(client_id.as_bytes(), settings)?,
+            sock: UdpSocket::bind(bind)?,
+            gateway,
+            epoch: Instant::now(),
+            rx: vec![0; 65_536],
+            tx: vec![0; B],
+            inbox: Vec::new(),
+            debug: false,
+        })
+    }
+
+    /// Milliseconds since the client was made.
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Sends what the client has to send.
+    pub fn flush(&mut self) -> Result<(), UdpError> {
+        while let Some(n) = self.client.poll_transmit(&mut self.tx) {
+            if self.debug {
+                eprintln!("-> {}", describe(&self.tx[..n]));
+            }
+            self.sock.send_to(&self.tx[..n], self.gateway)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the client until `done` accepts an event, or `wait` passes.
+    /// Messages that arrive meanwhile go to [`UdpClient::inbox`].
+    pub fn run_until<R>(
+        &mut self,
+        wait: Duration,
+        mut done: impl FnMut(&Event<'_>) -> Option<R>,
+    ) -> Result<R, UdpError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            self.flush()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(UdpError::Timeout);
+            }
+            let mut until = deadline - now;
+            if let Some(t) = self.client.poll_timeout() {
+                let left = Duration::from_millis(t.saturating_sub(self.now()));
+                until = until.min(left.max(Duration::from_millis(1)));
+            }
+            self.sock.set_read_timeout(Some(until))?;
+            match self.sock.recv_from(&mut self.rx) {
+                Ok((n, from)) if from == self.gateway => {
+                    let now = self.now();
+                    let datagram = &self.rx[..n];
+                    if self.debug {
+                        eprintln!("<- {}", describe(datagram));
+                    }
+                    let event = match self.client.handle_datagram(now, datagram) {
+                        Ok(e) => e,
+                        Err(_) => continue,
+                    };
+                    let Some(event) = event else { continue };
+                    if let Some(r) = done(&event) {
+                        return Ok(r);
+                    }
+                    match event {
+                        Event::Message { topic, payload, qos, retain } => {
+                            let topic = self.topic_text(topic);
+                            self.inbox.push(Message {
+                                topic,
+                                payload: payload.to_vec(),
+                                qos,
+                                retain,
+                            });
+                        }
+                        Event::DisconnectedByGateway => return Err(UdpError::GatewayGone),
+                        _ => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let now = self.now();
+                    if let Some(Event::GatewayLost) = self.client.handle_timeout(now) {
+                        return Err(UdpError::GatewayGone);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn topic_text(&self, topic: MessageTopic) -> String {
+        match topic {
+            MessageTopic::Id(id) => self
+                .client
+                .topic_name(id)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_else(|| format!("#{id}")),
+            MessageTopic::Predefined(id) => format!("@{id}"),
+            MessageTopic::Short(s) => String::from_utf8_lossy(&s).into_owned(),
+        }
+    }
+
+    /// CONNECT and wait for CONNACK.
+    pub fn connect(
+        &mut self,
+        clean: bool,
+        keepalive_s: u16,
+        will: Option<(&str, &[u8], QoS, bool)>,
+        wait: Duration,
+    ) -> Result<(), UdpError> {
+        let now = self.now();
+        self.client.connect(now, clean, keepalive_s, will)?;
+        self.run_until(wait, |e| match e {
+            Event::Connected => Some(Ok(())),
+            Event::ConnectRefused(rc) => Some(Err(UdpError::Refused(*rc))),
+            _ => None,
+        })?
+    }
+
+    /// REGISTER (unless known) and wait for the id.
+    pub fn register(&mut self, name: &str, wait: Duration) -> Result<u16, UdpError> {
+        if let Some(id) = self.client.topic_id(name) {
+            return Ok(id);
+        }
+        let now = self.now();
+        let msg_id = self.client.register(now, name)?;
+        self.run_until(wait, |e| match e {
+            Event::Registered { msg_id: m, result } if *m == msg_id => {
+                Some(result.map_err(UdpError::Refused))
+            }
+            _ => None,
+        })?
+    }
+
+    /// PUBLISH; for QoS 1 and 2, wait for the acknowledgement. A topic
+    /// name is registered first when needed.
+    pub fn publish(
+        &mut self,
+        topic: Topic<'_>,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+        wait: Duration,
+    ) -> Result<(), UdpError> {
+        let topic = match topic {
+            Topic::Name(n) if qos != QoS::NoSession => Topic::Id(self.register(n, wait)?),
+            t => t,
+        };
+        let now = self.now();
+        let Some(msg_id) = self.client.publish(now, topic, payload, qos, retain)? else {
+            return self.flush();
+        };
+        self.run_until(wait, |e| match e {
+            Event::Published { msg_id: m, result } if *m == msg_id => {
+                Some(result.map_err(UdpError::Refused))
+            }
+            _ => None,
+        })?
+    }
+
+    /// SUBSCRIBE and wait for SUBACK; returns the topic id and granted QoS.
+    pub fn subscribe(
+        &mut self,
+        filter: TopicFilter<'_>,
+        qos: QoS,
+        wait: Duration,
+    ) -> Result<(u16, QoS), UdpError> {
+        let now = self.now();
+        let msg_id = self.client.subscribe(now, filter, qos)?;
+        let name = match filter {
+            TopicFilter::Name(n) => Some(n.to_vec()),
+            _ => None,
+        };
+        let (id, granted) = self.run_until(wait, |e| match e {
+            Event::Subscribed { msg_id: m, result } if *m == msg_id => {
+                Some(result.map_err(UdpError::Refused))
+            }
+            _ => None,
+        })??;
+        // A concrete name's id is known from SUBACK.
+        if let (Some(name), true) = (name, id != 0) {
+            if let Ok(name) = std::str::from_utf8(&name) {
+                self.client.learn_topic(name, id)?;
+            }
+        }
+        Ok((id, granted))
+    }
+
+    /// The next message (from the inbox first), or `None` after `wait`.
+    pub fn next_message(&mut self, wait: Duration) -> Result<Option<Message>, UdpError> {
+        if !self.inbox.is_empty() {
+            return Ok(Some(self.inbox.remove(0)));
+        }
+        let got = self.run_until(wait, |e| match e {
+            Event::Message { topic, payload, qos, retain } => {
+                Some((*topic, payload.to_vec(), *qos, *retain))
+            }
+            _ => None,
+        });
+        match got {
+            Ok((topic, payload, qos, retain)) => {
+                Ok(Some(Message { topic: self.topic_text(topic), payload, qos, retain }))
+            }
+            Err(UdpError::Timeout) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// DISCONNECT with Duration, and wait for the answer.
+    pub fn sleep(&mut self, duration_s: u16, wait: Duration) -> Result<(), UdpError> {
+        let now = self.now();
+        self.client.sleep(now, duration_s)?;
+        self.run_until(wait, |e| matches!(e, Event::Disconnected).then_some(()))
+    }
+
+    /// Wake up: PINGREQ with the ClientId; returns the buffered messages,
+    /// received until PINGRESP.
+    pub fn wake(&mut self, wait: Duration) -> Result<Vec<Message>, UdpError> {
+        let now = self.now();
+        self.client.wake(now)?;
+        self.inbox.clear();
+        self.run_until(wait, |e| matches!(e, Event::PingResp).then_some(()))?;
+        Ok(std::mem::take(&mut self.inbox))
+    }
+
+    /// DISCONNECT and wait for the answer.
+    pub fn disconnect(&mut self, wait: Duration) -> Result<(), UdpError> {
+        let now = self.now();
+        self.client.disconnect(now)?;
+        self.run_until(wait, |e| matches!(e, Event::Disconnected).then_some(()))
+    }
+}
+
+/// One line for a datagram, for `-d`.
+pub fn describe(d: &[u8]) -> String {
+    match mqttsn_codec::Frame::decode(d) {
+        Ok(f) => f.to_string(),
+        Err(e) => format!("malformed ({e})"),
+    }
+}
