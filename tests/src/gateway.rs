@@ -164,13 +164,23 @@ impl Drop for Gateway {
 /// test process (`cargo build` is quick when nothing changed).
 pub fn gateway_binary() -> std::path::PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
+    workspace_binary(&BUILT, "mqttsn-gateway", "mqttsn-gateway")
+}
+
+/// The `mqttsn` tools binary of this build.
+pub fn tools_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    workspace_binary(&BUILT, "mqttsn-tools", "mqttsn")
+}
+
+fn workspace_binary(built: &std::sync::Once, package: &str, bin: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    // target/<profile>/deps/<test> -> target/<profile>/mqttsn-gateway
+    // target/<profile>/deps/<test> -> target/<profile>/<bin>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("mqttsn-gateway");
-    BUILT.call_once(|| {
+    let path = dir.join(bin);
+    built.call_once(|| {
         let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "mqttsn-gateway", "--bin", "mqttsn-gateway"]);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -178,10 +188,10 @@ pub fn gateway_binary() -> std::path::PathBuf {
             cmd.env("CARGO_TARGET_DIR", target);
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p mqttsn-gateway failed");
+        assert!(status.success(), "cargo build -p {package} failed");
     });
-    assert!(bin.is_file(), "{} missing", bin.display());
-    bin
+    assert!(path.is_file(), "{} missing", path.display());
+    path
 }
 
 /// The `mqttsn-gateway` binary running as a process, killed on drop.

@@ -3,3 +3,4 @@
 //! command line.
 
 pub mod dump;
+pub mod pubsub;

@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use mqttsn_tools::dump::{self, DumpOptions};
+use mqttsn_tools::pubsub::{self, Common, Failure, Messages, PubOptions, PubTopic, SubOptions};
 
 /// Command-line tools for MQTT-SN v1.2.
 #[derive(Debug, Parser)]
@@ -29,24 +30,203 @@ enum Tool {
         /// Exit after printing this many datagrams.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
-        /// Relay mode: the most sensors relayed at once.
-        #[arg(long, default_value_t = 1024, value_name = "N")]
-        max_peers: usize,
+        /// Relay mode: the most sensors relayed at once; datagrams from
+        /// further sensors are dropped.
+        #[arg(long, default_value_t = 1024, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..))]
+        max_peers: u32,
         /// Relay mode: forget a sensor silent for this many seconds.
-        #[arg(long, default_value_t = 300, value_name = "SECS")]
+        #[arg(long, default_value_t = 300, value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(1..))]
         idle_timeout: u64,
     },
+    /// Publish like mosquitto_pub: -h HOST -p PORT -t TOPIC -m MESSAGE.
+    #[command(disable_help_flag = true)]
+    Pub(PubArgs),
+    /// Subscribe like mosquitto_sub: -h HOST -p PORT -t TOPIC -v.
+    #[command(disable_help_flag = true)]
+    Sub(SubArgs),
+}
+
+/// Options of `pub` and `sub` as in mosquitto's tools (`-h` is the host).
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// The gateway host.
+    #[arg(short = 'h', long, default_value = "127.0.0.1")]
+    host: String,
+    /// The gateway UDP port.
+    #[arg(short, long, default_value_t = 1884)]
+    port: u16,
+    /// The ClientId (default: mqttsn-pub-PID / mqttsn-sub-PID).
+    #[arg(short = 'i', long = "id")]
+    client_id: Option<String>,
+    /// Keepalive in seconds.
+    #[arg(short, long, default_value_t = 60)]
+    keepalive: u16,
+    /// Print every datagram, decoded, on standard error.
+    #[arg(short, long)]
+    debug: bool,
+    /// Seconds to wait for each answer from the gateway.
+    #[arg(long, default_value_t = 10)]
+    wait: u64,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+impl CommonArgs {
+    fn common(&self) -> Common {
+        Common {
+            host: self.host.clone(),
+            port: self.port,
+            client_id: self.client_id.clone(),
+            keepalive: self.keepalive,
+            debug: self.debug,
+            wait: Duration::from_secs(self.wait),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct PubArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The topic name (two characters: a short name).
+    #[arg(short, long, conflicts_with = "predefined", required_unless_present = "predefined")]
+    topic: Option<String>,
+    /// A predefined topic id.
+    #[arg(short = 'T', long)]
+    predefined: Option<u16>,
+    /// The message.
+    #[arg(short, long, group = "payload")]
+    message: Option<String>,
+    /// Send each line of standard input as a message.
+    #[arg(short = 'l', long, group = "payload")]
+    stdin_lines: bool,
+    /// Send the contents of a file as the message.
+    #[arg(short = 'f', long, group = "payload")]
+    file: Option<std::path::PathBuf>,
+    /// Send an empty message.
+    #[arg(short = 'n', long, group = "payload")]
+    null_message: bool,
+    /// QoS: -1, 0, 1 or 2.
+    #[arg(short, long, default_value_t = 0, allow_negative_numbers = true)]
+    qos: i8,
+    /// Retain.
+    #[arg(short, long)]
+    retain: bool,
+    /// Will topic.
+    #[arg(long)]
+    will_topic: Option<String>,
+    /// Will payload.
+    #[arg(long, default_value = "")]
+    will_payload: String,
+    /// Will QoS.
+    #[arg(long, default_value_t = 0)]
+    will_qos: i8,
+    /// Will retain.
+    #[arg(long)]
+    will_retain: bool,
+    /// End with DISCONNECT carrying this sleep duration (seconds).
+    #[arg(long, value_name = "SECONDS")]
+    sleep: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+struct SubArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// A topic filter (repeatable; wildcards allowed; two characters: a short name).
+    #[arg(short, long)]
+    topic: Vec<String>,
+    /// A predefined topic id (repeatable).
+    #[arg(short = 'T', long)]
+    predefined: Vec<u16>,
+    /// QoS: 0, 1 or 2.
+    #[arg(short, long, default_value_t = 0)]
+    qos: i8,
+    /// Print the topic before each payload.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Exit after this many messages.
+    #[arg(short = 'C', long)]
+    count: Option<u64>,
+    /// Exit after this many seconds.
+    #[arg(short = 'W', long)]
+    timeout: Option<u64>,
+    /// Sleep cycles: sleep this many seconds, wake, print what arrived, repeat.
+    #[arg(long, value_name = "SECONDS")]
+    sleep: Option<u16>,
+}
+
+fn run_pub(a: PubArgs) -> Result<(), Failure> {
+    let messages = if a.stdin_lines {
+        Messages::Lines
+    } else if let Some(f) = &a.file {
+        Messages::One(std::fs::read(f).map_err(|e| Failure::Io(format!("{}: {e}", f.display())))?)
+    } else if a.null_message {
+        Messages::One(Vec::new())
+    } else if let Some(m) = &a.message {
+        Messages::One(m.clone().into_bytes())
+    } else {
+        return Err(Failure::Usage("give a message: -m, -l, -f or -n".into()));
+    };
+    let topic = match (a.topic, a.predefined) {
+        (_, Some(id)) => PubTopic::Predefined(id),
+        (Some(t), None) => PubTopic::Name(t),
+        (None, None) => return Err(Failure::Usage("give -t TOPIC or -T ID".into())),
+    };
+    let will = match a.will_topic {
+        Some(t) => Some((t, a.will_payload.into_bytes(), pubsub::qos(a.will_qos)?, a.will_retain)),
+        None => None,
+    };
+    pubsub::publish(&PubOptions {
+        common: a.common.common(),
+        topic,
+        messages,
+        qos: pubsub::qos(a.qos)?,
+        retain: a.retain,
+        will,
+        sleep: a.sleep,
+    })
+}
+
+fn run_sub(a: SubArgs) -> Result<(), Failure> {
+    let qos = pubsub::qos(a.qos)?;
+    if qos == mqttsn_client::QoS::NoSession {
+        return Err(Failure::Usage("sub: QoS must be 0, 1 or 2".into()));
+    }
+    let o = SubOptions {
+        common: a.common.common(),
+        topics: a.topic,
+        predefined: a.predefined,
+        qos,
+        verbose: a.verbose,
+        count: a.count,
+        timeout: a.timeout,
+        sleep: a.sleep,
+    };
+    pubsub::subscribe(&o, &mut std::io::stdout().lock())
+}
+
+fn exit_on(result: Result<(), Failure>) {
+    if let Err(e) = result {
+        eprintln!("mqttsn: {e}");
+        std::process::exit(e.exit_code());
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Tool::Pub(a) => exit_on(run_pub(a)),
+        Tool::Sub(a) => exit_on(run_sub(a)),
         Tool::Dump { listen, relay_to, count, max_peers, idle_timeout } => {
             let opts = DumpOptions {
                 listen,
                 relay_to,
                 count,
-                max_peers,
+                max_peers: usize::try_from(max_peers)?,
                 idle_timeout: Duration::from_secs(idle_timeout),
             };
             dump::run(opts, |addr| match relay_to {

@@ -10,9 +10,14 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The running `mqttsn dump`; killed when dropped, so a failing test
+/// never leaves it behind.
 struct Dump {
     child: Child,
     addr: SocketAddr,
+    /// Its stderr, line by line (read on a thread to the end, so the
+    /// process never writes to a closed pipe).
+    stderr: mpsc::Receiver<String>,
 }
 
 impl Drop for Dump {
@@ -23,7 +28,7 @@ impl Drop for Dump {
 }
 
 fn start(args: &[&str]) -> Dump {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mqttsn"))
+    let child = Command::new(env!("CARGO_BIN_EXE_mqttsn"))
         .arg("dump")
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -31,21 +36,26 @@ fn start(args: &[&str]) -> Dump {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn mqttsn dump");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
+    let (tx, stderr) = mpsc::channel();
+    let mut d = Dump { child, addr: ([127, 0, 0, 1], 0).into(), stderr };
+    let pipe = d.child.stderr.take().unwrap();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stderr).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    let line = rx.recv_timeout(WAIT).expect("dump prints its address");
-    let addr = line.trim().rsplit("udp://").nth(if line.contains("<->") { 1 } else { 0 });
-    let addr = addr.unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    Dump { child, addr }
+    // "listening on udp://ADDR" or "relaying udp://ADDR <-> udp://GATEWAY".
+    let line = d.stderr.recv_timeout(WAIT).expect("dump prints its address");
+    let addr = line.split("udp://").nth(1).and_then(|rest| rest.split_whitespace().next());
+    d.addr = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("address in {line:?}"));
+    d
 }
 
 /// Waits (bounded) for the process to exit and returns its stdout lines.
-fn output(mut d: Dump) -> Vec<String> {
+fn output(d: &mut Dump) -> Vec<String> {
     let mut stdout = d.child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -59,7 +69,7 @@ fn output(mut d: Dump) -> Vec<String> {
 
 #[test]
 fn listen_mode_prints_each_datagram() {
-    let d = start(&["--count", "3"]);
+    let mut d = start(&["--count", "3"]);
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     let me = s.local_addr().unwrap();
     s.send_to(&[0x0a, 0x04, 0x04, 0x01, 0x00, 0x3c, b's', b'n', b'0', b'1'], d.addr).unwrap();
@@ -67,7 +77,7 @@ fn listen_mode_prints_each_datagram() {
     s.send_to(&[0x05, 0x0e, 0x00, 0x01], d.addr).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     s.send_to(&[0x09, 0x0c, 0x00, 0x00, 0x01, 0x00, 0x00, b'h', b'i'], d.addr).unwrap();
-    let lines = output(d);
+    let lines = output(&mut d);
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert!(lines[0].contains(&me.to_string()) && lines[0].contains("CONNECT"), "{lines:?}");
     assert!(lines[0].contains("sn01"), "{lines:?}");
@@ -81,7 +91,7 @@ fn relay_mode_prints_both_directions() {
     let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
     gw.set_read_timeout(Some(WAIT)).unwrap();
     let gw_addr = gw.local_addr().unwrap().to_string();
-    let d = start(&["--relay-to", &gw_addr, "--count", "2"]);
+    let mut d = start(&["--relay-to", &gw_addr, "--count", "2"]);
     let sensor = UdpSocket::bind("127.0.0.1:0").unwrap();
     sensor.set_read_timeout(Some(WAIT)).unwrap();
     sensor.send_to(&[0x08, 0x04, 0x04, 0x01, 0x00, 0x3c, b'a', b'b'], d.addr).unwrap();
@@ -93,7 +103,7 @@ fn relay_mode_prints_both_directions() {
     gw.send_to(&[0x03, 0x05, 0x00], relay).unwrap();
     let (n, from) = sensor.recv_from(&mut buf).expect("relayed CONNACK");
     assert_eq!((&buf[..n], from), (&[0x03u8, 0x05, 0x00][..], d.addr));
-    let lines = output(d);
+    let lines = output(&mut d);
     let me = sensor.local_addr().unwrap().to_string();
     assert!(
         lines[0].contains(&format!("sensor {me} -> gw")) && lines[0].contains("CONNECT"),
@@ -120,7 +130,7 @@ fn relay_survives_gateway_down() {
     let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
     let gw_addr = gw.local_addr().unwrap();
     drop(gw);
-    let d = start(&["--relay-to", &gw_addr.to_string(), "--count", "3"]);
+    let mut d = start(&["--relay-to", &gw_addr.to_string(), "--count", "3"]);
     let sensor = UdpSocket::bind("127.0.0.1:0").unwrap();
     sensor.set_read_timeout(Some(WAIT)).unwrap();
     let connect = [0x08, 0x04, 0x04, 0x01, 0x00, 0x3c, b'a', b'b'];
@@ -134,6 +144,41 @@ fn relay_survives_gateway_down() {
     gw.send_to(&[0x03, 0x05, 0x00], relay).unwrap();
     let (n, _) = sensor.recv_from(&mut buf).expect("relayed CONNACK");
     assert_eq!(&buf[..n], &[0x03u8, 0x05, 0x00][..]);
-    let lines = output(d);
+    let lines = output(&mut d);
     assert!(lines[2].contains("<- gw") && lines[2].contains("CONNACK"), "{lines:?}");
+}
+
+#[test]
+fn relay_bounds_the_sensors() {
+    let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    gw.set_read_timeout(Some(WAIT)).unwrap();
+    let gw_addr = gw.local_addr().unwrap().to_string();
+    let mut d = start(&["--relay-to", &gw_addr, "--max-peers", "1", "--count", "3"]);
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut buf = [0u8; 64];
+    a.send_to(&[0x02, 0x18], d.addr).unwrap();
+    let (_, first) = gw.recv_from(&mut buf).expect("A's DISCONNECT relayed");
+    b.send_to(&[0x03, 0x16, 0x00], d.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    a.send_to(&[0x02, 0x16], d.addr).unwrap();
+    // B's datagram was dropped: the next one the gateway sees is A's.
+    let (n, second) = gw.recv_from(&mut buf).expect("A's PINGREQ relayed");
+    assert_eq!((&buf[..n], second), (&[0x02u8, 0x16][..], first));
+    let lines = output(&mut d);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let b_addr = b.local_addr().unwrap().to_string();
+    assert!(lines[1].contains(&format!("sensor {b_addr} -> gw")), "{lines:?}");
+    let note = d.stderr.recv_timeout(WAIT).expect("a note on stderr");
+    assert!(note.contains("dropping datagram from") && note.contains(&b_addr), "{note}");
+}
+
+#[test]
+fn options_out_of_range_are_refused() {
+    for args in [["--max-peers", "0"], ["--idle-timeout", "0"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mqttsn")).arg("dump").args(args).output();
+        let out = out.unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(args[0]), "{args:?}");
+    }
 }
