@@ -66,6 +66,12 @@ fn pub_sends_with_every_message_source_and_qos() {
     assert_eq!(sub.recv().payload, b"line 1");
     assert_eq!(sub.recv().payload, b"line 2");
     // -f and -n, with -r.
+    // -d prints every datagram, decoded, on stderr.
+    let out = mqttsn(&gw, &["pub", "-t", &topic, "-m", "debug", "-d"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    assert!(err.contains("-> CONNECT") && err.contains("<- CONNACK"), "{err}");
+    assert_eq!(sub.recv().payload, b"debug");
     let file = std::env::temp_dir().join(unique("payload"));
     std::fs::write(&file, b"from a file").unwrap();
     ok(mqttsn(&gw, &["pub", "-t", &topic, "-f", file.to_str().unwrap()]).output().unwrap());
