@@ -20,11 +20,14 @@ pub struct Settings {
     pub retry_ms: u32,
     /// Nretry: how many times to send it again.
     pub max_retries: u8,
+    /// T_WAIT: after a "rejected: congestion" answer, requests wait this
+    /// long (the spec suggests more than five minutes), in milliseconds.
+    pub congestion_wait_ms: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { retry_ms: 10_000, max_retries: 5 }
+        Self { retry_ms: 10_000, max_retries: 5, congestion_wait_ms: 300_000 }
     }
 }
 
@@ -46,6 +49,8 @@ pub enum Error {
     TopicsFull,
     /// The datagram did not decode.
     Malformed(mqttsn_codec::DecodeError),
+    /// The gateway answered "congestion" less than T_WAIT ago.
+    Congested,
 }
 
 impl core::fmt::Display for Error {
@@ -58,6 +63,7 @@ impl core::fmt::Display for Error {
             Self::BadTopicForQoS => f.write_str("QoS -1 needs a predefined id or a short name"),
             Self::TopicsFull => f.write_str("topic table full"),
             Self::Malformed(e) => write!(f, "malformed datagram: {e}"),
+            Self::Congested => f.write_str("the gateway is congested: wait T_WAIT"),
         }
     }
 }
@@ -204,6 +210,8 @@ pub struct Client<const T: usize = 8, const F: usize = 2, const B: usize = 128> 
     qos2_rx: [u16; 4],
     next_msg_id: u16,
     last_sent: Millis,
+    /// No requests before this time (T_WAIT after congestion).
+    congested_until: Millis,
 }
 
 impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
@@ -225,6 +233,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             qos2_rx: [0; 4],
             next_msg_id: 0,
             last_sent: 0,
+            congested_until: 0,
         })
     }
 
@@ -437,6 +446,15 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         datagram: &'a [u8],
     ) -> Result<Option<Event<'a>>, Error> {
         let packet = Packet::decode(datagram).map_err(Error::Malformed)?;
+        let verdict = match packet {
+            Packet::ConnAck(rc) => rc,
+            Packet::RegAck(a) | Packet::PubAck(a) => a.return_code,
+            Packet::SubAck(s) => s.return_code,
+            _ => ReturnCode::Accepted,
+        };
+        if verdict == ReturnCode::Congestion {
+            self.congested_until = now + u64::from(self.settings.congestion_wait_ms);
+        }
         Ok(match packet {
             Packet::ConnAck(rc) => {
                 self.finish(Kind::Connect, 0)?;
@@ -755,6 +773,9 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         msg_id: u16,
         packet: &Packet<'_>,
     ) -> Result<(), Error> {
+        if now < self.congested_until && !matches!(kind, Kind::Disconnect | Kind::Ping) {
+            return Err(Error::Congested);
+        }
         let datagram = Buf::<B>::encode(packet).ok_or(Error::TooLong)?;
         // One request of each kind without a MsgId at a time.
         let same = |p: &Pending<B>| msg_id == 0 && p.msg_id == 0 && p.kind == kind;

@@ -17,6 +17,7 @@
 
 mod buf;
 mod client;
+pub mod discovery;
 #[cfg(feature = "std")]
 pub mod std_udp;
 #[cfg(test)]

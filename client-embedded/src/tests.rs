@@ -12,7 +12,7 @@ use crate::{Client, Event, Settings, Topic};
 type C = Client<4, 2, 128>;
 
 fn settings() -> Settings {
-    Settings { retry_ms: 100, max_retries: 2 }
+    Settings { retry_ms: 100, max_retries: 2, congestion_wait_ms: 1_000 }
 }
 
 fn sent(c: &mut C) -> Vec<Vec<u8>> {
@@ -301,4 +301,36 @@ fn reordered_and_duplicated_acks_match_by_msg_id() {
         c.handle_datagram(4, &ack(a)).unwrap(),
         Some(Event::Published { msg_id: a, result: Ok(()) })
     );
+}
+
+#[test]
+fn congestion_makes_requests_wait_t_wait() {
+    let mut c = C::new(b"node-1", settings()).unwrap();
+    c.connect(0, true, 30, None).unwrap();
+    sent(&mut c);
+    let refused = enc(Packet::ConnAck(ReturnCode::Congestion));
+    assert_eq!(
+        c.handle_datagram(10, &refused).unwrap(),
+        Some(Event::ConnectRefused(ReturnCode::Congestion))
+    );
+    assert_eq!(c.connect(500, true, 30, None), Err(crate::Error::Congested));
+    assert_eq!(c.connect(1_010, true, 30, None), Ok(()));
+}
+
+#[test]
+fn will_updates_are_sent_and_answered() {
+    let mut c = connected();
+    c.update_will_topic(5, Some(("w/new", QoS::AtLeastOnce, false))).unwrap();
+    assert!(
+        matches!(packet(&sent(&mut c)[0]), Packet::WillTopicUpd(Some(w)) if w.topic == b"w/new")
+    );
+    let resp = enc(Packet::WillTopicResp(ReturnCode::Accepted));
+    assert_eq!(
+        c.handle_datagram(6, &resp).unwrap(),
+        Some(Event::WillUpdated(ReturnCode::Accepted))
+    );
+    c.update_will_message(7, b"bye").unwrap();
+    assert_eq!(sent(&mut c), [enc(Packet::WillMsgUpd(b"bye"))]);
+    c.update_will_topic(8, None).unwrap();
+    assert_eq!(sent(&mut c), [enc(Packet::WillTopicUpd(None))]);
 }

@@ -13,7 +13,7 @@ use mqttsn_tests::mqtt_client::MqttClient;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn settings() -> Settings {
-    Settings { retry_ms: 300, max_retries: 3 }
+    Settings { retry_ms: 300, max_retries: 3, ..Settings::default() }
 }
 
 #[test]

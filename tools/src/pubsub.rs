@@ -88,7 +88,7 @@ pub fn qos(level: i8) -> Result<QoS, Failure> {
 
 fn client(c: &Common, prefix: &str) -> Result<ToolClient, Failure> {
     let id = c.client_id.clone().unwrap_or_else(|| format!("{prefix}-{}", std::process::id()));
-    let settings = Settings { retry_ms: 1000, max_retries: 3 };
+    let settings = Settings { retry_ms: 1000, max_retries: 3, ..Settings::default() };
     let mut client = ToolClient::new((c.host.as_str(), c.port), &id, settings)
         .map_err(|e| failure("gateway address", e))?;
     client.debug = c.debug;
