@@ -133,9 +133,7 @@ impl<A: Copy + PartialEq> Discovery<A> {
                 let period = u64::from(a.duration) * 1000;
                 self.found(now, a.gw_id, from, Some(period))
             }
-            Packet::GwInfo(GwInfo { gw_id, gw_addr: [] }) => {
-                self.found(now, gw_id, from, None)
-            }
+            Packet::GwInfo(GwInfo { gw_id, gw_addr: [] }) => self.found(now, gw_id, from, None),
             Packet::SearchGw { .. } => {
                 // Another client searches: ours would add nothing now.
                 if let Some(at) = self.search_at.as_mut() {
