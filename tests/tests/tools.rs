@@ -30,6 +30,26 @@ fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Publishes `payload` to `topic` every `every` until `child` exits
+/// (bounded), then returns its output.
+fn publish_until_exit(
+    mut child: std::process::Child,
+    publisher: &mut MqttClient,
+    topic: &str,
+    payload: impl Fn(u32) -> Vec<u8>,
+    every: Duration,
+) -> Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "{topic}: sub did not finish");
+        i += 1;
+        publisher.publish(topic, &payload(i), 1, false);
+        std::thread::sleep(every);
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn gateway(broker: &Mosquitto, predefined: &str) -> Gateway {
     let mut pre = Predefined::new();
     pre.insert(42, predefined);
@@ -129,16 +149,13 @@ fn sub_prints_messages_with_topics_and_stops_at_count() {
     .unwrap();
     let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
     // Publish until the subscriber is in place and has printed three.
-    let mut child = child;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut i = 0;
-    while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "sub did not finish");
-        i += 1;
-        publisher.publish(&format!("{base}/a"), format!("m{i}").as_bytes(), 1, false);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = publish_until_exit(
+        child,
+        &mut publisher,
+        &format!("{base}/a"),
+        |i| format!("m{i}").into_bytes(),
+        Duration::from_millis(100),
+    );
     let text = ok(out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
@@ -176,14 +193,14 @@ fn sub_timeout_and_sleep_cycles() {
     .spawn()
     .unwrap();
     let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
-    let mut child = child;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "sub --sleep did not finish");
-        publisher.publish(&format!("{base}/cmd"), b"wake up", 1, false);
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let text = ok(child.wait_with_output().unwrap());
+    let out = publish_until_exit(
+        child,
+        &mut publisher,
+        &format!("{base}/cmd"),
+        |_| b"wake up".to_vec(),
+        Duration::from_millis(300),
+    );
+    let text = ok(out);
     assert_eq!(text.lines().next(), Some("wake up"), "{text}");
 }
 
