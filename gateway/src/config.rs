@@ -177,6 +177,9 @@ pub struct LimitsSection {
     pub max_publish_rate: f64,
     /// How many PUBLISHes above the rate a sensor may send in a burst.
     pub publish_burst: u32,
+    /// Seconds an ended CleanSession-false session is kept for the
+    /// sensor's return; 0: for ever.
+    pub session_expiry_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -190,6 +193,7 @@ impl Default for LimitsSection {
             max_sessions: 0,
             max_publish_rate: 0.0,
             publish_burst: 10,
+            session_expiry_secs: 86_400,
         }
     }
 }
@@ -538,6 +542,8 @@ impl Config {
         Ok(crate::server::ServerOptions {
             auth,
             sys_topics,
+            session_expiry: (self.limits.session_expiry_secs > 0)
+                .then(|| Duration::from_secs(self.limits.session_expiry_secs)),
             max_sessions: (self.limits.max_sessions > 0).then_some(self.limits.max_sessions),
             gateway_id: d.gateway_id,
             answer_searchgw: d.answer_searchgw,

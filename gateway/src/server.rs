@@ -71,6 +71,10 @@ pub struct ServerOptions {
     pub own_client_id: String,
     /// Who may connect, and as whom upstream.
     pub auth: Arc<AuthTable>,
+    /// How long the gateway keeps an ended CleanSession-false session
+    /// (its registrations and subscriptions) for the sensor's return;
+    /// `None`: for ever. The broker keeps its own session regardless.
+    pub session_expiry: Option<Duration>,
     /// Publish key figures, retained, under this topic prefix at this
     /// interval (on the gateway's own upstream connection).
     pub sys_topics: Option<(String, Duration)>,
@@ -88,6 +92,7 @@ impl Default for ServerOptions {
             qos_minus_one: None,
             own_client_id: "mqttsn-gateway".into(),
             auth: Arc::new(AuthTable::open()),
+            session_expiry: Some(Duration::from_secs(24 * 3600)),
             sys_topics: None,
         }
     }
@@ -99,6 +104,9 @@ struct Entry {
     upstream: Option<(UpstreamKey, mpsc::UnboundedSender<Command>)>,
     scheduled: Option<Instant>,
     counted_active: bool,
+    /// When a kept (CleanSession false) session ended; it is forgotten
+    /// `session_expiry` later unless the sensor connects again.
+    ended_at: Option<Instant>,
 }
 
 /// The dispatcher state.
@@ -339,11 +347,15 @@ impl<U: Upstreams> Server<U> {
                         upstream: None,
                         scheduled: None,
                         counted_active: false,
+                        ended_at: None,
                     },
                 );
                 cid
             }
         };
+        if let Some(entry) = self.sessions.get_mut(&cid) {
+            entry.ended_at = None;
+        }
         self.bind(&cid, from);
         cid
     }
@@ -445,7 +457,24 @@ impl<U: Upstreams> Server<U> {
     }
 
     /// Sensors by state and what waits for them.
+    /// Forgets kept sessions that ended more than `session_expiry` ago.
+    fn expire_sessions(&mut self) {
+        let Some(expiry) = self.opts.session_expiry else { return };
+        let now = Instant::now();
+        let before = self.sessions.len();
+        self.sessions.retain(|_, e| {
+            !(e.ended_at.is_some_and(|t| now.duration_since(t) >= expiry)
+                && e.upstream.is_none()
+                && e.session.is_ended())
+        });
+        let gone = before - self.sessions.len();
+        if gone > 0 {
+            debug!(sessions = gone, "expired sessions forgotten");
+        }
+    }
+
     fn refresh_gauges(&mut self) {
+        self.expire_sessions();
         let (mut asleep, mut messages, mut bytes) = (0u64, 0u64, 0u64);
         for e in self.sessions.values() {
             if e.session.is_sleeping() {
@@ -655,6 +684,9 @@ impl<U: Upstreams> Server<U> {
             if !entry.session.persistent() && entry.upstream.is_none() {
                 self.sessions.remove(cid);
                 return;
+            }
+            if entry.ended_at.is_none() {
+                entry.ended_at = Some(Instant::now());
             }
         }
         if let Some(t) = entry.session.poll_timeout() {

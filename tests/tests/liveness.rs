@@ -188,3 +188,34 @@ fn session_limit_answers_congestion() {
     // The existing ClientId still reconnects.
     a.connect(&id, true, 60);
 }
+
+#[test]
+fn ended_persistent_sessions_expire() {
+    let broker = Mosquitto::start();
+    let opts = mqttsn_gateway::server::ServerOptions {
+        session_expiry: Some(Duration::from_millis(100)),
+        ..mqttsn_gateway::server::ServerOptions::default()
+    };
+    let gw = Gateway::start_full(broker.port(), mqttsn_tests::gateway::fast_config(), opts);
+    let id = unique("expiring");
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&id, false, 60);
+    let tid = s.register(&unique("t"), 1);
+    s.send(Packet::Disconnect(None));
+    s.expect(Packet::Disconnect(None));
+    // Back quickly: the session (and its topic id) is still there.
+    s.connect(&id, false, 60);
+    s.publish(TopicId::Normal(tid), QoS::AtLeastOnce, 2, b"kept", false);
+    s.expect(Packet::PubAck(Ack { topic_id: tid, msg_id: 2, return_code: ReturnCode::Accepted }));
+    s.send(Packet::Disconnect(None));
+    s.expect(Packet::Disconnect(None));
+    // Past the expiry (checked every second), it is forgotten.
+    std::thread::sleep(Duration::from_millis(1300));
+    s.connect(&id, false, 60);
+    s.publish(TopicId::Normal(tid), QoS::AtLeastOnce, 3, b"forgotten", false);
+    s.expect(Packet::PubAck(Ack {
+        topic_id: tid,
+        msg_id: 3,
+        return_code: ReturnCode::InvalidTopicId,
+    }));
+}
