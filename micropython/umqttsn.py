@@ -137,9 +137,12 @@ class MQTTSNClient:
                 if got is None:
                     continue
                 t, body = got
-                if t == want and (match is None or match(body)):
-                    return body
-                self._handle(t, body)
+                try:
+                    if t == want and (match is None or match(body)):
+                        return body
+                except (ValueError, IndexError):
+                    continue
+                self._safe(t, body)
         raise MQTTSNException("no answer from the gateway")
 
     def connect(self, clean_session=True):
@@ -282,12 +285,21 @@ class MQTTSNClient:
             raise MQTTSNException("disconnected by the gateway")
         return None
 
+    def _safe(self, t, body):
+        # A datagram too short for its type is dropped, never a crash.
+        try:
+            return self._handle(t, body)
+        except MQTTSNException:
+            raise
+        except Exception:
+            return None
+
     def wait_msg(self, timeout=None):
         """Handle one datagram (waiting up to `timeout` s, forever by default)."""
         got = self._recv(timeout)
         if got is None:
             return None
-        return self._handle(*got)
+        return self._safe(*got)
 
     def check_msg(self):
         """Handle what has arrived without waiting; keeps the connection alive."""

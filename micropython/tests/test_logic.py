@@ -165,6 +165,16 @@ def test_sleep_and_wake():
     assert t == m.PINGREQ and bytes(body) == b"node-1"
 
 
+def test_short_datagrams_do_not_crash_the_client():
+    gw = FakeGateway()
+    c = client(gw)
+    c.connect()
+    for bad in (m.packet(m.PUBLISH, b"\x00"), m.packet(m.REGISTER, b""), m.packet(m.PUBREL)):
+        gw.inbox.append(bad)
+        c.wait_msg(0)
+    c.ping()
+
+
 def test_malformed_datagrams_are_ignored():
     assert m.parse(b"") is None
     assert m.parse(b"\x05\x0e\x00") is None

@@ -50,7 +50,7 @@ fn logic_runs_under_real_micropython() {
         "the MicroPython WebAssembly port is missing: run `npm ci` in micropython/tests (scripts/test does)"
     );
     let out = run(Command::new("node").arg("run_wasm.mjs").current_dir(&tests), "node");
-    assert!(out.contains("OK 7 tests") && out.contains("micropython"), "{out}");
+    assert!(out.contains("OK 8 tests") && out.contains("micropython"), "{out}");
 }
 
 #[test]
