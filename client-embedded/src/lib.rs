@@ -15,6 +15,8 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "std")]
+mod adapter;
 mod buf;
 mod client;
 pub mod discovery;
@@ -22,6 +24,8 @@ pub mod discovery;
 pub mod std_udp;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tokio")]
+pub mod tokio_udp;
 
 pub use buf::Buf;
 pub use client::{Client, Error, Event, MessageTopic, Millis, Settings, Topic, MAX_NAME};

@@ -4,64 +4,11 @@
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-use mqttsn_codec::{QoS, ReturnCode, TopicFilter};
+use mqttsn_codec::{QoS, TopicFilter};
 
-use crate::{Client, Error, Event, MessageTopic, Settings, Topic};
-
-/// What can go wrong on the blocking side.
-#[derive(Debug)]
-pub enum UdpError {
-    /// The socket failed.
-    Io(std::io::Error),
-    /// The client refused the call or a datagram.
-    Client(Error),
-    /// The gateway refused (CONNACK, REGACK, PUBACK, SUBACK return code).
-    Refused(ReturnCode),
-    /// No answer within the wait.
-    Timeout,
-    /// The gateway sent DISCONNECT, or went silent past Nretry.
-    GatewayGone,
-}
-
-impl core::fmt::Display for UdpError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "socket: {e}"),
-            Self::Client(e) => write!(f, "{e}"),
-            Self::Refused(rc) => write!(f, "refused by the gateway: {rc}"),
-            Self::Timeout => f.write_str("no answer from the gateway"),
-            Self::GatewayGone => f.write_str("the gateway disconnected or is unreachable"),
-        }
-    }
-}
-
-impl std::error::Error for UdpError {}
-
-impl From<std::io::Error> for UdpError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-impl From<Error> for UdpError {
-    fn from(e: Error) -> Self {
-        Self::Client(e)
-    }
-}
-
-/// A received message, owned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// The topic name when the client knows it, else the id or short name
-    /// as text (`#123`, `@7` predefined).
-    pub topic: String,
-    /// The payload.
-    pub payload: Vec<u8>,
-    /// QoS.
-    pub qos: QoS,
-    /// RETAIN.
-    pub retain: bool,
-}
+use crate::adapter::{aside, topic_text, wait};
+pub use crate::adapter::{describe, Message, UdpError};
+use crate::{Client, Event, Settings, Topic};
 
 /// A client on a UDP socket.
 pub struct UdpClient<const T: usize = 16, const F: usize = 4, const B: usize = 1024> {
@@ -154,19 +101,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
                     if let Some(r) = done(&event) {
                         return Ok(r);
                     }
-                    match event {
-                        Event::Message { topic, payload, qos, retain } => {
-                            let topic = self.topic_text(topic);
-                            self.inbox.push(Message {
-                                topic,
-                                payload: payload.to_vec(),
-                                qos,
-                                retain,
-                            });
-                        }
-                        Event::DisconnectedByGateway => return Err(UdpError::GatewayGone),
-                        _ => {}
-                    }
+                    aside(&self.client, &mut self.inbox, event)?;
                 }
                 Ok(_) => {}
                 Err(e)
@@ -185,18 +120,6 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
         }
     }
 
-    fn topic_text(&self, topic: MessageTopic) -> String {
-        match topic {
-            MessageTopic::Id(id) => self
-                .client
-                .topic_name(id)
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-                .unwrap_or_else(|| format!("#{id}")),
-            MessageTopic::Predefined(id) => format!("@{id}"),
-            MessageTopic::Short(s) => String::from_utf8_lossy(&s).into_owned(),
-        }
-    }
-
     /// CONNECT and wait for CONNACK.
     pub fn connect(
         &mut self,
@@ -207,11 +130,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
     ) -> Result<(), UdpError> {
         let now = self.now();
         self.client.connect(now, clean, keepalive_s, will)?;
-        self.run_until(wait, |e| match e {
-            Event::Connected => Some(Ok(())),
-            Event::ConnectRefused(rc) => Some(Err(UdpError::Refused(*rc))),
-            _ => None,
-        })?
+        self.run_until(wait, wait::connected)?
     }
 
     /// REGISTER (unless known) and wait for the id.
@@ -221,12 +140,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
         }
         let now = self.now();
         let msg_id = self.client.register(now, name)?;
-        self.run_until(wait, |e| match e {
-            Event::Registered { msg_id: m, result } if *m == msg_id => {
-                Some(result.map_err(UdpError::Refused))
-            }
-            _ => None,
-        })?
+        self.run_until(wait, wait::registered(msg_id))?
     }
 
     /// PUBLISH; for QoS 1 and 2, wait for the acknowledgement. A topic
@@ -247,12 +161,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
         let Some(msg_id) = self.client.publish(now, topic, payload, qos, retain)? else {
             return self.flush();
         };
-        self.run_until(wait, |e| match e {
-            Event::Published { msg_id: m, result } if *m == msg_id => {
-                Some(result.map_err(UdpError::Refused))
-            }
-            _ => None,
-        })?
+        self.run_until(wait, wait::published(msg_id))?
     }
 
     /// SUBSCRIBE and wait for SUBACK; returns the topic id and granted QoS.
@@ -268,12 +177,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
             TopicFilter::Name(n) => Some(n.to_vec()),
             _ => None,
         };
-        let (id, granted) = self.run_until(wait, |e| match e {
-            Event::Subscribed { msg_id: m, result } if *m == msg_id => {
-                Some(result.map_err(UdpError::Refused))
-            }
-            _ => None,
-        })??;
+        let (id, granted) = self.run_until(wait, wait::subscribed(msg_id))??;
         // A concrete name's id is known from SUBACK.
         if let (Some(name), true) = (name, id != 0) {
             if let Ok(name) = std::str::from_utf8(&name) {
@@ -288,15 +192,9 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
         if !self.inbox.is_empty() {
             return Ok(Some(self.inbox.remove(0)));
         }
-        let got = self.run_until(wait, |e| match e {
-            Event::Message { topic, payload, qos, retain } => {
-                Some((*topic, payload.to_vec(), *qos, *retain))
-            }
-            _ => None,
-        });
-        match got {
+        match self.run_until(wait, wait::message) {
             Ok((topic, payload, qos, retain)) => {
-                Ok(Some(Message { topic: self.topic_text(topic), payload, qos, retain }))
+                Ok(Some(Message { topic: topic_text(&self.client, topic), payload, qos, retain }))
             }
             Err(UdpError::Timeout) => Ok(None),
             Err(e) => Err(e),
@@ -307,7 +205,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
     pub fn sleep(&mut self, duration_s: u16, wait: Duration) -> Result<(), UdpError> {
         let now = self.now();
         self.client.sleep(now, duration_s)?;
-        self.run_until(wait, |e| matches!(e, Event::Disconnected).then_some(()))
+        self.run_until(wait, wait::disconnected)
     }
 
     /// Wake up: PINGREQ with the ClientId; returns the buffered messages,
@@ -316,7 +214,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
         let now = self.now();
         self.client.wake(now)?;
         self.inbox.clear();
-        self.run_until(wait, |e| matches!(e, Event::PingResp).then_some(()))?;
+        self.run_until(wait, wait::pingresp)?;
         Ok(std::mem::take(&mut self.inbox))
     }
 
@@ -324,14 +222,6 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
     pub fn disconnect(&mut self, wait: Duration) -> Result<(), UdpError> {
         let now = self.now();
         self.client.disconnect(now)?;
-        self.run_until(wait, |e| matches!(e, Event::Disconnected).then_some(()))
-    }
-}
-
-/// One line for a datagram, for `-d`.
-pub fn describe(d: &[u8]) -> String {
-    match mqttsn_codec::Frame::decode(d) {
-        Ok(f) => f.to_string(),
-        Err(e) => format!("malformed ({e})"),
+        self.run_until(wait, wait::disconnected)
     }
 }

@@ -102,3 +102,29 @@ fn will_is_set_through_the_handshake() {
     let m = watcher.recv();
     assert_eq!(m.payload, b"client gone");
 }
+
+#[test]
+fn the_tokio_adapter_publishes_subscribes_and_sleeps() {
+    use mqttsn_client::tokio_udp::TokioClient;
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let topic = unique("tokio");
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c: TokioClient =
+            TokioClient::new(gw.addr(), &unique("t"), settings()).await.unwrap();
+        c.connect(false, 60, None, WAIT).await.unwrap();
+        c.subscribe(TopicFilter::Name(topic.as_bytes()), QoS::AtLeastOnce, WAIT).await.unwrap();
+        c.publish(Topic::Name(&topic), b"from tokio", QoS::AtLeastOnce, false, WAIT).await.unwrap();
+        let m = c.next_message(WAIT).await.unwrap().expect("our own message back");
+        assert_eq!((m.topic.as_str(), m.payload.as_slice()), (topic.as_str(), &b"from tokio"[..]));
+        c.sleep(60, WAIT).await.unwrap();
+        publisher.publish(&topic, b"while asleep", 1, false);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got = c.wake(WAIT).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload, b"while asleep");
+        c.disconnect(WAIT).await.unwrap();
+    });
+}

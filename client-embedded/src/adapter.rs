@@ -1,0 +1,163 @@
+//! What the IO adapters (`std_udp`, `tokio_udp`) share: errors, owned
+//! messages, and what each call waits for.
+
+use mqttsn_codec::{QoS, ReturnCode};
+
+use crate::{Client, Error, Event, MessageTopic};
+
+/// What can go wrong in an adapter.
+#[derive(Debug)]
+pub enum UdpError {
+    /// The socket failed.
+    Io(std::io::Error),
+    /// The client refused the call or a datagram.
+    Client(Error),
+    /// The gateway refused (CONNACK, REGACK, PUBACK, SUBACK return code).
+    Refused(ReturnCode),
+    /// No answer within the wait.
+    Timeout,
+    /// The gateway sent DISCONNECT, or went silent past Nretry.
+    GatewayGone,
+}
+
+impl core::fmt::Display for UdpError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "socket: {e}"),
+            Self::Client(e) => write!(f, "{e}"),
+            Self::Refused(rc) => write!(f, "refused by the gateway: {rc}"),
+            Self::Timeout => f.write_str("no answer from the gateway"),
+            Self::GatewayGone => f.write_str("the gateway disconnected or is unreachable"),
+        }
+    }
+}
+
+impl std::error::Error for UdpError {}
+
+impl From<std::io::Error> for UdpError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<Error> for UdpError {
+    fn from(e: Error) -> Self {
+        Self::Client(e)
+    }
+}
+
+/// A received message, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic name when the client knows it, else the id or short name
+    /// as text (`#123`, `@7` predefined).
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// QoS.
+    pub qos: QoS,
+    /// RETAIN.
+    pub retain: bool,
+}
+
+/// One line for a datagram, for debug output.
+pub fn describe(d: &[u8]) -> String {
+    match mqttsn_codec::Frame::decode(d) {
+        Ok(f) => f.to_string(),
+        Err(e) => format!("malformed ({e})"),
+    }
+}
+
+/// A message's topic as text.
+pub(crate) fn topic_text<const T: usize, const F: usize, const B: usize>(
+    client: &Client<T, F, B>,
+    topic: MessageTopic,
+) -> String {
+    match topic {
+        MessageTopic::Id(id) => client
+            .topic_name(id)
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_else(|| format!("#{id}")),
+        MessageTopic::Predefined(id) => format!("@{id}"),
+        MessageTopic::Short(s) => String::from_utf8_lossy(&s).into_owned(),
+    }
+}
+
+/// An event nobody waits for: messages go to the inbox; a DISCONNECT from
+/// the gateway ends the wait.
+pub(crate) fn aside<const T: usize, const F: usize, const B: usize>(
+    client: &Client<T, F, B>,
+    inbox: &mut Vec<Message>,
+    event: Event<'_>,
+) -> Result<(), UdpError> {
+    match event {
+        Event::Message { topic, payload, qos, retain } => {
+            let topic = topic_text(client, topic);
+            inbox.push(Message { topic, payload: payload.to_vec(), qos, retain });
+            Ok(())
+        }
+        Event::DisconnectedByGateway => Err(UdpError::GatewayGone),
+        _ => Ok(()),
+    }
+}
+
+/// The answers each call waits for.
+pub(crate) mod wait {
+    use super::*;
+
+    pub(crate) fn connected(e: &Event<'_>) -> Option<Result<(), UdpError>> {
+        match e {
+            Event::Connected => Some(Ok(())),
+            Event::ConnectRefused(rc) => Some(Err(UdpError::Refused(*rc))),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn registered(
+        msg_id: u16,
+    ) -> impl FnMut(&Event<'_>) -> Option<Result<u16, UdpError>> {
+        move |e| match e {
+            Event::Registered { msg_id: m, result } if *m == msg_id => {
+                Some(result.map_err(UdpError::Refused))
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn published(msg_id: u16) -> impl FnMut(&Event<'_>) -> Option<Result<(), UdpError>> {
+        move |e| match e {
+            Event::Published { msg_id: m, result } if *m == msg_id => {
+                Some(result.map_err(UdpError::Refused))
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn subscribed(
+        msg_id: u16,
+    ) -> impl FnMut(&Event<'_>) -> Option<Result<(u16, QoS), UdpError>> {
+        move |e| match e {
+            Event::Subscribed { msg_id: m, result } if *m == msg_id => {
+                Some(result.map_err(UdpError::Refused))
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn message(e: &Event<'_>) -> Option<(MessageTopic, Vec<u8>, QoS, bool)> {
+        match e {
+            Event::Message { topic, payload, qos, retain } => {
+                Some((*topic, payload.to_vec(), *qos, *retain))
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn disconnected(e: &Event<'_>) -> Option<()> {
+        matches!(e, Event::Disconnected).then_some(())
+    }
+
+    pub(crate) fn pingresp(e: &Event<'_>) -> Option<()> {
+        matches!(e, Event::PingResp).then_some(())
+    }
+}
