@@ -2,5 +2,6 @@
 //! the tests and later tools share the code; `main.rs` only parses the
 //! command line.
 
+pub mod bench;
 pub mod dump;
 pub mod pubsub;

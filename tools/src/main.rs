@@ -46,6 +46,10 @@ enum Tool {
     /// Subscribe like mosquitto_sub: -h HOST -p PORT -t TOPIC -v.
     #[command(disable_help_flag = true)]
     Sub(SubArgs),
+    /// Simulated sensors publishing through a gateway: throughput and
+    /// acknowledgement latency.
+    #[command(disable_help_flag = true)]
+    Bench(BenchArgs),
 }
 
 /// Options of `pub` and `sub` as in mosquitto's tools (`-h` is the host).
@@ -159,6 +163,52 @@ struct SubArgs {
     sleep: Option<u16>,
 }
 
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// The gateway host.
+    #[arg(short = 'h', long, default_value = "127.0.0.1")]
+    host: String,
+    /// The gateway UDP port.
+    #[arg(short, long, default_value_t = 1884)]
+    port: u16,
+    /// Simulated sensors (1 to 10000).
+    #[arg(short = 'c', long, default_value_t = 10)]
+    sensors: u32,
+    /// Messages per sensor.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    messages: u32,
+    /// QoS: 0, 1 or 2.
+    #[arg(short, long, default_value_t = 1)]
+    qos: i8,
+    /// Payload size in octets.
+    #[arg(short, long, default_value_t = 16)]
+    size: usize,
+    /// Topic prefix: sensor N publishes to PREFIX/N.
+    #[arg(short, long, default_value = "mqttsn-bench")]
+    topic: String,
+    /// Stop after this many seconds, whatever is left.
+    #[arg(long, default_value_t = 60)]
+    max_time: u64,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn run_bench(a: BenchArgs) -> Result<(), Failure> {
+    let report = mqttsn_tools::bench::run(&mqttsn_tools::bench::BenchOptions {
+        host: a.host,
+        port: a.port,
+        sensors: a.sensors,
+        messages: a.messages,
+        qos: a.qos,
+        size: a.size,
+        prefix: a.topic,
+        max_time: Duration::from_secs(a.max_time),
+    })?;
+    println!("{report}");
+    Ok(())
+}
+
 fn run_pub(a: PubArgs) -> Result<(), Failure> {
     let messages = if a.stdin_lines {
         Messages::Lines
@@ -221,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Tool::Pub(a) => exit_on(run_pub(a)),
         Tool::Sub(a) => exit_on(run_sub(a)),
+        Tool::Bench(a) => exit_on(run_bench(a)),
         Tool::Dump { listen, relay_to, count, max_peers, idle_timeout } => {
             let opts = DumpOptions {
                 listen,
