@@ -77,11 +77,13 @@ pub struct Config {
 pub struct GatewaySection {
     /// The UDP address sensors send to.
     pub listen: String,
+    /// The session store file; empty: sessions live in memory only.
+    pub store: String,
 }
 
 impl Default for GatewaySection {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:1884".into() }
+        Self { listen: "0.0.0.0:1884".into(), store: "mqttsn-sessions.redb".into() }
     }
 }
 
@@ -304,11 +306,21 @@ pub struct SleepSection {
     pub buffer_bytes: usize,
     /// Buffer QoS 0 messages too.
     pub buffer_qos0: bool,
+    /// Messages buffered for all sleeping sensors together.
+    pub total_buffer_messages: usize,
+    /// Octets buffered for all sleeping sensors together.
+    pub total_buffer_bytes: usize,
 }
 
 impl Default for SleepSection {
     fn default() -> Self {
-        Self { buffer_messages: 1000, buffer_bytes: 1 << 20, buffer_qos0: true }
+        Self {
+            buffer_messages: 1000,
+            buffer_bytes: 1 << 20,
+            buffer_qos0: true,
+            total_buffer_messages: 100_000,
+            total_buffer_bytes: 64 << 20,
+        }
     }
 }
 
@@ -542,6 +554,8 @@ impl Config {
         Ok(crate::server::ServerOptions {
             auth,
             sys_topics,
+            store_path: (!self.gateway.store.is_empty())
+                .then(|| std::path::PathBuf::from(&self.gateway.store)),
             session_expiry: (self.limits.session_expiry_secs > 0)
                 .then(|| Duration::from_secs(self.limits.session_expiry_secs)),
             max_sessions: (self.limits.max_sessions > 0).then_some(self.limits.max_sessions),
@@ -669,6 +683,10 @@ impl Config {
             sleep_buffer_messages: self.sleep.buffer_messages,
             sleep_buffer_bytes: self.sleep.buffer_bytes,
             buffer_qos0: self.sleep.buffer_qos0,
+            buffer_total: std::sync::Arc::new(crate::session::BufferTotal::new(
+                self.sleep.total_buffer_messages,
+                self.sleep.total_buffer_bytes,
+            )),
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod cidr;
 pub mod config;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
+pub mod failpoint;
 pub mod limits;
 pub mod metrics;
 pub mod monitor;
@@ -13,4 +14,5 @@ pub mod mqtt;
 pub mod peer;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod upstream;

@@ -35,6 +35,10 @@ struct Args {
     /// monitoring.listen).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<String>,
+    /// The session store file; "" keeps sessions in memory only
+    /// (overrides gateway.store).
+    #[arg(long, value_name = "FILE")]
+    store: Option<String>,
 }
 
 #[tokio::main]
@@ -58,6 +62,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(metrics) = args.metrics_listen {
         cfg.monitoring.listen = metrics;
+    }
+    if let Some(store) = args.store {
+        cfg.gateway.store = store;
     }
     cfg.check()?;
     let listen = cfg.listen_addr()?;

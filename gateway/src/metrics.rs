@@ -66,6 +66,14 @@ pub struct Metrics {
     pub latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     /// Sum of those latencies in microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Store transactions committed (each a group of writes).
+    pub store_commits: AtomicU64,
+    /// Session writes in those transactions.
+    pub store_writes: AtomicU64,
+    /// Time spent committing, in microseconds.
+    pub store_commit_us: AtomicU64,
+    /// Store commits that failed (retried).
+    pub store_errors: AtomicU64,
 }
 
 /// Upper bounds of the latency histogram buckets, in milliseconds.
@@ -261,6 +269,30 @@ impl Metrics {
             "counter",
             "Upstream MQTT connections lost or not made.",
             &[("", get(&self.upstream_outages))],
+        );
+        metric(
+            "store_commits_total",
+            "counter",
+            "Session store transactions committed, each a group of writes.",
+            &[("", get(&self.store_commits))],
+        );
+        metric(
+            "store_writes_total",
+            "counter",
+            "Session writes committed to the store.",
+            &[("", get(&self.store_writes))],
+        );
+        metric(
+            "store_commit_microseconds_total",
+            "counter",
+            "Time spent committing to the store.",
+            &[("", get(&self.store_commit_us))],
+        );
+        metric(
+            "store_errors_total",
+            "counter",
+            "Store commits that failed and were retried.",
+            &[("", get(&self.store_errors))],
         );
         metric(
             "buffered_messages",

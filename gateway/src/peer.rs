@@ -38,6 +38,34 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// The address as the session store keeps it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let addr = self.addr.to_string();
+        let mut out = Vec::with_capacity(2 + addr.len());
+        out.push(u8::from(self.node.is_some()));
+        out.push(addr.len() as u8);
+        out.extend_from_slice(addr.as_bytes());
+        if let Some(node) = &self.node {
+            out.extend_from_slice(node);
+        }
+        out
+    }
+
+    /// The address [`Peer::to_bytes`] gave, if it is one.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let (&kind, rest) = b.split_first()?;
+        let (&len, rest) = rest.split_first()?;
+        let addr = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?.parse().ok()?;
+        let node = rest.get(usize::from(len)..)?;
+        match kind {
+            0 => Some(Self::direct(addr)),
+            1 => Some(Self::forwarded(addr, node)),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.addr)?;
@@ -48,5 +76,25 @@ impl fmt::Display for Peer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn stored_form_round_trips() {
+        for p in [
+            Peer::direct("127.0.0.1:1884".parse().unwrap()),
+            Peer::direct("[::1]:5".parse().unwrap()),
+            Peer::forwarded("10.0.0.1:9".parse().unwrap(), &[1, 2, 3]),
+            Peer::forwarded("10.0.0.1:9".parse().unwrap(), &[]),
+        ] {
+            assert_eq!(Peer::from_bytes(&p.to_bytes()), Some(p));
+        }
+        assert_eq!(Peer::from_bytes(&[]), None);
+        assert_eq!(Peer::from_bytes(&[0, 200, b'1']), None);
     }
 }

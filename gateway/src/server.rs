@@ -8,7 +8,7 @@
 //! events come back on one channel, tagged with the upstream's key.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,13 +18,15 @@ use mqttsn_codec::{Frame, Packet};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::AuthTable;
 use crate::cidr::Cidr;
+use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::session::{check_connect, Session, SessionConfig, SessionEvent};
+use crate::session::{check_connect, Outgoing, Session, SessionConfig, SessionEvent};
+use crate::store::{wall_now, Store, StoreWriter, Write};
 use crate::upstream::{Command, ConnectSpec, Event};
 
 /// Identifies one upstream connection task; never reused, so events from a
@@ -78,6 +80,9 @@ pub struct ServerOptions {
     /// Publish key figures, retained, under this topic prefix at this
     /// interval (on the gateway's own upstream connection).
     pub sys_topics: Option<(String, Duration)>,
+    /// The session store: CleanSession-false sessions are kept here and
+    /// restored at start. `None`: in memory only.
+    pub store_path: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -94,6 +99,7 @@ impl Default for ServerOptions {
             auth: Arc::new(AuthTable::open()),
             session_expiry: Some(Duration::from_secs(24 * 3600)),
             sys_topics: None,
+            store_path: None,
         }
     }
 }
@@ -107,6 +113,34 @@ struct Entry {
     /// When a kept (CleanSession false) session ended; it is forgotten
     /// `session_expiry` later unless the sensor connects again.
     ended_at: Option<Instant>,
+    /// Outputs waiting for the store to commit what produced them, oldest
+    /// first.
+    held: VecDeque<Held>,
+    /// Messages and octets this session counts in the gateway-wide buffer
+    /// total.
+    buffered: (usize, usize),
+}
+
+impl Entry {
+    fn new(session: Session) -> Self {
+        Self {
+            session,
+            addr: None,
+            upstream: None,
+            scheduled: None,
+            counted_active: false,
+            ended_at: None,
+            held: VecDeque::new(),
+            buffered: (0, 0),
+        }
+    }
+}
+
+/// A session's outputs held until the store committed `ticket`.
+struct Held {
+    ticket: u64,
+    transmits: Vec<Outgoing>,
+    commands: Vec<Command>,
 }
 
 /// The dispatcher state.
@@ -133,6 +167,15 @@ struct Server<U> {
     /// The gateway's own connection found the broker unreachable (unknown
     /// at start counts as reachable).
     broker_down: bool,
+    /// The session store's writer, when there is a store.
+    store: Option<StoreWriter>,
+    /// The last ticket handed to the store.
+    next_ticket: u64,
+    /// Sessions with held outputs, by ticket, in order.
+    held_order: VecDeque<(u64, Arc<str>)>,
+    /// Reused for a session's outputs.
+    scratch_tx: Vec<Outgoing>,
+    scratch_cmd: Vec<Command>,
 }
 
 /// The upstream key of the gateway's own connection.
@@ -176,6 +219,23 @@ pub async fn run<U: Upstreams>(
         i
     });
     let started = Instant::now();
+    let (store, mut store_done, restored) = match &opts.store_path {
+        None => (None, None, Vec::new()),
+        Some(path) => {
+            let opened = Store::open(path).map_err(std::io::Error::other)?;
+            if let Some((aside, why)) = &opened.moved_aside {
+                error!(
+                    "the session store {} could not be read ({why}); it was moved to {} and a \
+                     new one started: sessions from before are not restored",
+                    path.display(),
+                    aside.display()
+                );
+            }
+            let restored = restore_sessions(&opened, &cfg, path);
+            let (writer, done) = opened.store.start_writer(metrics.clone());
+            (Some(writer), Some(done), restored)
+        }
+    };
     let mut server = Server {
         socket: Arc::new(socket),
         upstreams,
@@ -195,7 +255,25 @@ pub async fn run<U: Upstreams>(
         own_next_request: 1,
         broker_up: false,
         broker_down: false,
+        store,
+        next_ticket: 0,
+        held_order: VecDeque::new(),
+        scratch_tx: Vec::new(),
+        scratch_cmd: Vec::new(),
     };
+    if !restored.is_empty() {
+        info!(sessions = restored.len(), "sessions restored from the store");
+    }
+    for (session, addr, ended_at) in restored {
+        let cid: Arc<str> = Arc::from(session.client_id());
+        let mut entry = Entry::new(session);
+        entry.ended_at = ended_at;
+        server.sessions.insert(cid.clone(), entry);
+        if let Some(addr) = addr {
+            server.bind(&cid, addr);
+        }
+        server.flush(&cid).await;
+    }
     let mut buf = vec![0u8; 65_536];
     tokio::pin!(shutdown);
     loop {
@@ -211,6 +289,12 @@ pub async fn run<U: Upstreams>(
                 Err(e) => debug!("recv_from: {e}"),
             },
             Some((key, event)) = events_rx.recv() => server.upstream_event(key, event).await,
+            Some(ticket) = async {
+                match store_done.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => server.committed(ticket).await,
             () = sleep_until_opt(next_timer) => server.timers_due().await,
             _ = async {
                 match advertise.as_mut() {
@@ -326,6 +410,11 @@ impl<U: Upstreams> Server<U> {
                 };
                 if let Some(entry) = self.sessions.get_mut(&cid) {
                     entry.session.handle_packet(&packet, now.into_std());
+                    if entry.session.is_sleeping()
+                        && matches!(packet, Packet::PubAck(_) | Packet::PubComp(_))
+                    {
+                        failpoint::hit("acked-before-delete");
+                    }
                 }
                 self.flush(&cid).await;
             }
@@ -339,17 +428,7 @@ impl<U: Upstreams> Server<U> {
             None => {
                 let cid: Arc<str> = Arc::from(client_id);
                 let session = Session::new(self.cfg.clone(), client_id, now);
-                self.sessions.insert(
-                    cid.clone(),
-                    Entry {
-                        session,
-                        addr: None,
-                        upstream: None,
-                        scheduled: None,
-                        counted_active: false,
-                        ended_at: None,
-                    },
-                );
+                self.sessions.insert(cid.clone(), Entry::new(session));
                 cid
             }
         };
@@ -461,13 +540,28 @@ impl<U: Upstreams> Server<U> {
     fn expire_sessions(&mut self) {
         let Some(expiry) = self.opts.session_expiry else { return };
         let now = Instant::now();
-        let before = self.sessions.len();
-        self.sessions.retain(|_, e| {
-            !(e.ended_at.is_some_and(|t| now.duration_since(t) >= expiry)
-                && e.upstream.is_none()
-                && e.session.is_ended())
-        });
-        let gone = before - self.sessions.len();
+        let expired: Vec<Arc<str>> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| {
+                e.ended_at.is_some_and(|t| now.duration_since(t) >= expiry)
+                    && e.upstream.is_none()
+                    && e.session.is_ended()
+                    && e.held.is_empty()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let gone = expired.len();
+        for cid in expired {
+            if let Some(e) = self.sessions.remove(&cid) {
+                self.cfg.buffer_total.update(e.buffered, (0, 0));
+            }
+            if let Some(store) = &self.store {
+                self.next_ticket += 1;
+                let persist = crate::session::Persist { remove: true, ..Default::default() };
+                store.submit(Write { ticket: self.next_ticket, client_id: cid, persist });
+            }
+        }
         if gone > 0 {
             debug!(sessions = gone, "expired sessions forgotten");
         }
@@ -611,26 +705,58 @@ impl<U: Upstreams> Server<U> {
     }
 
     /// Moves a session's outputs to the socket, its upstream, the counters
-    /// and the timer heap.
+    /// and the timer heap. With a store, a CleanSession-false session's
+    /// changed state is written first, and its datagrams and commands wait
+    /// until the write is committed (see [`Server::committed`]).
     async fn flush(&mut self, cid: &Arc<str>) {
         let Some(entry) = self.sessions.get_mut(cid) else { return };
-        let mut ended = false;
-        while let Some(out) = entry.session.poll_transmit() {
-            let Some(peer) = &entry.addr else { continue };
-            debug!(%peer, "out: {}", out.packet());
-            match peer.encode(out.packet(), &mut self.out) {
-                Ok(n) => {
-                    let datagram = self.out.get(..n).unwrap_or_default();
-                    match self.socket.send_to(datagram, peer.addr).await {
-                        Ok(_) => Metrics::inc(&self.metrics.datagrams_out),
-                        Err(e) => debug!(%peer, "send_to: {e}"),
+        let persist = match &self.store {
+            None => None,
+            Some(_) => {
+                let addr = match (&entry.addr, entry.session.persistent()) {
+                    (Some(a), true) => a.to_bytes(),
+                    _ => Vec::new(),
+                };
+                entry.session.take_persist(wall_now(), &addr)
+            }
+        };
+        let mut transmits = std::mem::take(&mut self.scratch_tx);
+        let mut commands = std::mem::take(&mut self.scratch_cmd);
+        transmits.extend(std::iter::from_fn(|| entry.session.poll_transmit()));
+        commands.extend(std::iter::from_fn(|| entry.session.poll_upstream()));
+        if persist.is_some() || !entry.held.is_empty() {
+            let ticket = match (persist, &self.store) {
+                (Some(persist), Some(store)) => {
+                    self.next_ticket += 1;
+                    let ticket = self.next_ticket;
+                    store.submit(Write { ticket, client_id: cid.clone(), persist });
+                    ticket
+                }
+                _ => entry.held.back().map_or(self.next_ticket, |h| h.ticket),
+            };
+            if !transmits.is_empty() || !commands.is_empty() {
+                match entry.held.back_mut() {
+                    Some(h) if h.ticket == ticket => {
+                        h.transmits.append(&mut transmits);
+                        h.commands.append(&mut commands);
+                    }
+                    _ => {
+                        entry.held.push_back(Held {
+                            ticket,
+                            transmits: std::mem::take(&mut transmits),
+                            commands: std::mem::take(&mut commands),
+                        });
+                        self.held_order.push_back((ticket, cid.clone()));
                     }
                 }
-                Err(e) => {
-                    warn!(client_id = %cid, "cannot encode {:?}: {e}", out.packet().msg_type())
-                }
             }
+        } else {
+            self.deliver(cid, &mut transmits, &mut commands).await;
         }
+        self.scratch_tx = transmits;
+        self.scratch_cmd = commands;
+        let Some(entry) = self.sessions.get_mut(cid) else { return };
+        let mut ended = false;
         // Events first: counters are up to date before anything they
         // count can be seen outside (a will fired by the Abort below).
         while let Some(ev) = entry.session.poll_event() {
@@ -653,9 +779,111 @@ impl<U: Upstreams> Server<U> {
                 SessionEvent::Retransmitted => Metrics::inc(&self.metrics.retransmissions),
             }
         }
-        while let Some(cmd) = entry.session.poll_upstream() {
+        if entry.counted_active && !entry.session.is_active() {
+            entry.counted_active = false;
+            Metrics::dec(&self.metrics.sessions_active);
+        }
+        let buffered = entry.session.buffered();
+        let before = std::mem::replace(&mut entry.buffered, buffered);
+        self.cfg.buffer_total.update(before, buffered);
+        let Some(entry) = self.sessions.get_mut(cid) else { return };
+        if ended || entry.session.is_ended() {
+            // The session is over: its address no longer reaches it.
+            if let Some(addr) = entry.addr.take() {
+                if self.by_addr.get(&addr) == Some(cid) {
+                    self.by_addr.remove(&addr);
+                }
+            }
+            if self.forget_if_over(cid) {
+                return;
+            }
+            let Some(entry) = self.sessions.get_mut(cid) else { return };
+            if entry.ended_at.is_none() {
+                entry.ended_at = Some(Instant::now());
+            }
+        }
+        let Some(entry) = self.sessions.get_mut(cid) else { return };
+        if let Some(t) = entry.session.poll_timeout() {
+            let t = Instant::from_std(t);
+            if entry.scheduled.is_none_or(|s| t < s) {
+                entry.scheduled = Some(t);
+                self.timers.push(Reverse((t, cid.clone())));
+            }
+        }
+    }
+
+    /// Forgets an ended CleanSession-true session once nothing of it is
+    /// left to send. True when it is gone.
+    fn forget_if_over(&mut self, cid: &Arc<str>) -> bool {
+        let Some(entry) = self.sessions.get(cid) else { return true };
+        if entry.session.is_ended()
+            && !entry.session.persistent()
+            && entry.upstream.is_none()
+            && entry.held.is_empty()
+        {
+            if let Some(e) = self.sessions.remove(cid) {
+                self.cfg.buffer_total.update(e.buffered, (0, 0));
+            }
+            return true;
+        }
+        false
+    }
+
+    /// The store committed everything up to `ticket`: the outputs waiting
+    /// for it go out, in order.
+    async fn committed(&mut self, ticket: u64) {
+        while self.held_order.front().is_some_and(|(t, _)| *t <= ticket) {
+            let Some((t, cid)) = self.held_order.pop_front() else { break };
+            let Some(entry) = self.sessions.get_mut(&cid) else { continue };
+            let Some(pos) = entry.held.iter().position(|h| h.ticket == t) else { continue };
+            let Some(mut held) = entry.held.remove(pos) else { continue };
+            if entry.session.is_sleeping() {
+                if held.commands.iter().any(|c| matches!(c, Command::Ack(_))) {
+                    failpoint::hit("stored-before-ack");
+                }
+                if held.transmits.iter().any(|o| matches!(o, Outgoing::Publish { .. })) {
+                    failpoint::hit("mid-flush");
+                }
+            }
+            self.deliver(&cid, &mut held.transmits, &mut held.commands).await;
+            if self.sessions.get(&cid).is_some_and(|e| e.session.is_ended()) {
+                self.forget_if_over(&cid);
+            }
+        }
+    }
+
+    /// Sends a session's datagrams to its sensor and its commands to its
+    /// upstream (started on its first Connect).
+    async fn deliver(
+        &mut self,
+        cid: &Arc<str>,
+        transmits: &mut Vec<Outgoing>,
+        commands: &mut Vec<Command>,
+    ) {
+        let Some(entry) = self.sessions.get_mut(cid) else {
+            transmits.clear();
+            commands.clear();
+            return;
+        };
+        for out in transmits.drain(..) {
+            let Some(peer) = &entry.addr else { continue };
+            debug!(%peer, "out: {}", out.packet());
+            match peer.encode(out.packet(), &mut self.out) {
+                Ok(n) => {
+                    let datagram = self.out.get(..n).unwrap_or_default();
+                    match self.socket.send_to(datagram, peer.addr).await {
+                        Ok(_) => Metrics::inc(&self.metrics.datagrams_out),
+                        Err(e) => debug!(%peer, "send_to: {e}"),
+                    }
+                }
+                Err(e) => {
+                    warn!(client_id = %cid, "cannot encode {:?}: {e}", out.packet().msg_type())
+                }
+            }
+        }
+        for cmd in commands.drain(..) {
             if entry.upstream.is_none() {
-                if !matches!(cmd, Command::Connect(_)) {
+                if !matches!(cmd, Command::Connect(_) | Command::Restore { .. }) {
                     // Nothing to close or acknowledge without a connection.
                     continue;
                 }
@@ -668,32 +896,6 @@ impl<U: Upstreams> Server<U> {
             if let Some((key, tx)) = &entry.upstream {
                 debug!(client_id = %cid, upstream = key, "command: {cmd:?}");
                 let _ = tx.send(cmd);
-            }
-        }
-        if entry.counted_active && !entry.session.is_active() {
-            entry.counted_active = false;
-            Metrics::dec(&self.metrics.sessions_active);
-        }
-        if ended || entry.session.is_ended() {
-            // The session is over: its address no longer reaches it.
-            if let Some(addr) = entry.addr.take() {
-                if self.by_addr.get(&addr) == Some(cid) {
-                    self.by_addr.remove(&addr);
-                }
-            }
-            if !entry.session.persistent() && entry.upstream.is_none() {
-                self.sessions.remove(cid);
-                return;
-            }
-            if entry.ended_at.is_none() {
-                entry.ended_at = Some(Instant::now());
-            }
-        }
-        if let Some(t) = entry.session.poll_timeout() {
-            let t = Instant::from_std(t);
-            if entry.scheduled.is_none_or(|s| t < s) {
-                entry.scheduled = Some(t);
-                self.timers.push(Reverse((t, cid.clone())));
             }
         }
     }
@@ -750,4 +952,56 @@ impl<U: Upstreams> Server<U> {
             warn!(left = self.by_key.len(), "upstream sessions still open at shutdown");
         }
     }
+}
+
+/// A restored session, its address, and when it ended (if it had).
+type Restored = (Session, Option<Peer>, Option<Instant>);
+
+/// The sessions of an opened store, as sessions. One that cannot be read
+/// is reported; the store file is copied aside first (never silently
+/// lost) and the record removed.
+fn restore_sessions(
+    opened: &crate::store::Opened,
+    cfg: &Arc<SessionConfig>,
+    path: &std::path::Path,
+) -> Vec<Restored> {
+    let now = Instant::now();
+    let wall = wall_now();
+    let mut out = Vec::new();
+    let mut copied = false;
+    for loaded in &opened.sessions {
+        let messages = loaded.messages.iter().cloned();
+        match Session::restore(
+            cfg.clone(),
+            &loaded.client_id,
+            &loaded.record,
+            messages,
+            now.into_std(),
+        ) {
+            Ok((session, addr)) => {
+                let ended_at = session.ended_wall().map(|w| {
+                    let ago = Duration::from_secs(wall.saturating_sub(w));
+                    now.checked_sub(ago).unwrap_or(now)
+                });
+                out.push((session, Peer::from_bytes(&addr), ended_at));
+            }
+            Err(e) => {
+                if !copied {
+                    let aside = format!("{}.corrupt-{}", path.display(), wall);
+                    match std::fs::copy(path, &aside) {
+                        Ok(_) => error!(
+                            "the session store has unreadable sessions; a copy is kept at {aside}"
+                        ),
+                        Err(e) => error!("cannot copy the session store to {aside}: {e}"),
+                    }
+                    copied = true;
+                }
+                error!(client_id = %loaded.client_id, "stored session cannot be read ({e}); it is not restored");
+                if let Err(e) = opened.store.remove_now(&loaded.client_id) {
+                    error!("{e}");
+                }
+            }
+        }
+    }
+    out
 }

@@ -1,6 +1,7 @@
 //! Property test of the session core: any sequence of datagrams from the
 //! sensor (arbitrary octets, decoded or not), upstream events and clock
-//! steps never panics, and everything the session hands out encodes.
+//! steps never panics, everything the session hands out encodes, and what
+//! it hands to the store reads back as a session.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -93,6 +94,7 @@ fn event(kind: u8, id: u64, flag: bool) -> Event {
         7 => Event::Refused { code: 5 },
         _ => Event::Message {
             delivery: flag.then_some(DeliveryId(id)),
+            packet_id: id as u16,
             topic: if id % 2 == 0 { "a/b".into() } else { "ab".into() },
             payload: Bytes::from_static(b"m"),
             qos: if flag { QoS::AtLeastOnce } else { QoS::AtMostOnce },
@@ -122,6 +124,9 @@ proptest! {
         prop_assert!(check_connect(&connect, &cfg).is_ok());
         s.handle_connect(&connect, now);
         let mut buf = vec![0u8; 70_000];
+        // What the store would hold.
+        let mut record: Option<Vec<u8>> = None;
+        let mut messages = std::collections::BTreeMap::new();
         for step in steps {
             match step {
                 Step::Datagram(d) => {
@@ -150,6 +155,33 @@ proptest! {
             }
             while s.poll_upstream().is_some() {}
             while s.poll_event().is_some() {}
+            if let Some(p) = s.take_persist(1_700_000_000, b"addr") {
+                if p.remove {
+                    record = None;
+                    messages.clear();
+                }
+                if let Some(r) = p.record {
+                    record = Some(r);
+                }
+                for seq in p.delete {
+                    prop_assert!(messages.remove(&seq).is_some(), "deleted twice: {seq}");
+                }
+                for (seq, m) in p.put {
+                    messages.insert(seq, m);
+                }
+                let Some(rec) = record.as_ref() else {
+                    prop_assert!(messages.is_empty());
+                    continue;
+                };
+                let restored = Session::restore(cfg.clone(), "sensor", rec, messages.clone(), now);
+                prop_assert!(restored.is_ok(), "{:?}", restored.err());
+                if let Ok((mut r, addr)) = restored {
+                    prop_assert_eq!(&addr[..], b"addr");
+                    prop_assert_eq!(r.pending_deliveries() >= messages.len(), true);
+                    while r.poll_transmit().is_some() {}
+                    while r.poll_upstream().is_some() {}
+                }
+            }
             // A deadline is never in the past once timeouts were handled.
             if let Some(t) = s.poll_timeout() {
                 if t <= now {

@@ -210,11 +210,22 @@ impl GatewayProcess {
     /// Starts the binary with these arguments and waits (bounded) for its
     /// "listening on" line.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// [`GatewayProcess::spawn`] with these environment variables.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(gateway_binary())
-            .args(args)
+        let mut cmd = std::process::Command::new(gateway_binary());
+        cmd.envs(env.iter().copied());
+        cmd.args(args)
             // Tests run in parallel: never the fixed default metrics port.
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"]);
+        if !args.contains(&"--store") {
+            // Nor a shared store file in the working directory.
+            cmd.args(["--store", ""]);
+        }
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())

@@ -20,7 +20,7 @@ fn config_with_embedded(port: u16) -> std::path::PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\n"
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nstore = \"\"\n[broker]\nembedded_listen = \"127.0.0.1:{port}\"\n"
         ),
     )
     .unwrap();

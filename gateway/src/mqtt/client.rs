@@ -28,7 +28,9 @@ use bytes::BytesMut;
 
 use super::codec::{ConnectPacket, LastWill, MqttPacket, PublishPacket};
 use super::QoS;
-use crate::upstream::{Command, ConnectSpec, DeliveryId, Event, RequestId};
+use crate::upstream::{
+    packet_id_of, Command, ConnectSpec, DeliveryId, Event, RequestId, RestoredStage,
+};
 
 /// Timers of the client.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +128,8 @@ pub struct Client {
 
     incoming: VecDeque<Incoming>,
     qos2_received: HashSet<u16>,
+    /// QoS 2 messages a restored session holds (see [`Command::Restore`]).
+    qos2_restored: HashSet<u16>,
     next_delivery: u64,
 
     last_sent: Instant,
@@ -165,6 +169,7 @@ impl Client {
             next_pkid: 0,
             incoming: VecDeque::new(),
             qos2_received: HashSet::new(),
+            qos2_restored: HashSet::new(),
             next_delivery: 1,
             last_sent: now,
             ping_deadline: None,
@@ -235,7 +240,7 @@ impl Client {
                     }
                     return;
                 }
-                let pkid = self.alloc_pkid();
+                let pkid = self.alloc_pkid(id);
                 let mut out = Outgoing {
                     id,
                     packet: PublishPacket { pkid, ..packet },
@@ -262,7 +267,7 @@ impl Client {
                 }
             }
             Command::Subscribe { id, filter, qos } => {
-                let pkid = self.alloc_pkid();
+                let pkid = self.alloc_pkid(id);
                 if self.state == State::Up {
                     self.emit(
                         &MqttPacket::Subscribe { pkid, filters: vec![(filter.clone(), qos)] },
@@ -272,7 +277,7 @@ impl Client {
                 self.requests.insert(pkid, Request::Subscribe { id, filter, qos });
             }
             Command::Unsubscribe { id, filter } => {
-                let pkid = self.alloc_pkid();
+                let pkid = self.alloc_pkid(id);
                 if self.state == State::Up {
                     self.emit(
                         &MqttPacket::Unsubscribe { pkid, filters: vec![filter.clone()] },
@@ -280,6 +285,32 @@ impl Client {
                     );
                 }
                 self.requests.insert(pkid, Request::Unsubscribe { id, filter });
+            }
+            Command::Restore { publishes, qos2_received } => {
+                for r in publishes {
+                    let pkid = packet_id_of(r.id);
+                    let stage = match r.stage {
+                        RestoredStage::Sent => Stage::Sent,
+                        RestoredStage::Recorded => Stage::Recorded,
+                        RestoredStage::Released => Stage::Released,
+                    };
+                    let packet = PublishPacket {
+                        dup: false,
+                        qos: QoS::ExactlyOnce,
+                        retain: r.retain,
+                        topic: r.topic,
+                        pkid,
+                        payload: r.payload,
+                    };
+                    if self
+                        .publishes
+                        .insert(pkid, Outgoing { id: r.id, packet, stage, sent: true })
+                        .is_none()
+                    {
+                        self.order.push_back(pkid);
+                    }
+                }
+                self.qos2_restored.extend(qos2_received);
             }
             Command::Ack(delivery) => {
                 if let Some(i) = self.incoming.iter_mut().find(|i| i.delivery == delivery) {
@@ -390,6 +421,7 @@ impl Client {
             MqttPacket::PubRel(pkid) => {
                 // Known or not: answer, never drop the connection.
                 self.qos2_received.remove(&pkid);
+                self.qos2_restored.remove(&pkid);
                 self.emit(&MqttPacket::PubComp(pkid), now);
             }
             MqttPacket::SubAck { pkid, codes } => {
@@ -506,7 +538,13 @@ impl Client {
         self.close_now = true;
     }
 
-    fn alloc_pkid(&mut self) -> u16 {
+    /// The packet identifier for request `id`: [`packet_id_of`] it, unless
+    /// that one is still in use.
+    fn alloc_pkid(&mut self, id: RequestId) -> u16 {
+        let preferred = packet_id_of(id);
+        if !self.publishes.contains_key(&preferred) && !self.requests.contains_key(&preferred) {
+            return preferred;
+        }
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1);
             let id = self.next_pkid;
@@ -529,6 +567,7 @@ impl Client {
             // outstanding any more.
             self.incoming.clear();
             self.qos2_received.clear();
+            self.qos2_restored.clear();
         } else {
             self.flush_acks(now);
         }
@@ -578,6 +617,16 @@ impl Client {
                 }
             }
             QoS::ExactlyOnce => {
+                if self.qos2_restored.contains(&p.pkid) {
+                    if p.dup {
+                        // Kept by the session before a restart; the broker
+                        // did not see our PUBREC.
+                        self.emit(&MqttPacket::PubRec(p.pkid), now);
+                        return;
+                    }
+                    // A new message that reuses the identifier.
+                    self.qos2_restored.remove(&p.pkid);
+                }
                 if self.qos2_received.contains(&p.pkid) {
                     if !self.incoming.iter().any(|i| i.pkid == p.pkid) {
                         // Delivered and acknowledged; our PUBREC was lost.
@@ -603,6 +652,7 @@ impl Client {
         };
         self.events.push_back(Event::Message {
             delivery,
+            packet_id: p.pkid,
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
@@ -817,12 +867,14 @@ mod tests {
     }
 
     #[test]
-    fn packet_ids_skip_zero_and_ids_in_use() {
+    fn packet_ids_follow_request_ids_and_skip_ids_in_use() {
         let mut t = T::up(true, false);
-        t.c.next_pkid = 0xfffe;
         t.cmd(publish(1, QoS::AtLeastOnce));
         t.cmd(publish(2, QoS::AtLeastOnce));
-        t.cmd(publish(3, QoS::AtLeastOnce));
+        // 65,536 maps to packet id 1, still in use: another one is taken.
+        t.c.next_pkid = 0xfffe;
+        t.cmd(publish(65_536, QoS::AtLeastOnce));
+        t.cmd(publish(65_535, QoS::AtLeastOnce));
         let ids: Vec<u16> = t
             .sent()
             .into_iter()
@@ -831,10 +883,48 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(ids, [0xffff, 1, 2]);
-        t.c.next_pkid = 0;
+        assert_eq!(ids, [1, 2, 0xffff, 3]);
         t.cmd(Command::Subscribe { id: 4, filter: "a".into(), qos: QoS::AtMostOnce });
-        assert!(matches!(&t.sent()[..], [MqttPacket::Subscribe { pkid: 3, .. }]));
+        assert!(matches!(&t.sent()[..], [MqttPacket::Subscribe { pkid: 4, .. }]));
+    }
+
+    #[test]
+    fn restored_qos2_state_is_resumed_on_connect() {
+        let mut t = T::new();
+        let restored = |id, stage| crate::upstream::RestoredPublish {
+            id,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            retain: false,
+            stage,
+        };
+        t.cmd(Command::Restore {
+            publishes: vec![
+                restored(7, RestoredStage::Sent),
+                restored(8, RestoredStage::Recorded),
+                restored(9, RestoredStage::Released),
+            ],
+            qos2_received: vec![40],
+        });
+        t.cmd(Command::Connect(spec(false)));
+        t.c.handle_transport_up(t.now);
+        assert!(matches!(&t.sent()[..], [MqttPacket::Connect(_)]));
+        t.pkt(MqttPacket::ConnAck { session_present: true, code: 0 });
+        t.events();
+        let sent = t.sent();
+        assert!(matches!(&sent[0], MqttPacket::Publish(p) if p.dup && p.pkid == 7));
+        assert_eq!(sent[1], MqttPacket::PubRel(9));
+        assert_eq!(sent.len(), 2);
+        // The session releases the recorded one: PUBREL with its packet id.
+        t.cmd(Command::Release { id: 8 });
+        assert_eq!(t.sent(), [MqttPacket::PubRel(8)]);
+        // The broker sends a kept message again: PUBREC, no second delivery.
+        t.incoming(40, QoS::ExactlyOnce, true);
+        assert_eq!(t.sent(), [MqttPacket::PubRec(40)]);
+        assert!(t.events().iter().all(|e| !matches!(e, Event::Message { .. })));
+        // A new message reusing the identifier (no DUP) is delivered.
+        t.incoming(40, QoS::ExactlyOnce, false);
+        assert!(t.events().iter().any(|e| matches!(e, Event::Message { packet_id: 40, .. })));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The settings one session runs with.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,46 @@ impl Tolerance {
     pub fn deadline(&self, period: Duration) -> Duration {
         let factor = if period < self.threshold { self.short_factor } else { self.long_factor };
         period.mul_f64(factor)
+    }
+}
+
+/// The bound on messages buffered across all sensors, and how much is
+/// buffered now (kept up to date by the driver).
+#[derive(Debug, Default)]
+pub struct BufferTotal {
+    /// The most messages; `usize::MAX` for no bound.
+    pub max_messages: usize,
+    /// The most octets (payloads and topic names).
+    pub max_bytes: usize,
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl BufferTotal {
+    /// A bound of `max_messages` and `max_bytes`.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Self { max_messages, max_bytes, ..Self::default() }
+    }
+
+    /// One session's buffered (messages, octets) went from `before` to
+    /// `after`.
+    pub fn update(&self, before: (usize, usize), after: (usize, usize)) {
+        if before == after {
+            return;
+        }
+        let apply = |c: &AtomicUsize, b: usize, a: usize| {
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(b).saturating_add(a))
+            });
+        };
+        apply(&self.messages, before.0, after.0);
+        apply(&self.bytes, before.1, after.1);
+    }
+
+    /// True when one more message of `size` octets fits.
+    pub fn fits(&self, size: usize) -> bool {
+        self.messages.load(Ordering::Relaxed) < self.max_messages
+            && self.bytes.load(Ordering::Relaxed).saturating_add(size) <= self.max_bytes
     }
 }
 
@@ -67,6 +108,8 @@ pub struct SessionConfig {
     pub sleep_buffer_bytes: usize,
     /// Buffer QoS 0 messages for sleeping sensors too.
     pub buffer_qos0: bool,
+    /// The bound across all sensors (messages waiting for any sensor).
+    pub buffer_total: Arc<BufferTotal>,
     /// PUBLISHes a sensor may send per second on average, with this burst;
     /// beyond it QoS 1/2 get PUBACK congestion and QoS 0 is dropped
     /// (counted). `None`: no limit.
@@ -92,6 +135,7 @@ impl Default for SessionConfig {
             sleep_buffer_messages: 1000,
             sleep_buffer_bytes: 1 << 20,
             buffer_qos0: true,
+            buffer_total: Arc::new(BufferTotal::new(100_000, 64 << 20)),
             publish_rate: None,
             predefined_by_client: HashMap::new(),
         }

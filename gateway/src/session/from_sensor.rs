@@ -124,8 +124,17 @@ impl Session {
                     return refuse(self, ReturnCode::Congestion);
                 }
                 let id = self.forward_publish(&topic, p, MqttQoS::ExactlyOnce, now);
-                self.qos2_in
-                    .insert(p.msg_id, Qos2In { request: id, recorded: false, releasing: false });
+                let message = (Arc::from(&*topic), Bytes::copy_from_slice(p.data), p.retain);
+                self.qos2_in.insert(
+                    p.msg_id,
+                    Qos2In {
+                        request: id,
+                        topic_id: p.topic.raw(),
+                        message: Some(message),
+                        recorded: false,
+                        releasing: false,
+                    },
+                );
             }
         }
     }
@@ -333,6 +342,7 @@ impl Session {
             QoS::ExactlyOnce => {
                 if let Some(state) = self.qos2_in.get_mut(&msg_id) {
                     state.recorded = true;
+                    state.message = None;
                 }
                 self.send(Packet::PubRec(msg_id));
             }

@@ -31,6 +31,7 @@
 mod config;
 mod from_sensor;
 mod outgoing;
+mod persist;
 mod sleep;
 #[cfg(test)]
 mod tests;
@@ -44,8 +45,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqttsn_codec::{Connect, Packet, ReturnCode};
 
-pub use config::{SessionConfig, Tolerance};
+pub use config::{BufferTotal, SessionConfig, Tolerance};
 pub use outgoing::Outgoing;
+pub use persist::{Persist, PersistError};
 use to_sensor::{Delivery, Inflight, PendingRegister};
 use topics::Registrations;
 
@@ -199,9 +201,15 @@ enum UpRequest {
 }
 
 /// A sensor's QoS 2 PUBLISH between PUBLISH and PUBCOMP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Qos2In {
     request: RequestId,
+    /// The sensor's TopicId, for the acknowledgements.
+    topic_id: u16,
+    /// Topic name, payload and retain flag until the broker recorded it:
+    /// a session restored from the store publishes it again with the same
+    /// packet identifier.
+    message: Option<(Arc<str>, Bytes, bool)>,
     /// The broker recorded it (PUBREC sent to the sensor).
     recorded: bool,
     /// PUBREL received, PUBREL sent upstream.
@@ -251,6 +259,16 @@ pub struct Session {
     connecting_clean: bool,
     plan: VecDeque<Step>,
     waiting: Option<Wait>,
+
+    // The store (see `persist`).
+    /// The last key given to a stored message.
+    next_seq: u64,
+    /// Keys of the buffered messages in the store.
+    stored_seqs: std::collections::BTreeSet<u64>,
+    /// The record last handed out for the store.
+    stored_record: Option<Vec<u8>>,
+    /// When the session ended, in seconds since the Unix epoch.
+    ended_wall: Option<u64>,
 
     // Outputs.
     transmits: VecDeque<Outgoing>,
@@ -306,6 +324,10 @@ impl Session {
             connecting_clean: false,
             plan: VecDeque::new(),
             waiting: None,
+            next_seq: 0,
+            stored_seqs: std::collections::BTreeSet::new(),
+            stored_record: None,
+            ended_wall: None,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             events: VecDeque::new(),
@@ -337,6 +359,12 @@ impl Session {
     /// asked for a persistent session (CleanSession false).
     pub fn persistent(&self) -> bool {
         !self.clean
+    }
+
+    /// When the session ended, in seconds since the Unix epoch, if it
+    /// ended and has been stored since.
+    pub fn ended_wall(&self) -> Option<u64> {
+        self.ended_wall
     }
 
     /// Sets the upstream identity used by the next connection.
@@ -476,8 +504,8 @@ impl Session {
             Event::PublishCompleted { id } => self.publish_completed(id),
             Event::SubAcked { id, granted } => self.sub_acked(id, granted),
             Event::UnsubAcked { id } => self.unsub_acked(id),
-            Event::Message { delivery, topic, payload, qos, retain, dup: _ } => {
-                self.message(delivery, topic, payload, qos, retain, now);
+            Event::Message { delivery, packet_id, topic, payload, qos, retain, dup: _ } => {
+                self.message(delivery, packet_id, topic, payload, qos, retain, now);
             }
         }
     }
@@ -672,6 +700,10 @@ impl Session {
             let Some(step) = self.plan.pop_front() else { break };
             match step {
                 Step::Connect { clean, with_will } => {
+                    if !self.upstream_open && !clean {
+                        // A new upstream: it learns what is in flight.
+                        self.restore_upstream(now);
+                    }
                     let spec = ConnectSpec {
                         client_id: format!("{}{}", self.cfg.client_id_prefix, self.client_id),
                         clean_session: clean,
@@ -803,10 +835,17 @@ impl Session {
         self.events.push_back(SessionEvent::Dropped(reason));
     }
 
+    /// The next request id; never one whose packet identifier belongs to
+    /// a QoS 2 publish still in flight.
     fn next_request(&mut self) -> RequestId {
-        let id = self.next_request;
-        self.next_request += 1;
-        id
+        loop {
+            let id = self.next_request;
+            self.next_request += 1;
+            let pkid = crate::upstream::packet_id_of(id);
+            if !self.qos2_in.values().any(|q| crate::upstream::packet_id_of(q.request) == pkid) {
+                return id;
+            }
+        }
     }
 }
 

@@ -51,15 +51,19 @@ impl Session {
             q.iter().map(|d| d.payload.len() + d.topic.len()).sum::<usize>()
         };
         let size = d.payload.len() + d.topic.len();
+        let mut room_freed = 0;
         while self.queue.len() >= self.cfg.sleep_buffer_messages
             || bytes(&self.queue) + size > self.cfg.sleep_buffer_bytes
+            || (room_freed == 0 && !self.cfg.buffer_total.fits(size))
         {
             // Make room by dropping the oldest QoS 0 message; without one,
             // the new message is refused.
             let Some(pos) = self.queue.iter().position(|q| q.qos == MqttQoS::AtMostOnce) else {
                 return self.dropped(DropReason::QueueFull);
             };
-            self.queue.remove(pos);
+            if let Some(gone) = self.queue.remove(pos) {
+                room_freed += gone.payload.len() + gone.topic.len();
+            }
             self.dropped(DropReason::QueueFull);
         }
         self.queue.push_back(d);

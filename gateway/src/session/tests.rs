@@ -140,6 +140,7 @@ impl H {
     fn message(&mut self, delivery: u64, topic: &str, qos: MqttQoS) {
         self.up(Event::Message {
             delivery: (qos != MqttQoS::AtMostOnce).then_some(DeliveryId(delivery)),
+            packet_id: if qos == MqttQoS::AtMostOnce { 0 } else { delivery as u16 },
             topic: topic.into(),
             payload: Bytes::from(format!("m{delivery}")),
             qos,
@@ -739,6 +740,7 @@ fn too_long_messages_are_dropped_and_acked() {
     h.events();
     h.up(Event::Message {
         delivery: Some(DeliveryId(1)),
+        packet_id: 1,
         topic: "ab".into(),
         payload: Bytes::from(vec![0u8; 58]),
         qos: MqttQoS::AtLeastOnce,
@@ -750,6 +752,7 @@ fn too_long_messages_are_dropped_and_acked() {
     // 57 octets fit exactly (7 + 57 = 64).
     h.up(Event::Message {
         delivery: Some(DeliveryId(2)),
+        packet_id: 2,
         topic: "ab".into(),
         payload: Bytes::from(vec![0u8; 57]),
         qos: MqttQoS::AtLeastOnce,

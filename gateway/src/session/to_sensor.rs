@@ -20,6 +20,10 @@ use crate::upstream::{Command, DeliveryId};
 pub(super) struct Delivery {
     /// `Some` for QoS 1 and 2: acknowledged upstream exactly once.
     pub delivery: Option<DeliveryId>,
+    /// The broker's packet identifier (QoS 1 and 2).
+    pub packet_id: u16,
+    /// Its key in the store once stored (0: not stored).
+    pub seq: u64,
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub qos: MqttQoS,
@@ -72,9 +76,11 @@ const PUBLISH_BODY: usize = 5;
 
 impl Session {
     /// A message from the broker.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn message(
         &mut self,
         delivery: Option<DeliveryId>,
+        packet_id: u16,
         topic: String,
         payload: Bytes,
         qos: MqttQoS,
@@ -83,7 +89,15 @@ impl Session {
     ) {
         let topic: Arc<str> = Arc::from(topic);
         if matches!(self.phase, Phase::Asleep { .. }) {
-            return self.buffer(Delivery { delivery, topic, payload, qos, retain });
+            return self.buffer(Delivery {
+                delivery,
+                packet_id,
+                seq: 0,
+                topic,
+                payload,
+                qos,
+                retain,
+            });
         }
         if self.subs_known
             && !self.subs.iter().any(|(f, _)| mqttsn_codec::validate::topic_matches(f, &topic))
@@ -93,7 +107,7 @@ impl Session {
         if delivery.is_none() && self.queue.len() >= self.cfg.max_queued {
             return self.drop_message(delivery, DropReason::QueueFull);
         }
-        self.queue.push_back(Delivery { delivery, topic, payload, qos, retain });
+        self.queue.push_back(Delivery { delivery, packet_id, seq: 0, topic, payload, qos, retain });
         self.pump(now);
     }
 

@@ -78,6 +78,10 @@ impl Predefined {
     }
 }
 
+/// What [`Registrations::export`] gives: registrations (id, name), refused
+/// names, and the next id to try.
+pub type Exported = (Vec<(u16, Arc<str>)>, Vec<Arc<str>>, u16);
+
 /// One sensor's registered topics.
 #[derive(Debug, Clone)]
 pub struct Registrations {
@@ -186,6 +190,35 @@ impl Registrations {
     /// True when nothing is registered.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// The sensor's own registrations (id, name), the names it refused,
+    /// and the next id to try: what the store keeps.
+    pub fn export(&self) -> Exported {
+        let mut regs: Vec<(u16, Arc<str>)> =
+            self.by_id.iter().map(|(id, n)| (*id, n.clone())).collect();
+        regs.sort_by_key(|(id, _)| *id);
+        let mut refused: Vec<Arc<str>> = self.refused.keys().cloned().collect();
+        refused.sort();
+        (regs, refused, self.next_id)
+    }
+
+    /// Restores what [`Registrations::export`] gave. Ids that are
+    /// predefined, or out of range, are skipped.
+    pub fn import(&mut self, regs: Vec<(u16, Arc<str>)>, refused: Vec<Arc<str>>, next_id: u16) {
+        for (id, name) in regs {
+            if id == 0 || id == 0xffff || self.predefined.contains_id(id) {
+                continue;
+            }
+            self.by_name.insert(name.clone(), id);
+            self.by_id.insert(id, name);
+        }
+        for name in refused {
+            self.refused.insert(name, ());
+        }
+        if next_id != 0 && next_id != 0xffff {
+            self.next_id = next_id;
+        }
     }
 
     /// Forgets everything (a clean session).

@@ -18,6 +18,42 @@ pub use crate::mqtt::QoS;
 /// completes it. Unique per sensor while the request is outstanding.
 pub type RequestId = u64;
 
+/// The MQTT packet identifier of a request: derived from its id, so that a
+/// session restored from the store sends a QoS 2 PUBLISH (or its PUBREL)
+/// again with the packet identifier the broker already knows.
+pub const fn packet_id_of(id: RequestId) -> u16 {
+    ((id.wrapping_sub(1) % 0xffff) + 1) as u16
+}
+
+/// A QoS 2 publish restored from the store, handed to a new upstream
+/// before its first connect (see [`Command::Restore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredPublish {
+    /// The request; its packet identifier is [`packet_id_of`] it.
+    pub id: RequestId,
+    /// The topic name.
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The retain flag.
+    pub retain: bool,
+    /// Where it was: `Sent` (no PUBREC yet: PUBLISH again with DUP),
+    /// `Recorded` (PUBREC received: waits for [`Command::Release`]) or
+    /// `Released` (PUBREL sent: PUBREL again).
+    pub stage: RestoredStage,
+}
+
+/// See [`RestoredPublish::stage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoredStage {
+    /// PUBLISH sent, no PUBREC known.
+    Sent,
+    /// PUBREC received.
+    Recorded,
+    /// PUBREL sent.
+    Released,
+}
+
 /// Identifies one message received from the broker that needs an
 /// acknowledgement (QoS 1 or 2). Echoed back in [`Command::Ack`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,6 +141,17 @@ pub enum Command {
     /// and PUBCOMP that follow are handled by the upstream) message.
     /// Acknowledgements go out in the order the messages were received.
     Ack(DeliveryId),
+    /// Before the first [`Command::Connect`] of a session restored from the
+    /// store: the QoS 2 publishes it had in flight, and the packet
+    /// identifiers of QoS 2 messages from the broker it already holds (a
+    /// PUBLISH sent again with DUP for one of them is acknowledged, not
+    /// delivered twice).
+    Restore {
+        /// QoS 2 publishes in flight.
+        publishes: Vec<RestoredPublish>,
+        /// Packet identifiers of QoS 2 messages received and kept.
+        qos2_received: Vec<u16>,
+    },
     /// End the upstream session cleanly with DISCONNECT: no will.
     Disconnect,
     /// Drop the connection without DISCONNECT, so the broker publishes the
@@ -159,6 +206,8 @@ pub enum Event {
     Message {
         /// `Some` for QoS 1 and 2.
         delivery: Option<DeliveryId>,
+        /// The broker's packet identifier (0 for QoS 0).
+        packet_id: u16,
         /// The topic name.
         topic: String,
         /// The payload.
