@@ -1064,3 +1064,27 @@ fn sleep_buffer_bounds_drop_qos0_first_then_refuse() {
     h.sensor(ping_with_id());
     assert_eq!(flush(&mut h), [b"m2".to_vec(), b"m3".to_vec()]);
 }
+
+#[test]
+fn the_total_bound_across_sensors_applies_with_the_same_policy() {
+    let mut cfg = config();
+    let total = Arc::new(super::BufferTotal::new(2, 1 << 20));
+    cfg.buffer_total = total.clone();
+    let mut h = H::connected_with(cfg, false, 10);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.events();
+    // Other sensors already hold the whole total.
+    total.update((0, 0), (2, 10));
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    assert_eq!(h.events(), [SessionEvent::Dropped(DropReason::QueueFull)]);
+    // Room again: buffered; a QoS 0 message of its own makes room next.
+    total.update((2, 10), (1, 5));
+    h.message(2, "ab", MqttQoS::AtMostOnce);
+    total.update((1, 5), (2, 9));
+    h.message(3, "ab", MqttQoS::AtLeastOnce);
+    assert_eq!(h.events(), [SessionEvent::Dropped(DropReason::QueueFull)]);
+    h.sensor(ping_with_id());
+    assert_eq!(flush(&mut h), [b"m3".to_vec()]);
+}
