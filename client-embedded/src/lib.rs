@@ -11,7 +11,10 @@
 //! the largest datagram.
 //!
 //! With the `std` feature, [`std_udp::UdpClient`] runs it over a blocking
-//! `std::net::UdpSocket`.
+//! `std::net::UdpSocket`; with `tokio`, `tokio_udp::TokioClient` over a
+//! tokio socket. With `embassy-net` (no `std`, no allocation),
+//! `embassy_udp::EmbassyClient` runs it over an embassy-net `UdpSocket`
+//! with embassy-time.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
@@ -20,6 +23,8 @@ mod adapter;
 mod buf;
 mod client;
 pub mod discovery;
+#[cfg(feature = "embassy-net")]
+pub mod embassy_udp;
 #[cfg(feature = "std")]
 pub mod std_udp;
 #[cfg(test)]
