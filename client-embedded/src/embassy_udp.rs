@@ -194,7 +194,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
         self.epoch.elapsed().as_millis()
     }
 
-    /// How many messages went to the callback so far.
+    /// How many messages went to the callback so far (wrapping).
     pub fn delivered(&self) -> usize {
         self.delivered
     }
@@ -244,7 +244,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
                             _ => None,
                         };
                         (self.on_message)(Message { topic, topic_name, payload, qos, retain });
-                        self.delivered += 1;
+                        self.delivered = self.delivered.wrapping_add(1);
                     }
                     if let Some(r) = done(&event) {
                         return Ok(r);
@@ -274,7 +274,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
     pub async fn run_for(&mut self, wait: Duration) -> Result<usize, UdpError> {
         let before = self.delivered;
         match self.run_until(wait, |_| None::<()>).await {
-            Err(UdpError::Timeout) | Ok(()) => Ok(self.delivered - before),
+            Err(UdpError::Timeout) | Ok(()) => Ok(self.delivered.wrapping_sub(before)),
             Err(e) => Err(e),
         }
     }
@@ -416,7 +416,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
         self.client.wake(now)?;
         let before = self.delivered;
         self.run_until(wait, |e| matches!(e, Event::PingResp).then_some(())).await?;
-        Ok(self.delivered - before)
+        Ok(self.delivered.wrapping_sub(before))
     }
 
     /// DISCONNECT and wait for the answer.
