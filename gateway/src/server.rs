@@ -710,6 +710,29 @@ impl<U: Upstreams> Server<U> {
     /// until the write is committed (see [`Server::committed`]).
     async fn flush(&mut self, cid: &Arc<str>) {
         let Some(entry) = self.sessions.get_mut(cid) else { return };
+        let mut ended = false;
+        // Events first: counters are up to date before anything they
+        // count can be seen outside (a will fired by the Abort below).
+        while let Some(ev) = entry.session.poll_event() {
+            match ev {
+                SessionEvent::Connected => {
+                    if !entry.counted_active {
+                        entry.counted_active = true;
+                        Metrics::inc(&self.metrics.sessions_active);
+                    }
+                    debug!(client_id = %cid, "connected");
+                }
+                SessionEvent::Dropped(reason) => self.metrics.dropped(reason),
+                SessionEvent::Lost => {
+                    Metrics::inc(&self.metrics.sensors_lost);
+                    info!(client_id = %cid, "sensor lost: keepalive expired, will published");
+                }
+                SessionEvent::Ended => ended = true,
+                SessionEvent::Published { qos, latency } => self.metrics.published(qos, latency),
+                SessionEvent::Delivered { qos } => self.metrics.delivered(qos),
+                SessionEvent::Retransmitted => Metrics::inc(&self.metrics.retransmissions),
+            }
+        }
         let persist = match &self.store {
             None => None,
             Some(_) => {
@@ -756,29 +779,6 @@ impl<U: Upstreams> Server<U> {
         self.scratch_tx = transmits;
         self.scratch_cmd = commands;
         let Some(entry) = self.sessions.get_mut(cid) else { return };
-        let mut ended = false;
-        // Events first: counters are up to date before anything they
-        // count can be seen outside (a will fired by the Abort below).
-        while let Some(ev) = entry.session.poll_event() {
-            match ev {
-                SessionEvent::Connected => {
-                    if !entry.counted_active {
-                        entry.counted_active = true;
-                        Metrics::inc(&self.metrics.sessions_active);
-                    }
-                    debug!(client_id = %cid, "connected");
-                }
-                SessionEvent::Dropped(reason) => self.metrics.dropped(reason),
-                SessionEvent::Lost => {
-                    Metrics::inc(&self.metrics.sensors_lost);
-                    info!(client_id = %cid, "sensor lost: keepalive expired, will published");
-                }
-                SessionEvent::Ended => ended = true,
-                SessionEvent::Published { qos, latency } => self.metrics.published(qos, latency),
-                SessionEvent::Delivered { qos } => self.metrics.delivered(qos),
-                SessionEvent::Retransmitted => Metrics::inc(&self.metrics.retransmissions),
-            }
-        }
         if entry.counted_active && !entry.session.is_active() {
             entry.counted_active = false;
             Metrics::dec(&self.metrics.sessions_active);
