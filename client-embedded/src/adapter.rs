@@ -40,6 +40,12 @@ impl From<std::io::Error> for UdpError {
     }
 }
 
+impl From<ReturnCode> for UdpError {
+    fn from(rc: ReturnCode) -> Self {
+        Self::Refused(rc)
+    }
+}
+
 impl From<Error> for UdpError {
     fn from(e: Error) -> Self {
         Self::Client(e)
@@ -101,63 +107,12 @@ pub(crate) fn aside<const T: usize, const F: usize, const B: usize>(
     }
 }
 
-/// The answers each call waits for.
-pub(crate) mod wait {
-    use super::*;
-
-    pub(crate) fn connected(e: &Event<'_>) -> Option<Result<(), UdpError>> {
-        match e {
-            Event::Connected => Some(Ok(())),
-            Event::ConnectRefused(rc) => Some(Err(UdpError::Refused(*rc))),
-            _ => None,
+/// A received message, owned: what `run_until(wait, message)` takes.
+pub(crate) fn message(e: &Event<'_>) -> Option<(MessageTopic, Vec<u8>, QoS, bool)> {
+    match e {
+        Event::Message { topic, payload, qos, retain } => {
+            Some((*topic, payload.to_vec(), *qos, *retain))
         }
-    }
-
-    pub(crate) fn registered(
-        msg_id: u16,
-    ) -> impl FnMut(&Event<'_>) -> Option<Result<u16, UdpError>> {
-        move |e| match e {
-            Event::Registered { msg_id: m, result } if *m == msg_id => {
-                Some(result.map_err(UdpError::Refused))
-            }
-            _ => None,
-        }
-    }
-
-    pub(crate) fn published(msg_id: u16) -> impl FnMut(&Event<'_>) -> Option<Result<(), UdpError>> {
-        move |e| match e {
-            Event::Published { msg_id: m, result } if *m == msg_id => {
-                Some(result.map_err(UdpError::Refused))
-            }
-            _ => None,
-        }
-    }
-
-    pub(crate) fn subscribed(
-        msg_id: u16,
-    ) -> impl FnMut(&Event<'_>) -> Option<Result<(u16, QoS), UdpError>> {
-        move |e| match e {
-            Event::Subscribed { msg_id: m, result } if *m == msg_id => {
-                Some(result.map_err(UdpError::Refused))
-            }
-            _ => None,
-        }
-    }
-
-    pub(crate) fn message(e: &Event<'_>) -> Option<(MessageTopic, Vec<u8>, QoS, bool)> {
-        match e {
-            Event::Message { topic, payload, qos, retain } => {
-                Some((*topic, payload.to_vec(), *qos, *retain))
-            }
-            _ => None,
-        }
-    }
-
-    pub(crate) fn disconnected(e: &Event<'_>) -> Option<()> {
-        matches!(e, Event::Disconnected).then_some(())
-    }
-
-    pub(crate) fn pingresp(e: &Event<'_>) -> Option<()> {
-        matches!(e, Event::PingResp).then_some(())
+        _ => None,
     }
 }

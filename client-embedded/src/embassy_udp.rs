@@ -33,6 +33,7 @@ use embassy_net::IpEndpoint;
 use embassy_time::{Duration, Instant, Timer};
 use mqttsn_codec::{QoS, ReturnCode, TopicFilter};
 
+use crate::wait;
 use crate::{Client, Error, Event, MessageTopic, Millis, Topic};
 
 /// What can go wrong in the embassy-net adapter.
@@ -50,6 +51,12 @@ pub enum UdpError {
     Timeout,
     /// The gateway sent DISCONNECT, or went silent past Nretry.
     GatewayGone,
+}
+
+impl From<ReturnCode> for UdpError {
+    fn from(rc: ReturnCode) -> Self {
+        Self::Refused(rc)
+    }
 }
 
 impl core::fmt::Display for UdpError {
@@ -290,12 +297,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
     ) -> Result<(), UdpError> {
         let now = self.now();
         self.client.connect(now, clean, keepalive_s, will)?;
-        self.run_until(wait, |e| match e {
-            Event::Connected => Some(Ok(())),
-            Event::ConnectRefused(rc) => Some(Err(UdpError::Refused(*rc))),
-            _ => None,
-        })
-        .await?
+        self.run_until(wait, wait::connected).await?
     }
 
     /// REGISTER `name` (unless the client knows it) and wait for its id.
@@ -305,13 +307,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
         }
         let now = self.now();
         let msg_id = self.client.register(now, name)?;
-        self.run_until(wait, |e| match e {
-            Event::Registered { msg_id: m, result } if *m == msg_id => {
-                Some(result.map_err(UdpError::Refused))
-            }
-            _ => None,
-        })
-        .await?
+        self.run_until(wait, wait::registered(msg_id)).await?
     }
 
     /// PUBLISH; a topic name is registered first (QoS 0 to 2). QoS 0 and
@@ -338,13 +334,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
                 Either::Second(()) => Err(UdpError::Timeout),
             };
         };
-        self.run_until(wait, |e| match e {
-            Event::Published { msg_id: m, result } if *m == msg_id => {
-                Some(result.map_err(UdpError::Refused))
-            }
-            _ => None,
-        })
-        .await?
+        self.run_until(wait, wait::published(msg_id)).await?
     }
 
     /// SUBSCRIBE and wait for SUBACK: the topic id (0 for wildcards and
@@ -358,14 +348,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
     ) -> Result<(u16, QoS), UdpError> {
         let now = self.now();
         let msg_id = self.client.subscribe(now, filter, qos)?;
-        let (id, granted) = self
-            .run_until(wait, |e| match e {
-                Event::Subscribed { msg_id: m, result } if *m == msg_id => {
-                    Some(result.map_err(UdpError::Refused))
-                }
-                _ => None,
-            })
-            .await??;
+        let (id, granted) = self.run_until(wait, wait::subscribed::<UdpError>(msg_id)).await??;
         if let (TopicFilter::Name(n), true) = (filter, id != 0) {
             if let Ok(name) = core::str::from_utf8(n) {
                 self.client.learn_topic(name, id)?;
@@ -382,17 +365,13 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
     ) -> Result<(), UdpError> {
         let now = self.now();
         let msg_id = self.client.unsubscribe(now, filter)?;
-        self.run_until(wait, |e| match e {
-            Event::Unsubscribed { msg_id: m } if *m == msg_id => Some(()),
-            _ => None,
-        })
-        .await
+        self.run_until(wait, wait::unsubscribed(msg_id)).await
     }
 
     /// Waits for the next message (it goes to the callback); `false` when
     /// none came within `wait`.
     pub async fn next_message(&mut self, wait: Duration) -> Result<bool, UdpError> {
-        match self.run_until(wait, |e| matches!(e, Event::Message { .. }).then_some(())).await {
+        match self.run_until(wait, wait::any_message).await {
             Ok(()) => Ok(true),
             Err(UdpError::Timeout) => Ok(false),
             Err(e) => Err(e),
@@ -405,7 +384,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
     pub async fn sleep(&mut self, duration_s: u16, wait: Duration) -> Result<(), UdpError> {
         let now = self.now();
         self.client.sleep(now, duration_s)?;
-        self.run_until(wait, |e| matches!(e, Event::Disconnected).then_some(())).await
+        self.run_until(wait, wait::disconnected).await
     }
 
     /// Wake up (PINGREQ with the ClientId): the buffered messages go to the
@@ -415,7 +394,7 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
         let now = self.now();
         self.client.wake(now)?;
         let before = self.delivered;
-        self.run_until(wait, |e| matches!(e, Event::PingResp).then_some(())).await?;
+        self.run_until(wait, wait::pingresp).await?;
         Ok(self.delivered.wrapping_sub(before))
     }
 
@@ -423,6 +402,6 @@ impl<'d, H: FnMut(Message<'_>), const T: usize, const F: usize, const B: usize>
     pub async fn disconnect(&mut self, wait: Duration) -> Result<(), UdpError> {
         let now = self.now();
         self.client.disconnect(now)?;
-        self.run_until(wait, |e| matches!(e, Event::Disconnected).then_some(())).await
+        self.run_until(wait, wait::disconnected).await
     }
 }

@@ -31,6 +31,8 @@ pub mod std_udp;
 mod tests;
 #[cfg(feature = "tokio")]
 pub mod tokio_udp;
+#[cfg(any(feature = "std", feature = "embassy-net"))]
+mod wait;
 
 pub use buf::Buf;
 pub use client::{Client, Error, Event, MessageTopic, Millis, Settings, Topic, MAX_NAME};

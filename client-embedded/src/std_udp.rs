@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use mqttsn_codec::{QoS, TopicFilter};
 
-use crate::adapter::{aside, topic_text, wait};
+use crate::adapter::{aside, message, topic_text};
 pub use crate::adapter::{describe, Message, UdpError};
+use crate::wait;
 use crate::{Client, Event, Settings, Topic};
 
 /// A client on a UDP socket.
@@ -177,7 +178,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
             TopicFilter::Name(n) => Some(n.to_vec()),
             _ => None,
         };
-        let (id, granted) = self.run_until(wait, wait::subscribed(msg_id))??;
+        let (id, granted) = self.run_until(wait, wait::subscribed::<UdpError>(msg_id))??;
         // A concrete name's id is known from SUBACK.
         if let (Some(name), true) = (name, id != 0) {
             if let Ok(name) = std::str::from_utf8(&name) {
@@ -192,7 +193,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
         if !self.inbox.is_empty() {
             return Ok(Some(self.inbox.remove(0)));
         }
-        match self.run_until(wait, wait::message) {
+        match self.run_until(wait, message) {
             Ok((topic, payload, qos, retain)) => {
                 Ok(Some(Message { topic: topic_text(&self.client, topic), payload, qos, retain }))
             }

@@ -8,8 +8,9 @@ use mqttsn_codec::{QoS, TopicFilter};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::adapter::{aside, topic_text, wait};
+use crate::adapter::{aside, message, topic_text};
 pub use crate::adapter::{describe, Message, UdpError};
+use crate::wait;
 use crate::{Client, Event, Settings, Topic};
 
 /// A client on a tokio UDP socket.
@@ -155,7 +156,7 @@ impl<const T: usize, const F: usize, const B: usize> TokioClient<T, F, B> {
     ) -> Result<(u16, QoS), UdpError> {
         let now = self.now();
         let msg_id = self.client.subscribe(now, filter, qos)?;
-        let (id, granted) = self.run_until(wait, wait::subscribed(msg_id)).await??;
+        let (id, granted) = self.run_until(wait, wait::subscribed::<UdpError>(msg_id)).await??;
         if let (TopicFilter::Name(n), true) = (filter, id != 0) {
             if let Ok(name) = std::str::from_utf8(n) {
                 self.client.learn_topic(name, id)?;
@@ -169,7 +170,7 @@ impl<const T: usize, const F: usize, const B: usize> TokioClient<T, F, B> {
         if !self.inbox.is_empty() {
             return Ok(Some(self.inbox.remove(0)));
         }
-        match self.run_until(wait, wait::message).await {
+        match self.run_until(wait, message).await {
             Ok((topic, payload, qos, retain)) => {
                 Ok(Some(Message { topic: topic_text(&self.client, topic), payload, qos, retain }))
             }
