@@ -36,6 +36,9 @@ fn armed() -> Option<&'static Armed> {
                 Some((n, at)) => (n.to_owned(), at.parse().unwrap_or(1)),
                 None => (v, 1),
             };
+            if !POINTS.contains(&name.as_str()) {
+                tracing::warn!("MQTTSN_FAILPOINT names no failpoint: {name} (known: {POINTS:?})");
+            }
             Some(Armed { name, at, hits: AtomicU64::new(0) })
         })
         .as_ref()

@@ -846,9 +846,7 @@ impl<U: Upstreams> Server<U> {
                 }
             }
             self.deliver(&cid, &mut held.transmits, &mut held.commands).await;
-            if self.sessions.get(&cid).is_some_and(|e| e.session.is_ended()) {
-                self.forget_if_over(&cid);
-            }
+            self.forget_if_over(&cid);
         }
     }
 
