@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::QoS;
+use crate::QoS;
 
 /// A broker sent something that is not MQTT 3.1.1.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
