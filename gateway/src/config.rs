@@ -79,11 +79,25 @@ pub struct GatewaySection {
     pub listen: String,
     /// The session store file; empty: sessions live in memory only.
     pub store: String,
+    /// Worker threads (each with its own socket, sessions and broker
+    /// connections); 0: one per core.
+    pub workers: usize,
+    /// The UDP receive buffer asked of the kernel, in octets; 0: the
+    /// system default.
+    pub udp_receive_buffer: usize,
+    /// The UDP send buffer, in octets; 0: the system default.
+    pub udp_send_buffer: usize,
 }
 
 impl Default for GatewaySection {
     fn default() -> Self {
-        Self { listen: "0.0.0.0:1884".into(), store: "mqttsn-sessions.redb".into() }
+        Self {
+            listen: "0.0.0.0:1884".into(),
+            store: "mqttsn-sessions.redb".into(),
+            workers: 0,
+            udp_receive_buffer: 4 << 20,
+            udp_send_buffer: 1 << 20,
+        }
     }
 }
 
@@ -377,6 +391,22 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.broker_target()?;
+        let g = &self.gateway;
+        if g.workers > 1024 {
+            return Err(invalid("gateway.workers", g.workers, "must be 0 (one per core) to 1024"));
+        }
+        for (key, v) in [
+            ("gateway.udp_receive_buffer", g.udp_receive_buffer),
+            ("gateway.udp_send_buffer", g.udp_send_buffer),
+        ] {
+            if v != 0 && !(4096..=1 << 30).contains(&v) {
+                return Err(invalid(
+                    key,
+                    v,
+                    "must be 0 (the system default) or 4096 to 1073741824",
+                ));
+            }
+        }
         let t = &self.timers;
         if t.retry_interval_ms == 0 {
             return Err(invalid("timers.retry_interval_ms", 0, "must be at least 1"));
@@ -556,6 +586,9 @@ impl Config {
             sys_topics,
             store_path: (!self.gateway.store.is_empty())
                 .then(|| std::path::PathBuf::from(&self.gateway.store)),
+            workers: self.gateway.workers,
+            udp_receive_buffer: self.gateway.udp_receive_buffer,
+            udp_send_buffer: self.gateway.udp_send_buffer,
             session_expiry: (self.limits.session_expiry_secs > 0)
                 .then(|| Duration::from_secs(self.limits.session_expiry_secs)),
             max_sessions: (self.limits.max_sessions > 0).then_some(self.limits.max_sessions),
@@ -712,6 +745,10 @@ mod tests {
         assert!(e.to_string().contains("timers.retry_interval_ms"), "{e}");
         let e = Config::parse("[limits]\nmax_inflight = 0\n", "x").unwrap_err();
         assert!(e.to_string().contains("limits.max_inflight"), "{e}");
+        let e = Config::parse("[gateway]\nudp_receive_buffer = 10\n", "x").unwrap_err();
+        assert!(e.to_string().contains("gateway.udp_receive_buffer"), "{e}");
+        let e = Config::parse("[gateway]\nworkers = 5000\n", "x").unwrap_err();
+        assert!(e.to_string().contains("gateway.workers"), "{e}");
         let e = Config::parse("[timers]\nretry = 1\n", "x").unwrap_err();
         assert!(e.to_string().contains("retry"), "{e}");
         let e = Config::parse("[broker]\nurl = \"http://x\"\n", "x").unwrap_err();

@@ -1,4 +1,5 @@
-//! The MQTT-SN gateway: a sans-IO session core and the tokio drivers around it.
+//! The MQTT-SN gateway: a sans-IO session core and endpoint, and the tokio
+//! drivers around them.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -6,13 +7,17 @@ pub mod cidr;
 pub mod config;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
+pub mod endpoint;
 pub mod failpoint;
 pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod mqtt;
+pub mod options;
 pub mod peer;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod udp;
 pub mod upstream;
+pub mod worker;

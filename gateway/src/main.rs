@@ -9,10 +9,9 @@ use clap::Parser;
 use mqttsn_gateway::config::{BrokerTarget, Config};
 use mqttsn_gateway::metrics::Metrics;
 use mqttsn_gateway::mqtt::client::ClientOptions;
-use mqttsn_gateway::server;
-use mqttsn_gateway::upstream::connection::{
-    Backoff, Connector, MqttUpstreams, TcpConnector, UpstreamOptions,
-};
+use mqttsn_gateway::server::{self, UpstreamSetup};
+use mqttsn_gateway::udp::{Buffers, Listener};
+use mqttsn_gateway::upstream::connection::{Backoff, Connector, TcpConnector, UpstreamOptions};
 use mqttsn_gateway::upstream::tls::TlsConnector;
 use tracing::info;
 
@@ -41,8 +40,13 @@ struct Args {
     store: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The sessions run on worker threads of their own (one per core by
+    // default); this runtime only serves metrics and waits for signals.
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -94,13 +98,22 @@ async fn main() -> anyhow::Result<()> {
         Ok(n) => info!("open files limit: {n}"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
-    let socket = tokio::net::UdpSocket::bind(listen)
-        .await
+    let opts = cfg.server_options()?;
+    let workers = match opts.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let buffers = Buffers { receive: opts.udp_receive_buffer, send: opts.udp_send_buffer };
+    let listener = Listener::bind(listen, workers, buffers)
         .with_context(|| format!("cannot listen on udp://{listen}"))?;
-    info!("MQTT-SN gateway listening on udp://{}, broker {broker}", socket.local_addr()?);
-    let upstreams = MqttUpstreams::new(
+    info!(
+        "MQTT-SN gateway listening on udp://{}, broker {broker}, {workers} worker{}",
+        listener.local_addr(),
+        if workers == 1 { "" } else { "s" }
+    );
+    let upstream = UpstreamSetup {
         connector,
-        UpstreamOptions {
+        opts: UpstreamOptions {
             client: ClientOptions {
                 keep_alive: Duration::from_secs(u64::from(cfg.broker.keepalive_secs)),
                 ..ClientOptions::default()
@@ -109,9 +122,8 @@ async fn main() -> anyhow::Result<()> {
             connect_timeout: Duration::from_millis(cfg.broker.connect_timeout_ms),
             ..UpstreamOptions::default()
         },
-    );
-    server::run(socket, upstreams, session, cfg.server_options()?, metrics, shutdown_signal())
-        .await?;
+    };
+    server::run(listener, upstream, session, opts, metrics, shutdown_signal()).await?;
     info!("stopped");
     Ok(())
 }

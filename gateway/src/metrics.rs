@@ -74,6 +74,9 @@ pub struct Metrics {
     pub store_commit_us: AtomicU64,
     /// Store commits that failed (retried).
     pub store_errors: AtomicU64,
+    /// Datagrams one worker could not hand to another (its queue was
+    /// full), dropped.
+    pub forwards_dropped: AtomicU64,
 }
 
 /// Upper bounds of the latency histogram buckets, in milliseconds.
@@ -120,6 +123,23 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Moves a gauge that sums several parts: one part went from `before`
+    /// to `after`.
+    pub fn adjust(c: &AtomicU64, before: u64, after: u64) {
+        if after > before {
+            c.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            let d = before - after;
+            let _ =
+                c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(d)));
+        }
     }
 
     /// Subtracts one from a gauge, never below zero.
@@ -293,6 +313,12 @@ impl Metrics {
             "counter",
             "Store commits that failed and were retried.",
             &[("", get(&self.store_errors))],
+        );
+        metric(
+            "forwards_dropped_total",
+            "counter",
+            "Datagrams a worker could not hand to the worker holding their session (queue full).",
+            &[("", get(&self.forwards_dropped))],
         );
         metric(
             "buffered_messages",

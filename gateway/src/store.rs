@@ -76,10 +76,13 @@ pub struct Store {
     path: PathBuf,
 }
 
-/// One session's writes, tagged with the ticket the dispatcher waits on.
+/// One session's writes, tagged with the ticket its worker waits on.
 #[derive(Debug)]
 pub struct Write {
-    /// Completion is reported with this ticket (tickets only grow).
+    /// The worker whose session this is; completion is reported to it.
+    pub worker: usize,
+    /// Completion is reported with this ticket (a worker's tickets only
+    /// grow).
     pub ticket: u64,
     /// The session.
     pub client_id: Arc<str>,
@@ -196,19 +199,28 @@ impl Store {
         tx.commit().map_err(|e| db_error(p, e))
     }
 
-    /// Starts the writer thread. Completed tickets arrive on the returned
-    /// channel, in order (a ticket stands for itself and all before it).
+    /// Starts the writer thread. Each of the `workers` gets its completed
+    /// tickets on its own channel, in order (a ticket stands for itself and
+    /// all of that worker's before it).
     pub fn start_writer(
         self,
         metrics: Arc<Metrics>,
-    ) -> (StoreWriter, mpsc::UnboundedReceiver<u64>) {
+        workers: usize,
+    ) -> (StoreWriter, Vec<mpsc::UnboundedReceiver<u64>>) {
         let (tx, rx) = std::sync::mpsc::channel::<Write>();
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx): (Vec<_>, Vec<_>) =
+            (0..workers.max(1)).map(|_| mpsc::unbounded_channel()).unzip();
         let spawned = std::thread::Builder::new().name("session-store".into()).spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
-                let last = batch.last().map_or(0, |w| w.ticket);
+                // The last ticket of each worker in this batch.
+                let mut last = vec![0u64; done_tx.len()];
+                for w in &batch {
+                    if let Some(t) = last.get_mut(w.worker) {
+                        *t = (*t).max(w.ticket);
+                    }
+                }
                 let mut delay = Duration::from_millis(100);
                 loop {
                     let started = Instant::now();
@@ -234,8 +246,12 @@ impl Store {
                     }
                 }
                 crate::failpoint::hit("store-committed");
-                if done_tx.send(last).is_err() {
-                    break;
+                // A worker that has stopped no longer waits; the thread
+                // ends when every writer handle is gone.
+                for (tx, ticket) in done_tx.iter().zip(&last) {
+                    if *ticket > 0 {
+                        let _ = tx.send(*ticket);
+                    }
                 }
             }
         });
@@ -305,7 +321,12 @@ mod tests {
         let opened = Store::open(&path).unwrap();
         assert!(opened.sessions.is_empty());
         let store = opened.store;
-        let w = |ticket, cid: &str, persist| Write { ticket, client_id: Arc::from(cid), persist };
+        let w = |ticket, cid: &str, persist| Write {
+            worker: 0,
+            ticket,
+            client_id: Arc::from(cid),
+            persist,
+        };
         store
             .commit(&[
                 w(1, "a", persist(b"ra", &[(1, b"m1"), (2, b"m2")], &[])),

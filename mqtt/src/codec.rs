@@ -1,6 +1,8 @@
 //! MQTT 3.1.1 packets toward the broker: incremental decode from a
 //! `BytesMut` (payloads are split off without copying) and encode into one.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::QoS;
@@ -67,8 +69,9 @@ pub struct PublishPacket {
     pub qos: QoS,
     /// RETAIN.
     pub retain: bool,
-    /// Topic name.
-    pub topic: String,
+    /// Topic name, shared: the gateway hands the same name to every
+    /// sensor that receives the message and keeps one copy per topic.
+    pub topic: Arc<str>,
     /// Packet id (QoS 1 and 2 only; 0 at QoS 0).
     pub pkid: u16,
     /// Payload.
@@ -144,13 +147,22 @@ fn take_u16(b: &mut Bytes, what: &'static str) -> Result<u16, CodecError> {
     Ok(b.get_u16())
 }
 
-fn take_string(b: &mut Bytes, what: &'static str) -> Result<String, CodecError> {
+fn take_str(b: &mut Bytes, what: &'static str) -> Result<Bytes, CodecError> {
     let len = usize::from(take_u16(b, what)?);
     if b.remaining() < len {
         return Err(CodecError::Truncated(what));
     }
-    let s = b.split_to(len);
-    String::from_utf8(s.to_vec()).map_err(|_| CodecError::BadTopic)
+    Ok(b.split_to(len))
+}
+
+fn take_string(b: &mut Bytes, what: &'static str) -> Result<String, CodecError> {
+    let s = take_str(b, what)?;
+    std::str::from_utf8(&s).map(str::to_owned).map_err(|_| CodecError::BadTopic)
+}
+
+fn take_shared(b: &mut Bytes, what: &'static str) -> Result<Arc<str>, CodecError> {
+    let s = take_str(b, what)?;
+    std::str::from_utf8(&s).map(Arc::from).map_err(|_| CodecError::BadTopic)
 }
 
 /// Decodes one packet from the front of `buf`, or returns `Ok(None)` when
@@ -192,7 +204,7 @@ pub fn decode(buf: &mut BytesMut, max_packet: usize) -> Result<Option<MqttPacket
         }
         3 => {
             let qos = qos_from((flags >> 1) & 3)?;
-            let topic = take_string(&mut body, "PUBLISH")?;
+            let topic = take_shared(&mut body, "PUBLISH")?;
             let pkid = if qos == QoS::AtMostOnce { 0 } else { take_u16(&mut body, "PUBLISH")? };
             MqttPacket::Publish(PublishPacket {
                 dup: flags & 0x08 != 0,

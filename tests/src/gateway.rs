@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use mqttsn_gateway::metrics::{Metrics, Snapshot};
 use mqttsn_gateway::mqtt::client::ClientOptions;
-use mqttsn_gateway::server::{self, ServerOptions};
+use mqttsn_gateway::server::{self, ServerOptions, UpstreamSetup};
 use mqttsn_gateway::session::SessionConfig;
-use mqttsn_gateway::upstream::connection::{Backoff, MqttUpstreams, TcpConnector, UpstreamOptions};
+use mqttsn_gateway::udp::{Buffers, Listener};
+use mqttsn_gateway::upstream::connection::{Backoff, TcpConnector, UpstreamOptions};
 
 /// A running gateway.
 pub struct Gateway {
@@ -81,24 +82,26 @@ impl Gateway {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let m = metrics.clone();
+        // Two workers unless the test says otherwise: sensors are spread
+        // over both, so every test also runs the hand-over between them.
+        let workers = if opts.workers == 0 { 2 } else { opts.workers };
         let thread = std::thread::spawn(move || {
-            let d = dispatch.clone();
             let _guard = tracing::dispatcher::set_default(&dispatch);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .on_thread_start(move || {
-                    // Lives as long as the worker thread.
-                    std::mem::forget(tracing::dispatcher::set_default(&d));
-                })
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-                addr_tx.send(socket.local_addr().expect("addr")).expect("send addr");
-                let upstreams = MqttUpstreams::new(
-                    Arc::new(TcpConnector { addr: format!("127.0.0.1:{broker_port}") }),
-                    UpstreamOptions {
+                let listener = Listener::bind(
+                    "127.0.0.1:0".parse().expect("addr"),
+                    workers,
+                    Buffers::default(),
+                )
+                .expect("bind");
+                addr_tx.send(listener.local_addr()).expect("send addr");
+                let upstream = UpstreamSetup {
+                    connector: Arc::new(TcpConnector { addr: format!("127.0.0.1:{broker_port}") }),
+                    opts: UpstreamOptions {
                         client: ClientOptions {
                             keep_alive: Duration::from_secs(30),
                             response_timeout: Duration::from_secs(5),
@@ -110,11 +113,11 @@ impl Gateway {
                         connect_timeout: Duration::from_secs(2),
                         ..UpstreamOptions::default()
                     },
-                );
+                };
                 let shutdown = async {
                     let _ = stop_rx.await;
                 };
-                server::run(socket, upstreams, Arc::new(cfg), opts, m, shutdown)
+                server::run(listener, upstream, Arc::new(cfg), opts, m, shutdown)
                     .await
                     .expect("gateway run");
             });

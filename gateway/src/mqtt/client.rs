@@ -123,7 +123,7 @@ pub struct Client {
     order: VecDeque<u16>,
     requests: HashMap<u16, Request>,
     /// QoS 0 publishes waiting for a connection.
-    qos0: VecDeque<(RequestId, PublishPacket)>,
+    qos0: VecDeque<PublishPacket>,
     next_pkid: u16,
 
     incoming: VecDeque<Incoming>,
@@ -232,11 +232,11 @@ impl Client {
             Command::Publish { id, topic, payload, qos, retain } => {
                 let packet = PublishPacket { dup: false, qos, retain, topic, pkid: 0, payload };
                 if qos == QoS::AtMostOnce {
+                    // Done once handed over: no completion event.
                     if self.state == State::Up {
                         self.emit(&MqttPacket::Publish(packet), now);
-                        self.events.push_back(Event::PublishAcked { id });
                     } else {
-                        self.qos0.push_back((id, packet));
+                        self.qos0.push_back(packet);
                     }
                     return;
                 }
@@ -469,6 +469,11 @@ impl Client {
 
     // ----- outputs -----
 
+    /// True when [`Client::poll_transmit`] has octets.
+    pub fn has_transmit(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// Octets to write to the transport.
     pub fn poll_transmit(&mut self) -> Option<BytesMut> {
         if self.out.is_empty() {
@@ -601,9 +606,8 @@ impl Client {
             };
             self.emit(&packet, now);
         }
-        while let Some((id, p)) = self.qos0.pop_front() {
+        while let Some(p) = self.qos0.pop_front() {
             self.emit(&MqttPacket::Publish(p), now);
-            self.events.push_back(Event::PublishAcked { id });
         }
     }
 
@@ -954,10 +958,7 @@ mod tests {
         assert_eq!(sent[1], MqttPacket::PubRel(2));
         assert!(matches!(&sent[2], MqttPacket::Subscribe { .. }));
         assert!(matches!(&sent[3], MqttPacket::Publish(p) if p.qos == QoS::AtMostOnce));
-        assert_eq!(
-            t.events(),
-            [Event::Connected { session_present: true }, Event::PublishAcked { id: 4 }]
-        );
+        assert_eq!(t.events(), [Event::Connected { session_present: true }]);
     }
 
     #[test]

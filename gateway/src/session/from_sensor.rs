@@ -124,7 +124,9 @@ impl Session {
                     return refuse(self, ReturnCode::Congestion);
                 }
                 let id = self.forward_publish(&topic, p, MqttQoS::ExactlyOnce, now);
-                let message = (Arc::from(&*topic), Bytes::copy_from_slice(p.data), p.retain);
+                // Kept (possibly long, across a broker outage): a copy,
+                // not a slice that would hold the whole receive buffer.
+                let message = (topic.clone(), Bytes::copy_from_slice(p.data), p.retain);
                 self.qos2_in.insert(
                     p.msg_id,
                     Qos2In {
@@ -143,7 +145,7 @@ impl Session {
     /// broker answers.
     fn forward_publish(
         &mut self,
-        topic: &str,
+        topic: &Arc<str>,
         p: &Publish<'_>,
         qos: MqttQoS,
         now: Instant,
@@ -173,14 +175,14 @@ impl Session {
     fn publish_command(
         &self,
         id: RequestId,
-        topic: &str,
+        topic: &Arc<str>,
         p: &Publish<'_>,
         qos: MqttQoS,
     ) -> Command {
         Command::Publish {
             id,
-            topic: topic.to_owned(),
-            payload: Bytes::copy_from_slice(p.data),
+            topic: topic.clone(),
+            payload: self.payload(p.data),
             qos,
             retain: p.retain,
         }

@@ -270,6 +270,10 @@ pub struct Session {
     /// When the session ended, in seconds since the Unix epoch.
     ended_wall: Option<u64>,
 
+    /// The datagram being handled, whose payloads are shared rather than
+    /// copied (see [`Session::handle_datagram`]).
+    source: Option<Bytes>,
+
     // Outputs.
     transmits: VecDeque<Outgoing>,
     commands: VecDeque<Command>,
@@ -328,6 +332,7 @@ impl Session {
             stored_seqs: std::collections::BTreeSet::new(),
             stored_record: None,
             ended_wall: None,
+            source: None,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
             events: VecDeque::new(),
@@ -442,6 +447,28 @@ impl Session {
                 _ => self.dropped(DropReason::Unexpected),
             },
         }
+    }
+
+    /// [`Session::handle_packet`] for a packet decoded from `datagram`:
+    /// the payloads it forwards are slices of the datagram's buffer, not
+    /// copies.
+    pub fn handle_datagram(&mut self, packet: &Packet<'_>, datagram: &Bytes, now: Instant) {
+        self.source = Some(datagram.clone());
+        self.handle_packet(packet, now);
+        self.source = None;
+    }
+
+    /// `data` as `Bytes`: a slice of the datagram being handled when it
+    /// lies in it, a copy otherwise.
+    pub(crate) fn payload(&self, data: &[u8]) -> Bytes {
+        if let Some(src) = &self.source {
+            let (start, end) = (src.as_ptr() as usize, src.as_ptr() as usize + src.len());
+            let p = data.as_ptr() as usize;
+            if p >= start && p + data.len() <= end {
+                return src.slice_ref(data);
+            }
+        }
+        Bytes::copy_from_slice(data)
     }
 
     /// An event from this session's upstream.

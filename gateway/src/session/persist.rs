@@ -355,9 +355,9 @@ impl Session {
                 RestoredStage::Sent
             };
             let (topic, payload, retain) = match &q.message {
-                Some((t, p, r)) => (t.to_string(), p.clone(), *r),
+                Some((t, p, r)) => (t.clone(), p.clone(), *r),
                 // Recorded: the broker has the message.
-                None if stage != RestoredStage::Sent => (String::new(), Bytes::new(), false),
+                None if stage != RestoredStage::Sent => (Arc::from(""), Bytes::new(), false),
                 None => continue,
             };
             publishes.push(RestoredPublish { id: q.request, topic, payload, retain, stage });

@@ -81,13 +81,12 @@ impl Session {
         &mut self,
         delivery: Option<DeliveryId>,
         packet_id: u16,
-        topic: String,
+        topic: Arc<str>,
         payload: Bytes,
         qos: MqttQoS,
         retain: bool,
         now: Instant,
     ) {
-        let topic: Arc<str> = Arc::from(topic);
         if matches!(self.phase, Phase::Asleep { .. }) {
             return self.buffer(Delivery {
                 delivery,

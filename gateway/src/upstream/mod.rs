@@ -1,15 +1,90 @@
-//! The upstream side of one sensor: the interface between a sensor's
-//! session and its MQTT session on the broker.
+//! The upstream side of the gateway: the interface between the sensors'
+//! sessions and their MQTT sessions on the broker.
 //!
-//! The session core speaks to the upstream only through [`Command`] and
-//! [`Event`]. The driver behind them (one MQTT 3.1.1 connection per sensor
-//! today; an aggregating mode or MQTT v5 later) is an implementation of
-//! this one interface.
+//! A session speaks to its upstream only through [`Command`] and
+//! [`Event`], tagged with its [`UpstreamKey`]. [`Upstreams`] is the sans-IO
+//! shape every upstream side takes: it takes commands, bytes read and
+//! transport changes with an explicit `now`, and hands out events, bytes to
+//! write and transport requests ([`Io`]). [`transparent::Transparent`]
+//! gives every sensor its own MQTT 3.1.1 connection (the transparent
+//! gateway of spec 4.2); an aggregating mode or MQTT v5 are further
+//! implementations of the same trait. [`driver::Driver`] moves the bytes
+//! of any implementation over TCP or TLS.
 
-use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
 
 pub mod connection;
+pub mod driver;
 pub mod tls;
+pub mod transparent;
+
+/// Identifies one sensor session's upstream; chosen by the endpoint, never
+/// reused, so events from a finished upstream cannot reach a later one.
+pub type UpstreamKey = u64;
+
+/// Identifies one transport (one TCP connection, or one attempt to make
+/// it); never reused.
+pub type ConnId = u64;
+
+/// What an upstream side asks of the transports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Io {
+    /// Open a transport to the broker (TCP, or TLS with this client
+    /// certificate instead of the connector's default); answer with
+    /// [`Upstreams::handle_opened`] or [`Upstreams::handle_open_failed`].
+    Open {
+        /// The new transport.
+        conn: ConnId,
+        /// A TLS client certificate for this connection.
+        cert: Option<tls::ClientCert>,
+    },
+    /// Close the transport once what was handed out for it is written.
+    /// With `linger`, the driver half-closes and waits (bounded) for the
+    /// broker to close its side, then reports
+    /// [`Upstreams::handle_closed`]; without, it drops the transport and
+    /// reports nothing.
+    Close {
+        /// The transport.
+        conn: ConnId,
+        /// Wait for the broker to close first.
+        linger: bool,
+    },
+}
+
+/// The upstream side as the endpoint drives it: sans-IO, inputs with an
+/// explicit `now`, outputs polled.
+pub trait Upstreams {
+    /// A command from the session behind `key`. The first
+    /// [`Command::Connect`] or [`Command::Restore`] of a key starts its
+    /// upstream; it ends after reporting [`Event::Closed`] or
+    /// [`Event::Refused`].
+    fn handle_command(&mut self, key: UpstreamKey, cmd: Command, now: Instant);
+    /// The transport asked for with [`Io::Open`] is up.
+    fn handle_opened(&mut self, conn: ConnId, now: Instant);
+    /// The transport could not be opened.
+    fn handle_open_failed(&mut self, conn: ConnId, reason: &str, now: Instant);
+    /// Octets read from `conn`: complete packets are taken from the front
+    /// of `data`; an incomplete one is left there.
+    fn handle_received(&mut self, conn: ConnId, data: &mut BytesMut, now: Instant);
+    /// The transport is gone (closed by the broker, failed, or closed
+    /// after [`Io::Close`] with linger).
+    fn handle_closed(&mut self, conn: ConnId, reason: &str, now: Instant);
+    /// Time has reached [`Upstreams::poll_timeout`] (or later).
+    fn handle_timeout(&mut self, now: Instant);
+    /// The next event for a session.
+    fn poll_event(&mut self) -> Option<(UpstreamKey, Event)>;
+    /// The next octets to write to a transport.
+    fn poll_transmit(&mut self) -> Option<(ConnId, BytesMut)>;
+    /// The next transport request.
+    fn poll_io(&mut self) -> Option<Io>;
+    /// When [`Upstreams::handle_timeout`] must be called next.
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    /// Upstreams still running (not yet closed or refused).
+    fn open_count(&self) -> usize;
+}
 
 pub use crate::mqtt::QoS;
 
@@ -32,7 +107,7 @@ pub struct RestoredPublish {
     /// The request; its packet identifier is [`packet_id_of`] it.
     pub id: RequestId,
     /// The topic name.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// The payload.
     pub payload: Bytes,
     /// The retain flag.
@@ -101,13 +176,14 @@ pub enum Command {
     /// closed with DISCONNECT, so no will fires, and requests still in
     /// flight are carried over to the new connection.
     Connect(ConnectSpec),
-    /// Publish. Completed by [`Event::PublishAcked`] (QoS 0: once written,
-    /// QoS 1: PUBACK, QoS 2: PUBREC).
+    /// Publish. QoS 0 is complete once handed over (no event follows);
+    /// QoS 1 is completed by [`Event::PublishAcked`] at the broker's PUBACK,
+    /// QoS 2 at its PUBREC.
     Publish {
         /// Echoed in the completion events.
         id: RequestId,
-        /// The topic name.
-        topic: String,
+        /// The topic name, shared with the session's registrations.
+        topic: Arc<str>,
         /// The payload.
         payload: Bytes,
         /// The QoS.
@@ -209,7 +285,7 @@ pub enum Event {
         /// The broker's packet identifier (0 for QoS 0).
         packet_id: u16,
         /// The topic name.
-        topic: String,
+        topic: Arc<str>,
         /// The payload.
         payload: Bytes,
         /// The QoS of the delivery.

@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 
-use super::connection::{BoxedTransport, Connector};
+use super::connection::{Connector, Transport};
 
 /// The CA bundle of Debian and Raspberry Pi OS, used when no CA file is
 /// configured.
@@ -159,7 +159,7 @@ impl Connector for TlsConnector {
     fn connect<'a>(
         &'a self,
         cert: Option<&'a ClientCert>,
-    ) -> Pin<Box<dyn Future<Output = io::Result<BoxedTransport>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = io::Result<Transport>> + Send + 'a>> {
         Box::pin(async move {
             let connector = match cert {
                 None => self.inner.clone(),
@@ -174,8 +174,11 @@ impl Connector for TlsConnector {
             };
             let tcp = TcpStream::connect(&self.addr).await?;
             tcp.set_nodelay(true)?;
+            // The handshake runs here; the driver then moves the records
+            // itself over the same stream.
             let tls = connector.connect(self.name.clone(), tcp).await?;
-            Ok(Box::new(tls) as BoxedTransport)
+            let (tcp, session) = tls.into_inner();
+            Ok(Transport { tcp, tls: Some(session) })
         })
     }
 

@@ -1,0 +1,1095 @@
+//! The sans-IO endpoint: every session of one worker, and everything that
+//! happens between a datagram and a session.
+//!
+//! An [`Endpoint`] routes datagrams to sessions (CONNECT by ClientId,
+//! everything else by source address), admits or refuses CONNECTs
+//! (credentials, the session limit, the broker being down), moves a
+//! session to a new address on a takeover or a wake-up, answers senders
+//! without a session (rate-limited DISCONNECT, GWINFO, QoS -1), sends
+//! ADVERTISE, forgets expired sessions, publishes the key figures, and
+//! holds every output of a persistent session until the store has
+//! committed the state that produced it. Its inputs take an explicit
+//! `now`; its outputs are polled:
+//!
+//! | input | output |
+//! |---|---|
+//! | [`Endpoint::handle_datagram`] | [`Endpoint::poll_transmit`]: datagrams to send |
+//! | [`Endpoint::handle_upstream`] | [`Endpoint::poll_upstream`]: commands for the upstreams |
+//! | [`Endpoint::handle_committed`] | [`Endpoint::poll_store`]: writes for the store |
+//! | [`Endpoint::handle_forward`] | [`Endpoint::poll_forward`]: datagrams for another worker |
+//! | [`Endpoint::handle_timeout`] | [`Endpoint::poll_timeout`]: the next deadline |
+//!
+//! There is no socket, task or clock inside: the worker's tokio loop only
+//! moves datagrams, bytes and timers, and every behaviour here is tested
+//! with virtual time (`tests.rs`).
+
+pub mod directory;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqttsn_codec::{Frame, Packet, ReturnCode};
+use tracing::{debug, info, warn};
+
+pub use directory::{Directory, WorkerId};
+
+use crate::failpoint;
+use crate::metrics::Metrics;
+use crate::options::ServerOptions;
+use crate::peer::Peer;
+use crate::session::{check_connect, Outgoing, Persist, Session, SessionConfig, SessionEvent};
+use crate::store::Write;
+use crate::upstream::{Command, ConnectSpec, Event, UpstreamKey};
+
+/// The upstream key of the gateway's own connection (QoS -1 publishes,
+/// key figures, broker reachability).
+pub const OWN_KEY: UpstreamKey = 0;
+
+/// A datagram ready to send: `len` octets at the front of the buffer
+/// given to [`Endpoint::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub to: SocketAddr,
+    /// Its length.
+    pub len: usize,
+}
+
+/// What one worker hands another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// A datagram that arrived at another worker for a session held here.
+    Datagram {
+        /// Its source.
+        from: SocketAddr,
+        /// The whole datagram.
+        data: Bytes,
+        /// How many times it was forwarded already.
+        hops: u8,
+    },
+    /// A publish for the gateway's own connection (held by worker 0).
+    Own(Command),
+}
+
+/// The most times a datagram is forwarded between workers (a session that
+/// moved while the datagram was on its way).
+const MAX_HOPS: u8 = 2;
+
+/// How often expiry and the gauges are looked at.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Warnings about bad input per second.
+const LOG_BUDGET: u32 = 20;
+
+/// One session and what the endpoint keeps beside it.
+#[derive(Debug)]
+struct Entry {
+    /// Distinguishes this entry from a later one in the same slot.
+    uid: u64,
+    cid: Arc<str>,
+    session: Session,
+    addr: Option<Peer>,
+    /// `addr` as the store keeps it (empty while unbound).
+    addr_bytes: Vec<u8>,
+    upstream: Option<UpstreamKey>,
+    scheduled: Option<Instant>,
+    counted_active: bool,
+    /// When a kept (CleanSession false) session ended; it is forgotten
+    /// `session_expiry` later unless the sensor connects again.
+    ended_at: Option<Instant>,
+    /// Outputs waiting for the store to commit what produced them.
+    held: VecDeque<Held>,
+    /// Messages and octets this session counts in the gateway-wide
+    /// buffer total.
+    buffered: (usize, usize),
+}
+
+/// A session's outputs held until the store committed `ticket`.
+#[derive(Debug)]
+struct Held {
+    ticket: u64,
+    transmits: Vec<Outgoing>,
+    commands: Vec<Command>,
+}
+
+/// Hot counters, added to the shared metrics once per batch.
+#[derive(Debug, Default)]
+struct Local {
+    datagrams_in: u64,
+    datagrams_out: u64,
+}
+
+/// This worker's share of the gateway-wide gauges.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Gauges {
+    asleep: u64,
+    messages: u64,
+    bytes: u64,
+}
+
+/// Wall-clock time from the monotonic clock: the store keeps when an
+/// ended session ended as seconds since the Unix epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    at: Instant,
+    wall: u64,
+}
+
+impl WallClock {
+    /// `now` is `wall` seconds after the Unix epoch.
+    pub fn new(now: Instant, wall: u64) -> Self {
+        Self { at: now, wall }
+    }
+
+    /// Seconds since the Unix epoch at `now`.
+    pub fn at(&self, now: Instant) -> u64 {
+        self.wall + now.saturating_duration_since(self.at).as_secs()
+    }
+}
+
+/// The sessions of one worker. See the module documentation.
+#[derive(Debug)]
+pub struct Endpoint {
+    cfg: Arc<SessionConfig>,
+    opts: Arc<ServerOptions>,
+    metrics: Arc<Metrics>,
+    dir: Arc<Directory>,
+    me: WorkerId,
+    clock: WallClock,
+    started: Instant,
+    persistent_store: bool,
+
+    entries: slab::Slab<Entry>,
+    by_cid: HashMap<Arc<str>, usize>,
+    by_addr: HashMap<Peer, usize>,
+    by_key: HashMap<UpstreamKey, usize>,
+    next_key: UpstreamKey,
+    next_uid: u64,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    unknown_sent: HashMap<Peer, Instant>,
+    log_budget: (Instant, u32),
+
+    /// This worker holds the gateway's own connection.
+    own: bool,
+    own_next_request: u64,
+    own_open: bool,
+
+    next_ticket: u64,
+    /// Sessions with held outputs, by ticket, in order.
+    held_order: VecDeque<(u64, usize, u64)>,
+
+    housekeeping_at: Instant,
+    advertise_at: Option<Instant>,
+    sys_at: Option<Instant>,
+    gauges: Gauges,
+    local: Local,
+    closing: bool,
+
+    transmits: VecDeque<(Peer, Outgoing)>,
+    upstream: VecDeque<(UpstreamKey, Command)>,
+    writes: VecDeque<Write>,
+    forwards: VecDeque<(WorkerId, Forward)>,
+    scratch_tx: Vec<Outgoing>,
+    scratch_cmd: Vec<Command>,
+}
+
+impl Endpoint {
+    /// The endpoint of worker `me`. Worker 0 opens the gateway's own
+    /// upstream connection at once (a command to poll). `persistent_store`
+    /// says whether CleanSession-false sessions are written to a store
+    /// (their outputs then wait for [`Endpoint::handle_committed`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: Arc<SessionConfig>,
+        opts: Arc<ServerOptions>,
+        metrics: Arc<Metrics>,
+        dir: Arc<Directory>,
+        me: WorkerId,
+        persistent_store: bool,
+        now: Instant,
+        clock: WallClock,
+    ) -> Self {
+        let own = me == 0;
+        let mut e = Self {
+            advertise_at: opts.advertise.filter(|_| own).map(|(_, every)| now + every),
+            sys_at: opts.sys_topics.as_ref().filter(|_| own).map(|(_, every)| now + *every),
+            cfg,
+            opts,
+            metrics,
+            dir,
+            me,
+            clock,
+            started: now,
+            persistent_store,
+            entries: slab::Slab::new(),
+            by_cid: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_key: HashMap::new(),
+            next_key: 1,
+            next_uid: 1,
+            timers: BinaryHeap::new(),
+            unknown_sent: HashMap::new(),
+            log_budget: (now, 0),
+            own,
+            own_next_request: 1,
+            own_open: false,
+            next_ticket: 0,
+            held_order: VecDeque::new(),
+            housekeeping_at: now + HOUSEKEEPING,
+            gauges: Gauges::default(),
+            local: Local::default(),
+            closing: false,
+            transmits: VecDeque::new(),
+            upstream: VecDeque::new(),
+            writes: VecDeque::new(),
+            forwards: VecDeque::new(),
+            scratch_tx: Vec::new(),
+            scratch_cmd: Vec::new(),
+        };
+        if own {
+            let id = &e.opts.auth.default_identity;
+            let spec = ConnectSpec {
+                client_id: e.opts.own_client_id.clone(),
+                clean_session: true,
+                keep_alive: 60,
+                will: None,
+                username: id.username.clone(),
+                password: id.password.clone(),
+                client_cert: id.client_cert.clone(),
+            };
+            e.own_open = true;
+            e.upstream.push_back((OWN_KEY, Command::Connect(spec)));
+        }
+        e
+    }
+
+    /// Sessions held here.
+    pub fn session_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Upstreams of sessions here still open, and the gateway's own.
+    pub fn upstreams_open(&self) -> usize {
+        self.by_key.len() + usize::from(self.own_open)
+    }
+
+    /// Adds a session restored from the store (see
+    /// [`Session::restore`]), bound to its stored address.
+    pub fn restore(
+        &mut self,
+        session: Session,
+        addr: Option<Peer>,
+        ended_at: Option<Instant>,
+        now: Instant,
+    ) {
+        let cid: Arc<str> = Arc::from(session.client_id());
+        if self.by_cid.contains_key(&cid) {
+            return;
+        }
+        let _ = self.dir.claim(&cid, self.me);
+        let idx = self.insert(cid, session);
+        if let Some(e) = self.entries.get_mut(idx) {
+            e.ended_at = ended_at;
+        }
+        if let Some(addr) = addr {
+            self.bind(idx, addr);
+        }
+        self.flush(idx, now);
+    }
+
+    // ----- inputs -----
+
+    /// A datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &Bytes) {
+        self.datagram(now, from, data, 0);
+    }
+
+    /// Something another worker handed over.
+    pub fn handle_forward(&mut self, now: Instant, f: Forward) {
+        match f {
+            Forward::Datagram { from, data, hops } => self.datagram(now, from, &data, hops),
+            Forward::Own(cmd) => {
+                if self.own {
+                    self.upstream.push_back((OWN_KEY, cmd));
+                }
+            }
+        }
+    }
+
+    fn datagram(&mut self, now: Instant, from: SocketAddr, data: &Bytes, hops: u8) {
+        if hops == 0 {
+            self.local.datagrams_in += 1;
+        }
+        let frame = match Frame::decode(data) {
+            Ok(f) => f,
+            Err(e) => {
+                Metrics::inc(&self.metrics.malformed);
+                if self.may_log(now) {
+                    warn!(%from, len = data.len(), "malformed datagram dropped: {e}");
+                }
+                return;
+            }
+        };
+        debug!(%from, "in: {frame}");
+        let peer = match frame.forwarder {
+            None => Peer::direct(from),
+            Some(f) => Peer::forwarded(from, f.node_id),
+        };
+        match frame.packet {
+            Packet::Connect(c) => self.connect(now, &c, peer, data, hops),
+            packet => {
+                // A sleeping sensor that wakes from a new address (NAT
+                // rebinding, NB-IoT) names itself in PINGREQ.
+                if let Packet::PingReq(Some(id)) = &packet {
+                    if self.wake_elsewhere(id, &peer, data, hops) {
+                        return;
+                    }
+                }
+                let Some(&idx) = self.by_addr.get(&peer) else {
+                    if hops < MAX_HOPS {
+                        if let Some(w) = self.dir.addr_elsewhere(&peer, self.me) {
+                            let data = data.clone();
+                            self.forwards
+                                .push_back((w, Forward::Datagram { from, data, hops: hops + 1 }));
+                            return;
+                        }
+                    }
+                    return self.unknown_sender(&packet, peer, now);
+                };
+                if let Some(e) = self.entries.get_mut(idx) {
+                    e.session.handle_datagram(&packet, data, now);
+                    if e.session.is_sleeping()
+                        && matches!(packet, Packet::PubAck(_) | Packet::PubComp(_))
+                    {
+                        failpoint::hit("acked-before-delete");
+                    }
+                }
+                self.flush(idx, now);
+            }
+        }
+    }
+
+    /// A wake-up PINGREQ(ClientId): binds the new address to the sleeper
+    /// here, or forwards it to the worker holding the session. True when
+    /// it was forwarded.
+    fn wake_elsewhere(&mut self, id: &[u8], peer: &Peer, data: &Bytes, hops: u8) -> bool {
+        let Ok(id) = std::str::from_utf8(id) else { return false };
+        if self.opts.auth.check(id, peer.addr.ip()).is_err() {
+            return false;
+        }
+        if let Some(&idx) = self.by_cid.get(id) {
+            if self.entries.get(idx).is_some_and(|e| e.session.is_sleeping()) {
+                self.bind(idx, peer.clone());
+            }
+            return false;
+        }
+        if hops >= MAX_HOPS {
+            return false;
+        }
+        match self.dir.owner_elsewhere(id, self.me) {
+            Some(w) => {
+                let f = Forward::Datagram { from: peer.addr, data: data.clone(), hops: hops + 1 };
+                self.forwards.push_back((w, f));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn connect(
+        &mut self,
+        now: Instant,
+        c: &mqttsn_codec::Connect<'_>,
+        peer: Peer,
+        data: &Bytes,
+        hops: u8,
+    ) {
+        if let Err(rc) = check_connect(c, &self.cfg) {
+            Metrics::inc(&self.metrics.connects_refused);
+            if self.may_log(now) {
+                warn!(from = %peer, "CONNECT refused: {rc}");
+            }
+            return self.reply(Packet::ConnAck(rc), peer);
+        }
+        let Ok(client_id) = std::str::from_utf8(c.client_id) else { return };
+        let identity = match self.opts.auth.check(client_id, peer.addr.ip()) {
+            Ok(identity) => identity,
+            Err(why) => {
+                Metrics::inc(&self.metrics.connects_refused);
+                if self.may_log(now) {
+                    warn!(from = %peer, client_id, "CONNECT refused: {}", why.as_str());
+                }
+                return self.reply(Packet::ConnAck(ReturnCode::NotSupported), peer);
+            }
+        };
+        if self.dir.broker_down() {
+            // Try again later: the broker is unreachable.
+            return self.reply(Packet::ConnAck(ReturnCode::Congestion), peer);
+        }
+        let idx = match self.by_cid.get(client_id) {
+            Some(&idx) => idx,
+            None => {
+                if let Some(w) = self.dir.owner_elsewhere(client_id, self.me) {
+                    return self.forward_connect(w, peer, data, hops, now);
+                }
+                let full = self.opts.max_sessions.is_some_and(|max| self.dir.sessions() >= max);
+                if full {
+                    Metrics::inc(&self.metrics.connects_refused);
+                    if self.may_log(now) {
+                        warn!(from = %peer, client_id, "CONNECT refused: session limit reached");
+                    }
+                    return self.reply(Packet::ConnAck(ReturnCode::Congestion), peer);
+                }
+                let cid: Arc<str> = Arc::from(client_id);
+                if let Some(w) = self.dir.claim(&cid, self.me) {
+                    return self.forward_connect(w, peer, data, hops, now);
+                }
+                self.insert(cid, Session::new(self.cfg.clone(), client_id, now))
+            }
+        };
+        if let Some(e) = self.entries.get_mut(idx) {
+            e.ended_at = None;
+        }
+        self.bind(idx, peer);
+        if let Some(e) = self.entries.get_mut(idx) {
+            e.session.set_identity(identity);
+            e.session.handle_connect(c, now);
+        }
+        self.flush(idx, now);
+    }
+
+    fn forward_connect(&mut self, w: WorkerId, peer: Peer, data: &Bytes, hops: u8, now: Instant) {
+        if hops >= MAX_HOPS {
+            if self.may_log(now) {
+                warn!(from = %peer, "CONNECT refused: its session is moving between workers");
+            }
+            return self.reply(Packet::ConnAck(ReturnCode::Congestion), peer);
+        }
+        let f = Forward::Datagram { from: peer.addr, data: data.clone(), hops: hops + 1 };
+        self.forwards.push_back((w, f));
+    }
+
+    fn insert(&mut self, cid: Arc<str>, session: Session) -> usize {
+        let uid = self.next_uid;
+        self.next_uid += 1;
+        let idx = self.entries.insert(Entry {
+            uid,
+            cid: cid.clone(),
+            session,
+            addr: None,
+            addr_bytes: Vec::new(),
+            upstream: None,
+            scheduled: None,
+            counted_active: false,
+            ended_at: None,
+            held: VecDeque::new(),
+            buffered: (0, 0),
+        });
+        self.by_cid.insert(cid, idx);
+        self.dir.session_added();
+        idx
+    }
+
+    /// Forgets a session: it is gone from every map and the directory.
+    fn remove(&mut self, idx: usize) -> Option<Entry> {
+        let e = self.entries.try_remove(idx)?;
+        self.by_cid.remove(&e.cid);
+        if let Some(addr) = &e.addr {
+            if self.by_addr.get(addr) == Some(&idx) {
+                self.by_addr.remove(addr);
+                self.dir.unbind_addr(addr, self.me);
+            }
+        }
+        if let Some(key) = e.upstream {
+            self.by_key.remove(&key);
+        }
+        if e.counted_active {
+            Metrics::dec(&self.metrics.sessions_active);
+        }
+        self.cfg.buffer_total.update(e.buffered, (0, 0));
+        self.dir.release(&e.cid, self.me);
+        self.dir.session_removed();
+        Some(e)
+    }
+
+    /// Binds `peer` to the session `idx`: a session has one address, an
+    /// address one session.
+    fn bind(&mut self, idx: usize, peer: Peer) {
+        // The address may belong to another session (a NAT reused it).
+        if let Some(other) = self.by_addr.insert(peer.clone(), idx) {
+            if other != idx {
+                if let Some(e) = self.entries.get_mut(other) {
+                    e.addr = None;
+                    e.addr_bytes.clear();
+                }
+            }
+        }
+        self.dir.bind_addr(&peer, self.me);
+        let Some(e) = self.entries.get_mut(idx) else { return };
+        let old = e.addr.replace(peer.clone());
+        e.addr_bytes = peer.to_bytes();
+        if let Some(old) = old {
+            if old != peer {
+                // A takeover: the old address hears nothing more.
+                let cid = e.cid.clone();
+                if self.by_addr.get(&old) == Some(&idx) {
+                    self.by_addr.remove(&old);
+                    self.dir.unbind_addr(&old, self.me);
+                }
+                Metrics::inc(&self.metrics.takeovers);
+                info!(client_id = %cid, %old, new = %peer, "session moved to a new address");
+            }
+        }
+    }
+
+    /// A datagram from an address without a session: an unsolicited
+    /// DISCONNECT (rate-limited per address) tells a sensor that missed a
+    /// gateway restart or a NAT rebinding to connect again.
+    fn unknown_sender(&mut self, packet: &Packet<'_>, from: Peer, now: Instant) {
+        match packet {
+            Packet::SearchGw { .. } => {
+                if self.opts.answer_searchgw {
+                    let info = Packet::GwInfo(mqttsn_codec::GwInfo {
+                        gw_id: self.opts.gateway_id,
+                        gw_addr: &[],
+                    });
+                    self.reply(info, from);
+                }
+                return;
+            }
+            Packet::Advertise(_) | Packet::GwInfo(_) => return,
+            Packet::Publish(p) if p.qos == mqttsn_codec::QoS::NoSession => {
+                return self.qos_minus_one(p, &from, now);
+            }
+            _ => {}
+        }
+        Metrics::inc(&self.metrics.unknown_sender);
+        if let Some(last) = self.unknown_sent.get(&from) {
+            if now.saturating_duration_since(*last) < self.opts.unknown_disconnect_interval {
+                return;
+            }
+        }
+        if self.unknown_sent.len() > 65_536 {
+            let horizon = self.opts.unknown_disconnect_interval;
+            self.unknown_sent.retain(|_, t| now.saturating_duration_since(*t) < horizon);
+        }
+        debug!(%from, "{} from an address without a session: DISCONNECT", packet.msg_type());
+        self.unknown_sent.insert(from.clone(), now);
+        self.reply(Packet::Disconnect(None), from);
+    }
+
+    /// A QoS -1 PUBLISH (spec 6.8): to a predefined id or a short name,
+    /// from an allowed source, forwarded at QoS 0. Nothing is answered.
+    fn qos_minus_one(&mut self, p: &mqttsn_codec::Publish<'_>, from: &Peer, now: Instant) {
+        let allowed = self.opts.qos_minus_one.as_ref().is_some_and(|list| {
+            list.is_empty() || list.iter().any(|net| net.contains(from.addr.ip()))
+        });
+        let topic: Option<Arc<str>> = match p.topic {
+            mqttsn_codec::TopicId::Predefined(id) => self.cfg.predefined.name(id).cloned(),
+            mqttsn_codec::TopicId::Short(s) => {
+                mqttsn_codec::validate::topic_name(&s).ok().map(Arc::from)
+            }
+            _ => None,
+        };
+        let (true, Some(topic)) = (allowed, topic) else {
+            Metrics::inc(&self.metrics.qos_minus_one_refused);
+            if self.may_log(now) {
+                let why = if allowed { "unknown topic" } else { "not allowed" };
+                warn!(%from, "QoS -1 PUBLISH dropped: {why}");
+            }
+            return;
+        };
+        Metrics::inc(&self.metrics.qos_minus_one);
+        self.own_publish(topic, Bytes::copy_from_slice(p.data), p.retain);
+    }
+
+    /// A QoS 0 publish on the gateway's own connection (worker 0's).
+    fn own_publish(&mut self, topic: Arc<str>, payload: Bytes, retain: bool) {
+        let id = self.own_next_request;
+        self.own_next_request += 1;
+        let cmd =
+            Command::Publish { id, topic, payload, qos: crate::mqtt::QoS::AtMostOnce, retain };
+        if self.own {
+            self.upstream.push_back((OWN_KEY, cmd));
+        } else {
+            self.forwards.push_back((0, Forward::Own(cmd)));
+        }
+    }
+
+    /// An event from an upstream.
+    pub fn handle_upstream(&mut self, now: Instant, key: UpstreamKey, event: Event) {
+        if key == OWN_KEY {
+            return self.own_event(event);
+        }
+        let Some(&idx) = self.by_key.get(&key) else {
+            debug!(upstream = key, "event from a finished upstream ignored: {event:?}");
+            return;
+        };
+        let Some(e) = self.entries.get_mut(idx) else { return };
+        let cid = e.cid.clone();
+        debug!(client_id = %cid, upstream = key, "event: {event:?}");
+        match &event {
+            Event::Connected { .. } => Metrics::inc(&self.metrics.upstream_connects),
+            Event::Unavailable { reason } => {
+                Metrics::inc(&self.metrics.upstream_outages);
+                warn!(client_id = %cid, "broker unavailable: {reason}");
+            }
+            Event::Refused { code } => {
+                warn!(client_id = %cid, "broker refused the connection: code {code}")
+            }
+            _ => {}
+        }
+        let closed = matches!(event, Event::Closed | Event::Refused { .. });
+        if closed {
+            e.upstream = None;
+            self.by_key.remove(&key);
+        }
+        e.session.handle_upstream(event, now);
+        self.flush(idx, now);
+    }
+
+    fn own_event(&mut self, event: Event) {
+        match event {
+            Event::Connected { .. } => {
+                if !self.dir.broker_up() {
+                    info!("broker reachable");
+                }
+                self.dir.set_broker(true, false);
+            }
+            Event::Unavailable { reason } => {
+                warn!("broker unreachable: {reason}");
+                self.dir.set_broker(false, true);
+            }
+            Event::Refused { code } => {
+                warn!("broker refused the gateway's own connection: code {code}");
+                self.dir.set_broker(false, self.dir.broker_down());
+                self.own_open = false;
+            }
+            Event::Closed => self.own_open = false,
+            _ => {}
+        }
+    }
+
+    /// The store committed everything up to `ticket`: the outputs waiting
+    /// for it go out, in order.
+    pub fn handle_committed(&mut self, now: Instant, ticket: u64) {
+        while self.held_order.front().is_some_and(|(t, _, _)| *t <= ticket) {
+            let Some((t, idx, uid)) = self.held_order.pop_front() else { break };
+            let Some(e) = self.entries.get_mut(idx).filter(|e| e.uid == uid) else { continue };
+            let Some(pos) = e.held.iter().position(|h| h.ticket == t) else { continue };
+            let Some(mut held) = e.held.remove(pos) else { continue };
+            if e.session.is_sleeping() {
+                if held.commands.iter().any(|c| matches!(c, Command::Ack(_))) {
+                    failpoint::hit("stored-before-ack");
+                }
+                if held.transmits.iter().any(|o| matches!(o, Outgoing::Publish { .. })) {
+                    failpoint::hit("mid-flush");
+                }
+            }
+            self.deliver(idx, &mut held.transmits, &mut held.commands);
+            self.forget_if_over(idx);
+        }
+        let _ = now;
+    }
+
+    /// Time has reached [`Endpoint::poll_timeout`] (or later).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((t, idx, uid))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(e) = self.entries.get_mut(idx).filter(|e| e.uid == uid) else { continue };
+            if e.scheduled != Some(t) {
+                continue;
+            }
+            e.scheduled = None;
+            e.session.handle_timeout(now);
+            self.flush(idx, now);
+        }
+        if now >= self.housekeeping_at {
+            self.housekeeping_at = now + HOUSEKEEPING;
+            self.expire_sessions(now);
+            self.refresh_gauges();
+        }
+        if let (Some(at), Some((to, every))) = (self.advertise_at, self.opts.advertise) {
+            if now >= at {
+                self.advertise_at = Some(now + every);
+                // Paused while the broker is unreachable.
+                if self.dir.broker_up() && !self.closing {
+                    let duration = u16::try_from(every.as_secs()).unwrap_or(u16::MAX);
+                    let adv = mqttsn_codec::Advertise { gw_id: self.opts.gateway_id, duration };
+                    self.reply(Packet::Advertise(adv), Peer::direct(to));
+                }
+            }
+        }
+        if let (Some(at), Some((_, every))) = (self.sys_at, self.opts.sys_topics.clone()) {
+            if now >= at {
+                self.sys_at = Some(now + every);
+                self.publish_sys(now);
+            }
+        }
+    }
+
+    /// Closes every session gracefully: sensors get DISCONNECT, upstream
+    /// sessions end with DISCONNECT (no will fires). The driver keeps
+    /// running until [`Endpoint::upstreams_open`] is zero (or its grace
+    /// runs out).
+    pub fn shutdown(&mut self, now: Instant) {
+        self.closing = true;
+        info!(sessions = self.entries.len(), "shutting down");
+        let mut sends = Vec::new();
+        for (_, e) in self.entries.iter() {
+            if e.session.is_active() {
+                if let Some(peer) = &e.addr {
+                    sends.push(peer.clone());
+                }
+            }
+            if let Some(key) = e.upstream {
+                self.upstream.push_back((key, Command::Disconnect));
+            }
+        }
+        for peer in sends {
+            self.reply(Packet::Disconnect(None), peer);
+        }
+        if self.own_open {
+            self.upstream.push_back((OWN_KEY, Command::Disconnect));
+        }
+        self.flush_metrics();
+        let _ = now;
+    }
+
+    // ----- outputs -----
+
+    /// The next datagram, encoded into `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some((peer, out)) = self.transmits.pop_front() {
+            debug!(%peer, "out: {}", out.packet());
+            match peer.encode(out.packet(), buf) {
+                Ok(len) => {
+                    self.local.datagrams_out += 1;
+                    return Some(Transmit { to: peer.addr, len });
+                }
+                Err(e) => warn!(%peer, "cannot encode {:?}: {e}", out.packet().msg_type()),
+            }
+        }
+        None
+    }
+
+    /// The next command for an upstream.
+    pub fn poll_upstream(&mut self) -> Option<(UpstreamKey, Command)> {
+        self.upstream.pop_front()
+    }
+
+    /// The next write for the store.
+    pub fn poll_store(&mut self) -> Option<Write> {
+        self.writes.pop_front()
+    }
+
+    /// The next hand-over to another worker.
+    pub fn poll_forward(&mut self) -> Option<(WorkerId, Forward)> {
+        self.forwards.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] must be called next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        // Entries of sessions that were rescheduled or removed are dropped
+        // lazily, here and in `handle_timeout`.
+        let mut next = Some(self.housekeeping_at);
+        while let Some(&Reverse((t, idx, uid))) = self.timers.peek() {
+            match self.entries.get(idx) {
+                Some(e) if e.uid == uid && e.scheduled == Some(t) => {
+                    next = next.map(|n| n.min(t));
+                    break;
+                }
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        for t in [self.advertise_at, self.sys_at].into_iter().flatten() {
+            next = next.map(|n| n.min(t));
+        }
+        next
+    }
+
+    /// Adds the counters kept locally to the shared metrics (once per
+    /// batch of inputs).
+    pub fn flush_metrics(&mut self) {
+        let l = std::mem::take(&mut self.local);
+        if l.datagrams_in > 0 {
+            Metrics::add(&self.metrics.datagrams_in, l.datagrams_in);
+        }
+        if l.datagrams_out > 0 {
+            Metrics::add(&self.metrics.datagrams_out, l.datagrams_out);
+        }
+    }
+
+    // ----- internals -----
+
+    fn reply(&mut self, p: Packet<'static>, to: Peer) {
+        self.transmits.push_back((to, Outgoing::Packet(p)));
+    }
+
+    /// At most [`LOG_BUDGET`] warnings a second about bad input.
+    fn may_log(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.log_budget.0) >= Duration::from_secs(1) {
+            self.log_budget = (now, 0);
+        }
+        self.log_budget.1 += 1;
+        self.log_budget.1 <= LOG_BUDGET
+    }
+
+    /// Moves a session's outputs out: events to the counters, datagrams
+    /// and commands to the queues, its next deadline to the timer heap.
+    /// With a store, a CleanSession-false session's changed state is
+    /// written first, and its datagrams and commands wait until the write
+    /// is committed (see [`Endpoint::handle_committed`]).
+    fn flush(&mut self, idx: usize, now: Instant) {
+        let Some(e) = self.entries.get_mut(idx) else { return };
+        let mut ended = false;
+        // Events first: counters are up to date before anything they
+        // count can be seen outside (a will fired by the Abort below).
+        while let Some(ev) = e.session.poll_event() {
+            match ev {
+                SessionEvent::Connected => {
+                    if !e.counted_active {
+                        e.counted_active = true;
+                        Metrics::inc(&self.metrics.sessions_active);
+                    }
+                    debug!(client_id = %e.cid, "connected");
+                }
+                SessionEvent::Dropped(reason) => self.metrics.dropped(reason),
+                SessionEvent::Lost => {
+                    Metrics::inc(&self.metrics.sensors_lost);
+                    info!(client_id = %e.cid, "sensor lost: keepalive expired, will published");
+                }
+                SessionEvent::Ended => ended = true,
+                SessionEvent::Published { qos, latency } => self.metrics.published(qos, latency),
+                SessionEvent::Delivered { qos } => self.metrics.delivered(qos),
+                SessionEvent::Retransmitted => Metrics::inc(&self.metrics.retransmissions),
+            }
+        }
+        let persist: Option<Persist> = if self.persistent_store {
+            let wall = self.clock.at(now);
+            let addr: &[u8] = if e.session.persistent() { &e.addr_bytes } else { &[] };
+            e.session.take_persist(wall, addr)
+        } else {
+            None
+        };
+        let mut transmits = std::mem::take(&mut self.scratch_tx);
+        let mut commands = std::mem::take(&mut self.scratch_cmd);
+        transmits.extend(std::iter::from_fn(|| e.session.poll_transmit()));
+        commands.extend(std::iter::from_fn(|| e.session.poll_upstream()));
+        if persist.is_some() || !e.held.is_empty() {
+            let ticket = match persist {
+                Some(persist) => {
+                    self.next_ticket += 1;
+                    let ticket = self.next_ticket;
+                    self.writes.push_back(Write {
+                        worker: self.me,
+                        ticket,
+                        client_id: e.cid.clone(),
+                        persist,
+                    });
+                    ticket
+                }
+                None => e.held.back().map_or(self.next_ticket, |h| h.ticket),
+            };
+            if !transmits.is_empty() || !commands.is_empty() {
+                match e.held.back_mut() {
+                    Some(h) if h.ticket == ticket => {
+                        h.transmits.append(&mut transmits);
+                        h.commands.append(&mut commands);
+                    }
+                    _ => {
+                        e.held.push_back(Held {
+                            ticket,
+                            transmits: std::mem::take(&mut transmits),
+                            commands: std::mem::take(&mut commands),
+                        });
+                        self.held_order.push_back((ticket, idx, e.uid));
+                    }
+                }
+            }
+        } else if !transmits.is_empty() || !commands.is_empty() {
+            self.deliver(idx, &mut transmits, &mut commands);
+        }
+        self.scratch_tx = transmits;
+        self.scratch_cmd = commands;
+        let Some(e) = self.entries.get_mut(idx) else { return };
+        if e.counted_active && !e.session.is_active() {
+            e.counted_active = false;
+            Metrics::dec(&self.metrics.sessions_active);
+        }
+        let buffered = e.session.buffered();
+        let before = std::mem::replace(&mut e.buffered, buffered);
+        self.cfg.buffer_total.update(before, buffered);
+        if ended || e.session.is_ended() {
+            // The session is over: its address no longer reaches it.
+            if let Some(addr) = e.addr.take() {
+                e.addr_bytes.clear();
+                if self.by_addr.get(&addr) == Some(&idx) {
+                    self.by_addr.remove(&addr);
+                    self.dir.unbind_addr(&addr, self.me);
+                }
+            }
+            if self.forget_if_over(idx) {
+                return;
+            }
+            let Some(e) = self.entries.get_mut(idx) else { return };
+            if e.ended_at.is_none() {
+                e.ended_at = Some(now);
+            }
+        }
+        let Some(e) = self.entries.get_mut(idx) else { return };
+        if let Some(t) = e.session.poll_timeout() {
+            if e.scheduled.is_none_or(|s| t < s) {
+                e.scheduled = Some(t);
+                self.timers.push(Reverse((t, idx, e.uid)));
+            }
+        }
+    }
+
+    /// Forgets an ended CleanSession-true session once nothing of it is
+    /// left to send. True when it is gone.
+    fn forget_if_over(&mut self, idx: usize) -> bool {
+        let Some(e) = self.entries.get(idx) else { return true };
+        if e.session.is_ended()
+            && !e.session.persistent()
+            && e.upstream.is_none()
+            && e.held.is_empty()
+        {
+            self.remove(idx);
+            return true;
+        }
+        false
+    }
+
+    /// Sends a session's datagrams to its sensor and its commands to its
+    /// upstream (started on its first Connect).
+    fn deliver(&mut self, idx: usize, transmits: &mut Vec<Outgoing>, commands: &mut Vec<Command>) {
+        let Some(e) = self.entries.get_mut(idx) else {
+            transmits.clear();
+            commands.clear();
+            return;
+        };
+        match &e.addr {
+            Some(peer) => {
+                self.transmits.extend(transmits.drain(..).map(|o| (peer.clone(), o)));
+            }
+            None => transmits.clear(),
+        }
+        for cmd in commands.drain(..) {
+            let key = match e.upstream {
+                Some(key) => key,
+                None => {
+                    if !matches!(cmd, Command::Connect(_) | Command::Restore { .. }) {
+                        // Nothing to close or acknowledge without a connection.
+                        continue;
+                    }
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    self.by_key.insert(key, idx);
+                    e.upstream = Some(key);
+                    key
+                }
+            };
+            debug!(client_id = %e.cid, upstream = key, "command: {cmd:?}");
+            self.upstream.push_back((key, cmd));
+        }
+    }
+
+    /// Forgets kept sessions that ended more than `session_expiry` ago.
+    fn expire_sessions(&mut self, now: Instant) {
+        let Some(expiry) = self.opts.session_expiry else { return };
+        let expired: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.ended_at.is_some_and(|t| now.saturating_duration_since(t) >= expiry)
+                    && e.upstream.is_none()
+                    && e.session.is_ended()
+                    && e.held.is_empty()
+            })
+            .map(|(idx, _)| idx)
+            .collect();
+        let gone = expired.len();
+        for idx in expired {
+            let Some(e) = self.remove(idx) else { continue };
+            if self.persistent_store {
+                self.next_ticket += 1;
+                let persist = Persist { remove: true, ..Default::default() };
+                self.writes.push_back(Write {
+                    worker: self.me,
+                    ticket: self.next_ticket,
+                    client_id: e.cid,
+                    persist,
+                });
+            }
+        }
+        if gone > 0 {
+            debug!(sessions = gone, "expired sessions forgotten");
+        }
+    }
+
+    /// This worker's share of the asleep and buffer gauges.
+    fn refresh_gauges(&mut self) {
+        let mut g = Gauges::default();
+        for (_, e) in self.entries.iter() {
+            if e.session.is_sleeping() {
+                g.asleep += 1;
+            }
+            let (m, b) = e.session.buffered();
+            g.messages += m as u64;
+            g.bytes += b as u64;
+        }
+        let before = std::mem::replace(&mut self.gauges, g);
+        Metrics::adjust(&self.metrics.sessions_asleep, before.asleep, g.asleep);
+        Metrics::adjust(&self.metrics.buffered_messages, before.messages, g.messages);
+        Metrics::adjust(&self.metrics.buffered_bytes, before.bytes, g.bytes);
+    }
+
+    /// Key figures as retained messages on the broker.
+    fn publish_sys(&mut self, now: Instant) {
+        let Some((prefix, _)) = self.opts.sys_topics.clone() else { return };
+        self.refresh_gauges();
+        self.flush_metrics();
+        let m = self.metrics.snapshot();
+        let figures: [(&str, u64); 12] = [
+            ("sensors/connected", m.sessions_active.saturating_sub(m.sessions_asleep)),
+            ("sensors/asleep", m.sessions_asleep),
+            ("sensors/lost", m.sensors_lost),
+            ("datagrams/in", m.datagrams_in),
+            ("datagrams/out", m.datagrams_out),
+            ("datagrams/malformed", m.malformed),
+            ("messages/dropped", m.dropped),
+            ("messages/retransmitted", m.retransmissions),
+            ("messages/buffered", m.buffered_messages),
+            ("connects/refused", m.connects_refused),
+            ("connects/takeovers", m.takeovers),
+            ("uptime", now.saturating_duration_since(self.started).as_secs()),
+        ];
+        for (name, value) in figures {
+            let topic: Arc<str> = Arc::from(format!("{prefix}/{name}"));
+            let id = self.own_next_request;
+            self.own_next_request += 1;
+            self.upstream.push_back((
+                OWN_KEY,
+                Command::Publish {
+                    id,
+                    topic,
+                    payload: Bytes::from(value.to_string()),
+                    qos: crate::mqtt::QoS::AtMostOnce,
+                    retain: true,
+                },
+            ));
+        }
+    }
+}
