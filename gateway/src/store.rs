@@ -310,6 +310,7 @@ mod tests {
             put: put.iter().map(|(k, v)| (*k, v.to_vec())).collect(),
             delete: delete.to_vec(),
             remove: false,
+            hold: true,
         }
     }
 

@@ -27,7 +27,7 @@ use crate::upstream::driver::Driver;
 use crate::upstream::Upstreams;
 
 /// Datagrams taken from the socket before the outputs go out.
-const BATCH: usize = 64;
+const BATCH: usize = 1024;
 
 /// The largest datagram accepted.
 const MAX_DATAGRAM: usize = 65_536;

@@ -887,21 +887,21 @@ impl Endpoint {
         let mut commands = std::mem::take(&mut self.scratch_cmd);
         transmits.extend(std::iter::from_fn(|| e.session.poll_transmit()));
         commands.extend(std::iter::from_fn(|| e.session.poll_upstream()));
-        if persist.is_some() || !e.held.is_empty() {
-            let ticket = match persist {
-                Some(persist) => {
-                    self.next_ticket += 1;
-                    let ticket = self.next_ticket;
-                    self.writes.push_back(Write {
-                        worker: self.me,
-                        ticket,
-                        client_id: e.cid.clone(),
-                        persist,
-                    });
-                    ticket
-                }
-                None => e.held.back().map_or(self.next_ticket, |h| h.ticket),
-            };
+        let hold = persist.as_ref().is_some_and(|p| p.hold) || !e.held.is_empty();
+        let ticket = persist.map(|persist| {
+            self.next_ticket += 1;
+            let ticket = self.next_ticket;
+            self.writes.push_back(Write {
+                worker: self.me,
+                ticket,
+                client_id: e.cid.clone(),
+                persist,
+            });
+            ticket
+        });
+        if hold {
+            let ticket =
+                ticket.unwrap_or_else(|| e.held.back().map_or(self.next_ticket, |h| h.ticket));
             if !transmits.is_empty() || !commands.is_empty() {
                 match e.held.back_mut() {
                     Some(h) if h.ticket == ticket => {

@@ -267,6 +267,14 @@ pub struct Session {
     stored_seqs: std::collections::BTreeSet<u64>,
     /// The record last handed out for the store.
     stored_record: Option<Vec<u8>>,
+    /// Where the next record is encoded, to compare with the last one
+    /// without an allocation.
+    scratch_record: Vec<u8>,
+    /// Request ids below this may have been used: a restored session
+    /// starts here (see `persist`).
+    request_lease: RequestId,
+    /// `next_msg_id` when the stored MsgId lease was taken.
+    msg_id_mark: u16,
     /// When the session ended, in seconds since the Unix epoch.
     ended_wall: Option<u64>,
 
@@ -331,6 +339,9 @@ impl Session {
             next_seq: 0,
             stored_seqs: std::collections::BTreeSet::new(),
             stored_record: None,
+            scratch_record: Vec::new(),
+            request_lease: 0,
+            msg_id_mark: 0,
             ended_wall: None,
             source: None,
             transmits: VecDeque::new(),

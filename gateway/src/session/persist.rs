@@ -31,6 +31,14 @@ use crate::upstream::{Command, RestoredPublish, RestoredStage, Will};
 /// The record format; a record of another version is refused.
 const VERSION: u8 = 1;
 
+/// Request ids a stored record leases ahead: the record is rewritten when
+/// they run out, not on every request, and a restored session starts after
+/// them (so it never reuses a packet identifier the broker may still know).
+const REQUEST_LEASE: u64 = 4096;
+
+/// MsgIds toward the sensor leased ahead the same way.
+const MSG_ID_LEASE: u16 = 1024;
+
 /// What changed in a session's stored state.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Persist {
@@ -43,6 +51,10 @@ pub struct Persist {
     /// The session is no longer persistent: delete the record and every
     /// message.
     pub remove: bool,
+    /// The outputs of the step that produced this must wait for its
+    /// commit. False when the only change is a lease renewed ahead of
+    /// need: what the step sent is covered by the lease already stored.
+    pub hold: bool,
 }
 
 /// A stored record or message that cannot be read.
@@ -68,7 +80,7 @@ impl Session {
         if self.clean {
             if self.stored_record.take().is_some() || !self.stored_seqs.is_empty() {
                 self.stored_seqs.clear();
-                return Some(Persist { remove: true, ..Persist::default() });
+                return Some(Persist { remove: true, hold: true, ..Persist::default() });
             }
             return None;
         }
@@ -107,21 +119,41 @@ impl Session {
         for (seq, _) in &put {
             self.stored_seqs.insert(*seq);
         }
-        let record = self.encode_record(addr);
-        let record = if self.stored_record.as_deref() == Some(&record[..]) {
-            None
+        // Counters are stored as leases, renewed when half used: a publish
+        // or a delivery changes nothing durable, and a renewal is written
+        // before the old lease runs out, so nothing waits for it.
+        let mut w = W(std::mem::take(&mut self.scratch_record));
+        w.0.clear();
+        self.encode_record(addr, &mut w);
+        let changed = self.stored_record.as_deref() != Some(&w.0[..]);
+        let renew_requests = self.next_request + REQUEST_LEASE / 2 >= self.request_lease;
+        let renew_msg_ids = self.next_msg_id.wrapping_sub(self.msg_id_mark) >= MSG_ID_LEASE / 2;
+        if renew_requests {
+            self.request_lease = self.next_request + REQUEST_LEASE;
+        }
+        if renew_msg_ids {
+            self.msg_id_mark = self.next_msg_id;
+        }
+        if renew_requests || renew_msg_ids {
+            w.0.clear();
+            self.encode_record(addr, &mut w);
+        }
+        let record = if changed || renew_requests || renew_msg_ids {
+            self.stored_record = Some(w.0.clone());
+            self.scratch_record = w.0;
+            self.stored_record.clone()
         } else {
-            self.stored_record = Some(record.clone());
-            Some(record)
+            self.scratch_record = w.0;
+            None
         };
+        let hold = changed || !put.is_empty() || !delete.is_empty();
         if record.is_none() && put.is_empty() && delete.is_empty() {
             return None;
         }
-        Some(Persist { record, put, delete, remove: false })
+        Some(Persist { record, put, delete, remove: false, hold })
     }
 
-    fn encode_record(&self, addr: &[u8]) -> Vec<u8> {
-        let mut w = W::default();
+    fn encode_record(&self, addr: &[u8], w: &mut W) {
         w.u8(VERSION);
         w.bytes(addr);
         w.u32(u32::try_from(self.keepalive.as_secs()).unwrap_or(u32::MAX));
@@ -167,8 +199,8 @@ impl Session {
             w.u8(*qos as u8);
         }
         w.u8(u8::from(self.subs_known));
-        w.u16(self.next_msg_id);
-        w.u64(self.next_request);
+        w.u16(self.msg_id_mark.wrapping_add(MSG_ID_LEASE));
+        w.u64(self.request_lease);
         w.u64(self.next_seq);
         let mut qos2: Vec<(&u16, &Qos2In)> = self.qos2_in.iter().collect();
         qos2.sort_by_key(|(id, _)| **id);
@@ -206,7 +238,6 @@ impl Session {
             });
             w.delivery(&i.message);
         }
-        w.0
     }
 
     /// A session restored from its stored `record` and buffered
@@ -271,7 +302,9 @@ impl Session {
         }
         s.subs_known = r.u8()? != 0;
         s.next_msg_id = r.u16()?;
+        s.msg_id_mark = s.next_msg_id;
         s.next_request = r.u64()?.max(1);
+        s.request_lease = s.next_request;
         s.next_seq = r.u64()?;
         for _ in 0..r.len()? {
             let msg_id = r.u16()?;
