@@ -165,7 +165,9 @@ pub struct Endpoint {
     started: Instant,
     persistent_store: bool,
 
-    entries: slab::Slab<Entry>,
+    /// Boxed: the table grows by doubling, and a slot then costs a
+    /// pointer, not a whole session.
+    entries: slab::Slab<Box<Entry>>,
     by_cid: HashMap<Arc<str>, usize>,
     by_addr: HashMap<Peer, usize>,
     by_key: HashMap<UpstreamKey, usize>,
@@ -264,7 +266,7 @@ impl Endpoint {
                 client_cert: id.client_cert.clone(),
             };
             e.own_open = true;
-            e.upstream.push_back((OWN_KEY, Command::Connect(spec)));
+            e.upstream.push_back((OWN_KEY, Command::Connect(Box::new(spec))));
         }
         e
     }
@@ -478,7 +480,7 @@ impl Endpoint {
     fn insert(&mut self, cid: Arc<str>, session: Session) -> usize {
         let uid = self.next_uid;
         self.next_uid += 1;
-        let idx = self.entries.insert(Entry {
+        let idx = self.entries.insert(Box::new(Entry {
             uid,
             cid: cid.clone(),
             session,
@@ -490,14 +492,14 @@ impl Endpoint {
             ended_at: None,
             held: VecDeque::new(),
             buffered: (0, 0),
-        });
+        }));
         self.by_cid.insert(cid, idx);
         self.dir.session_added();
         idx
     }
 
     /// Forgets a session: it is gone from every map and the directory.
-    fn remove(&mut self, idx: usize) -> Option<Entry> {
+    fn remove(&mut self, idx: usize) -> Option<Box<Entry>> {
         let e = self.entries.try_remove(idx)?;
         self.by_cid.remove(&e.cid);
         if let Some(addr) = &e.addr {
@@ -717,6 +719,14 @@ impl Endpoint {
             self.housekeeping_at = now + HOUSEKEEPING;
             self.expire_sessions(now);
             self.refresh_gauges();
+            for (_, e) in self.entries.iter_mut() {
+                if e.held.is_empty() {
+                    e.session.shrink_idle();
+                    if e.held.capacity() > 0 {
+                        e.held = VecDeque::new();
+                    }
+                }
+            }
         }
         if let (Some(at), Some((to, every))) = (self.advertise_at, self.opts.advertise) {
             if now >= at {

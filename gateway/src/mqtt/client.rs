@@ -216,7 +216,7 @@ impl Client {
         match cmd {
             Command::Connect(spec) => {
                 self.next_clean = spec.clean_session;
-                self.spec = Some(spec);
+                self.spec = Some(*spec);
                 match self.state {
                     State::Down => {
                         // A new spec: connect at once, even during an outage.
@@ -468,6 +468,36 @@ impl Client {
     }
 
     // ----- outputs -----
+
+    /// Gives back the memory of queues and tables that are empty.
+    pub fn shrink_idle(&mut self) {
+        fn deque<T>(q: &mut VecDeque<T>) {
+            if q.is_empty() && q.capacity() > 0 {
+                *q = VecDeque::new();
+            }
+        }
+        fn map<K, V>(m: &mut HashMap<K, V>) {
+            if m.is_empty() && m.capacity() > 0 {
+                *m = HashMap::new();
+            }
+        }
+        fn set<K>(m: &mut HashSet<K>) {
+            if m.is_empty() && m.capacity() > 0 {
+                *m = HashSet::new();
+            }
+        }
+        deque(&mut self.order);
+        deque(&mut self.qos0);
+        deque(&mut self.incoming);
+        deque(&mut self.events);
+        map(&mut self.publishes);
+        map(&mut self.requests);
+        set(&mut self.qos2_received);
+        set(&mut self.qos2_restored);
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+    }
 
     /// True when [`Client::poll_transmit`] has octets.
     pub fn has_transmit(&self) -> bool {
@@ -741,7 +771,7 @@ mod tests {
 
         fn up(clean: bool, session_present: bool) -> Self {
             let mut t = Self::new();
-            t.cmd(Command::Connect(spec(clean)));
+            t.cmd(Command::Connect(Box::new(spec(clean))));
             assert_eq!(t.c.want(), Want::ConnectNow);
             t.c.handle_transport_up(t.now);
             let sent = t.sent();
@@ -910,7 +940,7 @@ mod tests {
             ],
             qos2_received: vec![40],
         });
-        t.cmd(Command::Connect(spec(false)));
+        t.cmd(Command::Connect(Box::new(spec(false))));
         t.c.handle_transport_up(t.now);
         assert!(matches!(&t.sent()[..], [MqttPacket::Connect(_)]));
         t.pkt(MqttPacket::ConnAck { session_present: true, code: 0 });
@@ -1004,7 +1034,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
         });
-        t.cmd(Command::Connect(s));
+        t.cmd(Command::Connect(Box::new(s)));
         assert_eq!(t.sent(), [MqttPacket::Disconnect]);
         assert!(t.c.poll_close());
         t.c.handle_transport_down("closed by us");
@@ -1035,7 +1065,7 @@ mod tests {
         assert_eq!(t.events(), [Event::Closed]);
 
         let mut t = T::new();
-        t.cmd(Command::Connect(spec(true)));
+        t.cmd(Command::Connect(Box::new(spec(true))));
         t.c.handle_transport_up(t.now);
         t.sent();
         t.pkt(MqttPacket::ConnAck { session_present: false, code: 5 });

@@ -402,6 +402,35 @@ impl Session {
         (self.queue.len() + self.inflight.len(), queued.chain(inflight).sum())
     }
 
+    /// Gives back the memory of queues and tables that are empty (an idle
+    /// session keeps only its state, not the capacity its busiest moment
+    /// left behind).
+    pub fn shrink_idle(&mut self) {
+        fn deque<T>(q: &mut VecDeque<T>) {
+            if q.is_empty() && q.capacity() > 0 {
+                *q = VecDeque::new();
+            }
+        }
+        fn map<K, V>(m: &mut HashMap<K, V>) {
+            if m.is_empty() && m.capacity() > 0 {
+                *m = HashMap::new();
+            }
+        }
+        deque(&mut self.transmits);
+        deque(&mut self.commands);
+        deque(&mut self.events);
+        deque(&mut self.queue);
+        deque(&mut self.inflight);
+        deque(&mut self.plan);
+        map(&mut self.requests);
+        map(&mut self.pending_msg_ids);
+        map(&mut self.qos2_in);
+        self.scratch_record = Vec::new();
+        if self.subs.is_empty() {
+            self.subs = Vec::new();
+        }
+    }
+
     /// Messages waiting for the sensor, in flight or queued.
     pub fn pending_deliveries(&self) -> usize {
         self.queue.len() + self.inflight.len()
@@ -753,7 +782,7 @@ impl Session {
                     };
                     self.upstream_open = true;
                     self.connecting_clean = clean;
-                    self.commands.push_back(Command::Connect(spec));
+                    self.commands.push_back(Command::Connect(Box::new(spec)));
                     self.waiting = Some(Wait::Connected);
                 }
                 Step::WipeIfPresent => {}

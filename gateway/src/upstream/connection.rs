@@ -85,6 +85,8 @@ pub struct UpstreamOptions {
     pub max_packet: usize,
     /// How long to wait for the broker to close after DISCONNECT.
     pub close_timeout: Duration,
+    /// Connections being opened at once, per worker; more wait their turn.
+    pub max_connecting: usize,
 }
 
 impl Default for UpstreamOptions {
@@ -95,6 +97,7 @@ impl Default for UpstreamOptions {
             connect_timeout: Duration::from_secs(5),
             max_packet: 1 << 20,
             close_timeout: Duration::from_secs(1),
+            max_connecting: 64,
         }
     }
 }

@@ -174,8 +174,9 @@ pub enum Command {
     /// Open the upstream session, or replace the current connection with a
     /// new one (for a will update or a takeover): the old connection is
     /// closed with DISCONNECT, so no will fires, and requests still in
-    /// flight are carried over to the new connection.
-    Connect(ConnectSpec),
+    /// flight are carried over to the new connection. (Boxed: it is rare
+    /// and large, and every other command is small.)
+    Connect(Box<ConnectSpec>),
     /// Publish. QoS 0 is complete once handed over (no event follows);
     /// QoS 1 is completed by [`Event::PublishAcked`] at the broker's PUBACK,
     /// QoS 2 at its PUBREC.

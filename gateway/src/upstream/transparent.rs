@@ -27,6 +27,8 @@ enum Link {
     Down,
     /// Waiting before the next attempt.
     Backoff { until: Instant },
+    /// Waiting for one of the opens in progress to finish.
+    Queued,
     /// [`Io::Open`] asked for; given up at `deadline`.
     Opening { conn: ConnId, deadline: Instant },
     /// Connected.
@@ -53,7 +55,9 @@ pub struct Transparent {
     opts: UpstreamOptions,
     /// How the broker is named in connect failures.
     broker: String,
-    slots: HashMap<UpstreamKey, Slot>,
+    /// Boxed: the map grows by doubling, and a spare bucket then costs a
+    /// pointer, not a whole client.
+    slots: HashMap<UpstreamKey, Box<Slot>>,
     conns: HashMap<ConnId, UpstreamKey>,
     next_conn: ConnId,
     timers: BinaryHeap<Reverse<(Instant, UpstreamKey)>>,
@@ -62,7 +66,16 @@ pub struct Transparent {
     dirty: VecDeque<UpstreamKey>,
     /// Jitter source (xorshift64*), seeded per gateway.
     rng: u64,
+    /// When idle clients next give back their spare memory.
+    shrink_at: Option<Instant>,
+    /// Transports being opened now.
+    opening: usize,
+    /// Upstreams waiting for an open, oldest first.
+    queued: VecDeque<UpstreamKey>,
 }
+
+/// How often idle clients give back spare memory.
+const SHRINK_EVERY: Duration = Duration::from_secs(5);
 
 impl Transparent {
     /// An empty set; `broker` names the broker in failure reasons and
@@ -79,6 +92,9 @@ impl Transparent {
             io: VecDeque::new(),
             dirty: VecDeque::new(),
             rng: seed | 1,
+            shrink_at: None,
+            opening: 0,
+            queued: VecDeque::new(),
         }
     }
 
@@ -119,12 +135,13 @@ impl Transparent {
         }
         if slot.client.is_finished() {
             match slot.link {
-                Link::Down | Link::Backoff { .. } => {
+                Link::Down | Link::Backoff { .. } | Link::Queued => {
                     self.slots.remove(&key);
                     return;
                 }
                 Link::Opening { conn, .. } => {
                     self.slots.remove(&key);
+                    self.opening = self.opening.saturating_sub(1);
                     self.abandon(conn);
                     return;
                 }
@@ -163,9 +180,17 @@ impl Transparent {
         }
     }
 
-    /// Asks for a transport for `key`.
+    /// Asks for a transport for `key`, or queues it while
+    /// `max_connecting` opens are in progress (a burst of sensors must not
+    /// overflow the broker's accept queue, whose dropped SYNs cost seconds).
     fn open(&mut self, key: UpstreamKey, now: Instant) {
         let Some(slot) = self.slots.get_mut(&key) else { return };
+        if self.opening >= self.opts.max_connecting.max(1) {
+            slot.link = Link::Queued;
+            self.queued.push_back(key);
+            return;
+        }
+        self.opening += 1;
         let conn = self.next_conn;
         self.next_conn += 1;
         let deadline = now + self.opts.connect_timeout;
@@ -173,6 +198,25 @@ impl Transparent {
         self.conns.insert(conn, key);
         let cert = slot.client.client_cert().cloned();
         self.io.push_back(Io::Open { conn, cert });
+    }
+
+    /// An open finished (or was given up): a queued upstream may go.
+    fn opened_one(&mut self, now: Instant) {
+        self.opening = self.opening.saturating_sub(1);
+        while self.opening < self.opts.max_connecting.max(1) {
+            let Some(key) = self.queued.pop_front() else { break };
+            let Some(slot) = self.slots.get_mut(&key) else { continue };
+            if slot.link != Link::Queued {
+                continue;
+            }
+            slot.link = Link::Down;
+            if slot.client.want() == Want::Nothing {
+                self.service(key, now);
+            } else {
+                self.open(key, now);
+                self.service(key, now);
+            }
+        }
     }
 
     /// The slot of a live transport, if `conn` is still the slot's.
@@ -205,12 +249,15 @@ impl Upstreams for Transparent {
                     // Nothing to close or acknowledge without a connection.
                     return;
                 }
-                self.slots.entry(key).or_insert(Slot {
-                    client: Client::new(self.opts.client, now),
-                    link: Link::Down,
-                    delay: self.opts.backoff.initial,
-                    scheduled: None,
-                    dirty: false,
+                self.shrink_at.get_or_insert(now + SHRINK_EVERY);
+                self.slots.entry(key).or_insert_with(|| {
+                    Box::new(Slot {
+                        client: Client::new(self.opts.client, now),
+                        link: Link::Down,
+                        delay: self.opts.backoff.initial,
+                        scheduled: None,
+                        dirty: false,
+                    })
                 })
             }
         };
@@ -236,6 +283,7 @@ impl Upstreams for Transparent {
         slot.link = Link::Up { conn };
         slot.client.handle_transport_up(now);
         self.service(key, now);
+        self.opened_one(now);
     }
 
     fn handle_open_failed(&mut self, conn: ConnId, reason: &str, now: Instant) {
@@ -243,10 +291,14 @@ impl Upstreams for Transparent {
             self.conns.remove(&conn);
             return;
         };
+        let was_opening = matches!(slot.link, Link::Opening { .. });
         slot.link = Link::Down;
         slot.client.handle_connect_failed(reason);
         self.conns.remove(&conn);
         self.service(key, now);
+        if was_opening {
+            self.opened_one(now);
+        }
     }
 
     fn handle_received(&mut self, conn: ConnId, data: &mut BytesMut, now: Instant) {
@@ -287,6 +339,7 @@ impl Upstreams for Transparent {
                 slot.link = Link::Down;
                 self.conns.remove(&conn);
                 self.service(key, now);
+                self.opened_one(now);
                 return;
             }
             _ => reason,
@@ -298,6 +351,18 @@ impl Upstreams for Transparent {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        match self.shrink_at {
+            Some(t) if now >= t => {
+                for slot in self.slots.values_mut() {
+                    if !slot.dirty {
+                        slot.client.shrink_idle();
+                    }
+                }
+                self.shrink_at = Some(now + SHRINK_EVERY);
+            }
+            None => self.shrink_at = Some(now + SHRINK_EVERY),
+            _ => {}
+        }
         while let Some(Reverse((t, key))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -308,6 +373,7 @@ impl Upstreams for Transparent {
                 continue;
             }
             slot.scheduled = None;
+            let mut gave_up = false;
             match slot.link {
                 Link::Backoff { until } if now >= until => {
                     slot.link = Link::Down;
@@ -320,6 +386,7 @@ impl Upstreams for Transparent {
                     let reason = format!("connect to {} timed out", self.broker);
                     slot.client.handle_connect_failed(&reason);
                     self.abandon(conn);
+                    gave_up = true;
                 }
                 _ => {}
             }
@@ -327,6 +394,9 @@ impl Upstreams for Transparent {
                 slot.client.handle_timeout(now);
             }
             self.service(key, now);
+            if gave_up {
+                self.opened_one(now);
+            }
         }
     }
 
@@ -356,15 +426,18 @@ impl Upstreams for Transparent {
     fn poll_timeout(&mut self) -> Option<Instant> {
         // Entries of slots that were removed or rescheduled are dropped
         // lazily, here and in `handle_timeout`.
+        let shrink = self.shrink_at.filter(|_| !self.slots.is_empty());
         while let Some(Reverse((t, key))) = self.timers.peek().copied() {
             match self.slots.get(&key) {
-                Some(s) if s.scheduled == Some(t) => return Some(t),
+                Some(s) if s.scheduled == Some(t) => {
+                    return Some(shrink.map_or(t, |s| s.min(t)));
+                }
                 _ => {
                     self.timers.pop();
                 }
             }
         }
-        None
+        shrink
     }
 
     fn open_count(&self) -> usize {
@@ -437,7 +510,7 @@ mod tests {
         }
         /// Connects key 1 up to CONNACK; returns its transport.
         fn up(&mut self) -> ConnId {
-            self.u.handle_command(1, Command::Connect(spec()), self.now);
+            self.u.handle_command(1, Command::Connect(Box::new(spec())), self.now);
             let [Io::Open { conn, .. }] = self.io()[..] else { panic!("no open") };
             self.u.handle_opened(conn, self.now);
             assert!(matches!(&self.written()[..], [(c, MqttPacket::Connect(_))] if *c == conn));
@@ -481,7 +554,7 @@ mod tests {
     #[test]
     fn a_failed_open_backs_off_with_jitter_and_doubling() {
         let mut t = T::new();
-        t.u.handle_command(1, Command::Connect(spec()), t.now);
+        t.u.handle_command(1, Command::Connect(Box::new(spec())), t.now);
         let [Io::Open { conn, .. }] = t.io()[..] else { panic!() };
         t.u.handle_open_failed(conn, "refused", t.now);
         assert!(
@@ -511,7 +584,7 @@ mod tests {
     #[test]
     fn an_open_that_takes_too_long_is_abandoned_and_retried() {
         let mut t = T::new();
-        t.u.handle_command(1, Command::Connect(spec()), t.now);
+        t.u.handle_command(1, Command::Connect(Box::new(spec())), t.now);
         let [Io::Open { conn, .. }] = t.io()[..] else { panic!() };
         t.advance(1001 * MS);
         assert_eq!(t.io(), [Io::Close { conn, linger: false }]);
@@ -540,7 +613,7 @@ mod tests {
     fn a_replacement_connects_again_after_the_close() {
         let mut t = T::new();
         let conn = t.up();
-        t.u.handle_command(1, Command::Connect(spec()), t.now);
+        t.u.handle_command(1, Command::Connect(Box::new(spec())), t.now);
         assert!(matches!(&t.written()[..], [(_, MqttPacket::Disconnect)]));
         assert_eq!(t.io(), [Io::Close { conn, linger: true }]);
         t.u.handle_closed(conn, "eof", t.now);
@@ -559,6 +632,34 @@ mod tests {
         assert!(matches!(&t.events()[..], [(1, Event::Unavailable { .. })]));
         t.advance(200 * MS);
         assert!(matches!(t.io()[..], [Io::Open { .. }]));
+    }
+
+    #[test]
+    fn a_burst_of_connects_opens_a_bounded_number_at_once() {
+        let mut t = T::new();
+        t.u.opts.max_connecting = 2;
+        for key in 1..=5 {
+            t.u.handle_command(key, Command::Connect(Box::new(spec())), t.now);
+        }
+        let opens: Vec<ConnId> = t
+            .io()
+            .into_iter()
+            .map(|io| match io {
+                Io::Open { conn, .. } => conn,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(opens.len(), 2, "the rest wait");
+        t.u.handle_opened(opens[0], t.now);
+        assert!(matches!(t.io()[..], [Io::Open { .. }]), "one more when one is done");
+        t.u.handle_open_failed(opens[1], "refused", t.now);
+        assert!(matches!(t.io()[..], [Io::Open { .. }]));
+        // A queued upstream that is closed before its turn opens nothing.
+        t.events();
+        t.u.handle_command(5, Command::Disconnect, t.now);
+        assert_eq!(t.events(), [(5, Event::Closed)]);
+        assert!(t.io().is_empty());
+        assert_eq!(t.u.open_count(), 4);
     }
 
     #[test]
