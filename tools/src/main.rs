@@ -215,7 +215,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 256, value_name = "N")]
     connect_window: u32,
     /// Retransmission interval toward the gateway, in milliseconds.
-    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
     retry_ms: u64,
     /// Retransmissions before a request or a message is given up.
     #[arg(long, default_value_t = 3, value_name = "N")]

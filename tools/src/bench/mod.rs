@@ -21,6 +21,7 @@
 //! | `direct` | one MQTT client in a sensor's place (direct mode) |
 //! | `outbox`, `inbox` | publishing (schedule, window, acknowledgements) and receiving, shared by both |
 //! | `schedule` | pacing and the QoS mix |
+//! | `gso` | batched UDP sends (segmentation offload) |
 //! | `payload` | the stamp in every payload |
 //! | `tracker`, `histogram` | counting arrivals; latency percentiles |
 //! | `mqtt` | an MQTT connection on tokio over the `mqttsn-mqtt` codec |
@@ -30,6 +31,7 @@
 
 mod broker;
 mod direct;
+mod gso;
 mod histogram;
 mod inbox;
 mod mqtt;
@@ -335,6 +337,8 @@ async fn run_pass(
         }),
         tx: RefCell::new(vec![0u8; o.size + 64]),
         rx: RefCell::new(vec![0u8; 65_536]),
+        batch: RefCell::new(Vec::with_capacity(gso::MAX_BATCH)),
+        gso: Cell::new(true),
     });
 
     // The broker side first: nothing may be published before the

@@ -100,7 +100,7 @@ impl Default for BenchOptions {
             prefix: "bench".into(),
             max_time: Duration::from_secs(60),
             connect_window: 256,
-            retry: Duration::from_secs(2),
+            retry: Duration::from_secs(1),
             max_retries: 3,
             drain: Duration::from_secs(1),
             sleepers: 0.0,

@@ -278,11 +278,12 @@ pub struct ProcReport {
     pub rss_per_sensor_bytes: Option<f64>,
     /// CPU of the connect phase per connected sensor.
     pub connect_cpu_us_per_sensor: Option<f64>,
-    /// CPU from the publish phase's start to the end.
+    /// CPU from the publish phase's start until everything arrived.
     pub publish_cpu_seconds: f64,
     /// Per message handled (sent up + delivered down + delivered to sleepers).
     pub cpu_us_per_msg: Option<f64>,
-    /// `publish_cpu_seconds` over the phase's wall time: 1.0 is one core.
+    /// `publish_cpu_seconds` over the phase's active time (to the last send
+    /// or receipt): 1.0 is one core.
     pub cpu_cores: Option<f64>,
 }
 
@@ -293,7 +294,7 @@ pub struct ToolReport {
     pub cpu_us_per_msg: Option<f64>,
     /// The sensor thread alone.
     pub sensor_thread_cpu_us_per_msg: Option<f64>,
-    /// The sensor thread's CPU over the phase's wall time: near 1.0 the
+    /// The sensor thread's CPU over the phase's active time: near 1.0 the
     /// tool, not the gateway, is the limit.
     pub sensor_thread_cores: Option<f64>,
     /// The connect phase, per connected sensor.
@@ -343,9 +344,9 @@ fn proc_report(
     get: impl Fn(&Sample) -> Option<ProcSample>,
     connected: u64,
     messages: u64,
+    wall: f64,
 ) -> Option<ProcReport> {
     let [a, b, c, d] = [get(&s[0])?, get(&s[1])?, get(&s[2])?, get(&s[3])?];
-    let wall = s[3].at.saturating_duration_since(s[2].at).as_secs_f64();
     let cpu = d.cpu.saturating_sub(c.cpu).as_secs_f64();
     Some(ProcReport {
         rss_before_kib: a.rss_kib,
@@ -363,6 +364,23 @@ fn proc_report(
 
 fn delta(s: &[Sample; 4], f: impl Fn(&Sample) -> Duration, from: usize, to: usize) -> f64 {
     f(&s[to]).saturating_sub(f(&s[from])).as_secs_f64()
+}
+
+/// From the publish phase's start to the last thing that happened in it
+/// (a send, a receipt at the broker or at a sensor): the wall time the CPU
+/// figures are divided by, without the quiet wait at the end.
+fn active(d: &PassData, out: &OutStats) -> Duration {
+    let last = [
+        out.last_send,
+        d.subscriber.tally.last,
+        d.tallies.down.last,
+        d.tallies.sleep.last,
+        d.down.as_ref().and_then(|p| p.stats.last_send),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    last.map_or(Duration::ZERO, |l| l.saturating_duration_since(d.publish_start))
 }
 
 impl PassReport {
@@ -495,7 +513,7 @@ impl PassReport {
             + down.as_ref().map_or(0, |x| x.received)
             + sleep.as_ref().map_or(0, |x| x.delivered);
         let s = &d.samples;
-        let wall = s[3].at.saturating_duration_since(s[2].at).as_secs_f64();
+        let wall = active(d, &out).as_secs_f64();
         let per_msg = |cpu: f64| (messages > 0).then(|| round(cpu * 1e6 / messages as f64, 3));
         let tool_cpu = delta(s, |x| x.tool_cpu, 2, 3);
         let thread_cpu = delta(s, |x| x.sensor_thread_cpu, 2, 3);
@@ -526,9 +544,9 @@ impl PassReport {
             gateway_process: if d.direct {
                 None
             } else {
-                proc_report(s, |x| x.gateway, connected, messages)
+                proc_report(s, |x| x.gateway, connected, messages, wall)
             },
-            broker_process: proc_report(s, |x| x.broker, connected, messages),
+            broker_process: proc_report(s, |x| x.broker, connected, messages, wall),
             tool,
             udp_rcvbuf_errors: rcvbuf,
             lost,
@@ -873,10 +891,11 @@ fn human_pass(s: &mut String, p: &PassReport, r: Option<&Value>) {
     let t = &p.tool;
     let _ = writeln!(
         s,
-        "  tool      CPU {} us/msg, sensor thread {} us/msg ({} of a core)",
+        "  tool      CPU {} us/msg, sensor thread {} us/msg ({} of a core), {} us per connect",
         num(t.cpu_us_per_msg),
         num(t.sensor_thread_cpu_us_per_msg),
         num(t.sensor_thread_cores),
+        num(t.connect_cpu_us_per_sensor),
     );
     let _ = writeln!(
         s,

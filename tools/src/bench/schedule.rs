@@ -106,10 +106,15 @@ impl QosPicker {
     }
 }
 
+/// The start offset between two unpaced clients.
+pub const RAMP: Duration = Duration::from_micros(5);
+
 /// When the messages of one client are due: `rate` messages per second
 /// over `clients` clients, client `index` shifted by its share of one
 /// interval, so that the clients do not all send at the same instant. No
-/// rate: everything is due at once (as fast as the client can).
+/// rate: everything is due at once (as fast as the client can), client
+/// `index` starting [`RAMP`] × `index` late, so that thousands of sensors
+/// do not all send their first message in the same microsecond.
 #[derive(Debug, Clone, Copy)]
 pub struct Pacer {
     start: Instant,
@@ -126,7 +131,7 @@ impl Pacer {
                 let first = interval * f64::from(index) / f64::from(clients.max(1));
                 Self { start, first, interval }
             }
-            _ => Self { start, first: 0.0, interval: 0.0 },
+            _ => Self { start, first: RAMP.as_secs_f64() * f64::from(index), interval: 0.0 },
         }
     }
 
@@ -167,6 +172,7 @@ mod tests {
         let p = Pacer::new(t, Some(1000.0), 10, 5);
         assert_eq!(p.due(0) - t, Duration::from_micros(5000));
         assert_eq!(p.due(2) - t, Duration::from_micros(25_000));
-        assert_eq!(Pacer::new(t, None, 10, 5).due(9), t);
+        let unpaced = Pacer::new(t, None, 10, 5);
+        assert!((unpaced.due(9) - t).as_nanos().abs_diff((RAMP * 5).as_nanos()) <= 1);
     }
 }

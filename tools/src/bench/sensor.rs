@@ -16,6 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::sleep_until;
 
+use super::gso;
 use super::inbox::{Inbox, Reply};
 use super::outbox::{Outbox, OutboxPlan, Send};
 use super::payload::{self, Kind, Stamp};
@@ -23,7 +24,17 @@ use super::schedule::Pacer;
 use super::shared::{wait_phase, ClientResult, Ctx, Live, Phase, Role};
 
 /// Sends due at once before a sensor lets the others run.
-const BATCH: usize = 32;
+const BATCH: usize = gso::MAX_SEGMENTS;
+
+/// A PUBLISH to encode.
+#[derive(Debug, Clone, Copy)]
+struct PendingPublish {
+    seq: u32,
+    qos: u8,
+    msg_id: u16,
+    dup: bool,
+    first_sent: Instant,
+}
 
 /// Why a request got no usable answer.
 #[derive(Debug)]
@@ -392,48 +403,97 @@ impl Sensor {
         }
     }
 
-    fn send_publish(&mut self, seq: u32, qos: u8, msg_id: u16, dup: bool, first_sent: Instant) {
-        let ctx = self.ctx.clone();
+    fn encode_publish(&self, s: &PendingPublish, out: &mut [u8]) -> Option<usize> {
+        let ctx = &self.ctx;
         let mut data = ctx.payload.borrow_mut();
         let stamp = Stamp {
             tag: ctx.run.tag,
             kind: Kind::Up,
-            qos,
+            qos: s.qos,
             source: self.index,
-            seq,
-            sent_ns: ctx.run.epoch.ns(first_sent),
+            seq: s.seq,
+            sent_ns: ctx.run.epoch.ns(s.first_sent),
         };
         payload::write(&mut data, &stamp);
-        let p = Packet::Publish(Publish {
-            dup,
-            qos: codec_qos(qos),
+        Packet::Publish(Publish {
+            dup: s.dup,
+            qos: codec_qos(s.qos),
             retain: false,
             topic: TopicId::Normal(self.up_topic),
-            msg_id,
+            msg_id: s.msg_id,
             data: &data,
-        });
-        let mut tx = ctx.tx.borrow_mut();
-        match p.encode(&mut tx) {
-            Ok(n) => self.send_raw(&tx[..n]),
-            Err(_) => self.res.send_errors += 1,
+        })
+        .encode(out)
+        .ok()
+    }
+
+    /// Sends a batch of equal-sized datagrams: one system call with
+    /// segmentation offload, else one by one.
+    fn flush_batch(&mut self, batch: &mut Vec<u8>, segment: usize) {
+        if batch.is_empty() {
+            return;
         }
+        if batch.len() == segment || !self.ctx.gso.get() {
+            for d in batch.chunks(segment.max(1)) {
+                self.send_raw(d);
+            }
+        } else if let Err(e) = gso::send(&self.sock, batch, segment) {
+            match e.raw_os_error() {
+                // No UDP_SEGMENT here (EINVAL, ENOPROTOOPT, EIO from a
+                // device without it): one by one from now on.
+                Some(5 | 22 | 92 | 95) => {
+                    self.ctx.gso.set(false);
+                    for d in batch.chunks(segment.max(1)) {
+                        self.send_raw(d);
+                    }
+                }
+                _ => self.res.send_errors += batch.len().div_ceil(segment.max(1)) as u64,
+            }
+        }
+        batch.clear();
     }
 
     /// Sends what is due, at most [`BATCH`]; `true` when more is due at once.
+    /// Consecutive first sends of equal size go out as one batch.
     fn send_due(&mut self) -> bool {
+        let ctx = self.ctx.clone();
+        let mut batch = ctx.batch.borrow_mut();
+        let mut tx = ctx.tx.borrow_mut();
+        let mut segment = 0;
         for _ in 0..BATCH {
             let now = Instant::now();
             match self.out.poll(now) {
                 Some(Send::Publish { seq, qos, msg_id, dup, first_sent }) => {
                     if !dup {
-                        Live::bump(&self.ctx.live.sent);
+                        Live::bump(&ctx.live.sent);
                     }
-                    self.send_publish(seq, qos, msg_id, dup, first_sent);
+                    let p = PendingPublish { seq, qos, msg_id, dup, first_sent };
+                    let Some(n) = self.encode_publish(&p, &mut tx) else {
+                        self.res.send_errors += 1;
+                        continue;
+                    };
+                    if n != segment
+                        || batch.len() + n > gso::MAX_BATCH
+                        || batch.len() / n.max(1) >= gso::MAX_SEGMENTS
+                    {
+                        self.flush_batch(&mut batch, segment);
+                        segment = n;
+                    }
+                    batch.extend_from_slice(&tx[..n]);
                 }
-                Some(Send::PubRel(id)) => self.send_packet(&Packet::PubRel(id)),
-                None => return false,
+                Some(Send::PubRel(id)) => {
+                    self.flush_batch(&mut batch, segment);
+                    drop(tx);
+                    self.send_packet(&Packet::PubRel(id));
+                    tx = ctx.tx.borrow_mut();
+                }
+                None => {
+                    self.flush_batch(&mut batch, segment);
+                    return false;
+                }
             }
         }
+        self.flush_batch(&mut batch, segment);
         self.out.ready(Instant::now())
     }
 

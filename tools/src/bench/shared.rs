@@ -275,6 +275,10 @@ pub struct PassCtx {
     pub tx: RefCell<Vec<u8>>,
     /// See `tx`.
     pub rx: RefCell<Vec<u8>>,
+    /// Datagrams sent together (segmentation offload).
+    pub batch: RefCell<Vec<u8>>,
+    /// Segmentation offload works here (cleared at its first refusal).
+    pub gso: Cell<bool>,
 }
 
 impl PassCtx {
