@@ -212,7 +212,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     max_time: f64,
     /// Handshakes (CONNECT to the last REGACK/SUBACK) in flight at once.
-    #[arg(long, default_value_t = 256, value_name = "N")]
+    #[arg(long, default_value_t = 128, value_name = "N")]
     connect_window: u32,
     /// Retransmission interval toward the gateway, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]

@@ -150,6 +150,7 @@ fn count(
 
 async fn start(broker: &SocketAddr, client_id: &str, filter: &str) -> Result<MqttConn, MqttError> {
     let (mut c, _) = MqttConn::connect(*broker, client_id, true, 600, WAIT).await?;
+    c.set_quickack();
     c.subscribe(filter, 0, WAIT).await?;
     Ok(c)
 }

@@ -50,6 +50,7 @@ pub struct MqttConn {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    quickack: bool,
 }
 
 impl MqttConn {
@@ -70,6 +71,7 @@ impl MqttConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
             wbuf: BytesMut::with_capacity(4 * 1024),
+            quickack: false,
         };
         c.queue(&MqttPacket::Connect(ConnectPacket {
             client_id: client_id.to_owned(),
@@ -146,16 +148,24 @@ impl MqttConn {
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err(MqttError::Closed),
             Ok(_) => {
-                // Acknowledge at once: a broker without TCP_NODELAY (mosquitto's
-                // default) holds its next small write until our ACK, and a
-                // delayed ACK would add 40 ms to what is measured.
                 #[cfg(target_os = "linux")]
-                let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
+                if self.quickack {
+                    let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Acknowledges every read at once (`TCP_QUICKACK`), for a connection
+    /// that only receives: a broker without TCP_NODELAY (mosquitto's
+    /// default) holds its next small write until the previous one is
+    /// acknowledged, and a delayed ACK would add up to 40 ms to what is
+    /// measured. A client that also sends carries its ACKs on what it sends.
+    pub fn set_quickack(&mut self) {
+        self.quickack = true;
     }
 
     /// Waits until the socket may have something to read.

@@ -99,7 +99,7 @@ impl Default for BenchOptions {
             size: 24,
             prefix: "bench".into(),
             max_time: Duration::from_secs(60),
-            connect_window: 256,
+            connect_window: 128,
             retry: Duration::from_secs(1),
             max_retries: 3,
             drain: Duration::from_secs(1),

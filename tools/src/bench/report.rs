@@ -801,48 +801,50 @@ fn human_pass(s: &mut String, p: &PassReport, r: Option<&Value>) {
         let _ = writeln!(s, "            first failure: {f}");
     }
     let pb = &p.publish;
-    let _ = writeln!(
-        s,
-        "  publish   {} sent ({}/{}/{} at QoS 0/1/2) in {} s: {} msg/s{}; {} acked, {} unacked, {} retransmissions",
-        pb.sent,
-        pb.sent_qos[0],
-        pb.sent_qos[1],
-        pb.sent_qos[2],
-        num(pb.seconds),
-        num(pb.sent_per_second),
-        rat(r, &["publish", "sent_per_second"]),
-        pb.acked,
-        pb.unacked,
-        pb.retransmissions,
-    );
-    if pb.ack_latency_ms.is_some() {
+    if pb.count_per_sensor > 0 || pb.sent > 0 {
         let _ = writeln!(
             s,
-            "            ack {}{}",
-            lat(&pb.ack_latency_ms),
-            lat_rat(r, &["publish", "ack_latency_ms"])
+            "  publish   {} sent ({}/{}/{} at QoS 0/1/2) in {} s: {} msg/s{}; {} acked, {} unacked, {} retransmissions",
+            pb.sent,
+            pb.sent_qos[0],
+            pb.sent_qos[1],
+            pb.sent_qos[2],
+            num(pb.seconds),
+            num(pb.sent_per_second),
+            rat(r, &["publish", "sent_per_second"]),
+            pb.acked,
+            pb.unacked,
+            pb.retransmissions,
         );
-    }
-    let rv = &p.received;
-    let _ = writeln!(
-        s,
-        "  broker    {} of {} received: {} msg/s{}; lost {} ({} sensors), duplicates {}, out of order {}",
-        rv.unique,
-        pb.sent,
-        num(rv.per_second),
-        rat(r, &["received", "per_second"]),
-        rv.lost,
-        rv.sensors_with_loss.map_or("-".into(), |n| n.to_string()),
-        rv.duplicates,
-        rv.out_of_order,
-    );
-    if rv.latency_ms.is_some() {
+        if pb.ack_latency_ms.is_some() {
+            let _ = writeln!(
+                s,
+                "            ack {}{}",
+                lat(&pb.ack_latency_ms),
+                lat_rat(r, &["publish", "ack_latency_ms"])
+            );
+        }
+        let rv = &p.received;
         let _ = writeln!(
             s,
-            "            end to end {}{}",
-            lat(&rv.latency_ms),
-            lat_rat(r, &["received", "latency_ms"])
+            "  received  {} of {} at the broker: {} msg/s{}; lost {} ({} sensors), duplicates {}, out of order {}",
+            rv.unique,
+            pb.sent,
+            num(rv.per_second),
+            rat(r, &["received", "per_second"]),
+            rv.lost,
+            rv.sensors_with_loss.map_or("-".into(), |n| n.to_string()),
+            rv.duplicates,
+            rv.out_of_order,
         );
+        if rv.latency_ms.is_some() {
+            let _ = writeln!(
+                s,
+                "            end to end {}{}",
+                lat(&rv.latency_ms),
+                lat_rat(r, &["received", "latency_ms"])
+            );
+        }
     }
     if let Some(d) = &p.down {
         let _ = writeln!(
