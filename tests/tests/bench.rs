@@ -150,10 +150,28 @@ fn direct_mode_and_the_comparison() {
     let r = bench(gw.addr().port(), &broker, &["-c", "6", "-n", "30", "-q", "1", "--direct"]);
     complete(&r, "direct", 6, 180);
     assert!(r.json["gateway"].is_null() && r.json["ratio"].is_null(), "{}", r.json);
-    let args = ["-c", "6", "-n", "30", "-q", "1", "--compare-direct", "--down-count", "5"];
+    // With broker-to-sensor traffic and two sleepers (in the direct pass,
+    // persistent sessions that disconnect and connect again).
+    let args = [
+        "-c",
+        "8",
+        "-n",
+        "30",
+        "-q",
+        "1",
+        "--compare-direct",
+        "--down-count",
+        "5",
+        "--sleepers",
+        "25",
+    ];
     let r = bench(gw.addr().port(), &broker, &args);
-    complete(&r, "direct", 6, 180);
-    complete(&r, "gateway", 6, 180);
+    complete(&r, "direct", 8, 180);
+    complete(&r, "gateway", 8, 180);
+    for pass in ["direct", "gateway"] {
+        let s = &r.json[pass]["sleep"];
+        assert_eq!((u(s, "asleep"), u(s, "delivered"), u(s, "lost")), (2, 20, 0), "{pass}: {s}");
+    }
     let ratio = &r.json["ratio"];
     assert_eq!(ratio["publish"]["sent"], 1.0, "{ratio}");
     assert!(ratio["publish"]["sent_per_second"].as_f64().unwrap() > 0.0, "{ratio}");
