@@ -122,27 +122,10 @@ impl DirectClient {
         self.res.registered_at = Some(now);
         self.ctx.latencies.borrow_mut().connack.record(now - start);
         Live::bump(&self.ctx.live.connected);
-        let filter = match self.role {
-            Role::Awake(Some(t)) => Some(self.ctx.topics.down_filter(t)),
-            Role::Awake(None) => None,
-            Role::Sleeper(j) => Some(self.ctx.topics.sleep(j)),
-        };
-        if let Some(f) = filter {
+        if let Some(f) = self.ctx.filter(self.role) {
             c.subscribe(&f, 2, wait).await?;
-            if let Role::Awake(Some(t)) = self.role {
-                self.res.down_topic = Some(t);
-                if let Some(n) = self.ctx.down_subscribers.borrow_mut().get_mut(t as usize) {
-                    *n += 1;
-                }
-            }
         }
-        if matches!(self.role, Role::Sleeper(_)) {
-            Live::bump(&self.ctx.live.sleepers_ready);
-        }
-        let now = Instant::now();
-        self.res.ready_at = Some(now);
-        self.ctx.latencies.borrow_mut().ready.record(now - start);
-        Live::bump(&self.ctx.live.ready);
+        self.ctx.ready(self.role, &mut self.res, start);
         Ok(c)
     }
 
@@ -269,38 +252,16 @@ impl DirectClient {
     fn on_packet(&mut self, c: &mut MqttConn, p: MqttPacket, now: Instant) {
         let ctx = self.ctx.clone();
         match p {
-            MqttPacket::PubAck(id) => {
-                if let Some(a) = self.out.on_puback(id, true, now) {
-                    ctx.latencies.borrow_mut().ack.record(a.latency);
-                    Live::bump(&ctx.live.acked);
-                }
-            }
+            MqttPacket::PubAck(id) => ctx.acked(self.out.on_puback(id, true, now)),
             MqttPacket::PubRec(id) => {
                 if let Some(first) = self.out.on_pubrec(id, now) {
-                    if let Some(a) = first {
-                        ctx.latencies.borrow_mut().ack.record(a.latency);
-                        Live::bump(&ctx.live.acked);
-                    }
+                    ctx.acked(first);
                     c.queue(&MqttPacket::PubRel(id));
                 }
             }
             MqttPacket::PubComp(id) => self.out.on_pubcomp(id, now),
             MqttPacket::Publish(pb) => {
-                let (down, sleep) = (self.inbox.down.unique(), self.inbox.sleep.unique());
-                let reply = self.inbox.on_publish(
-                    pb.qos as u8,
-                    pb.pkid,
-                    &pb.payload,
-                    &ctx.run,
-                    &mut ctx.tallies.borrow_mut(),
-                    now,
-                );
-                if self.inbox.down.unique() > down {
-                    Live::bump(&ctx.live.down_received);
-                }
-                if self.inbox.sleep.unique() > sleep {
-                    Live::bump(&ctx.live.sleep_received);
-                }
+                let reply = ctx.deliver(&mut self.inbox, pb.qos as u8, pb.pkid, &pb.payload, now);
                 match reply {
                     Reply::None => {}
                     Reply::PubAck => c.queue(&MqttPacket::PubAck(pb.pkid)),

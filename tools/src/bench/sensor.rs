@@ -183,12 +183,7 @@ impl Sensor {
             .map_err(|e| self.why("REGISTER", e))?;
         self.res.registered_at = Some(Instant::now());
 
-        let filter = match self.role {
-            Role::Awake(Some(t)) => Some(self.ctx.topics.down_filter(t)),
-            Role::Awake(None) => None,
-            Role::Sleeper(j) => Some(self.ctx.topics.sleep(j)),
-        };
-        if let Some(filter) = filter {
+        if let Some(filter) = self.ctx.filter(self.role) {
             let msg_id = self.msg_id();
             let subscribe = Packet::Subscribe(Subscribe {
                 dup: false,
@@ -203,20 +198,9 @@ impl Sensor {
             .await
             .and_then(|rc| if rc.is_accepted() { Ok(()) } else { Err(Unanswered::Refused(rc)) })
             .map_err(|e| self.why("SUBSCRIBE", e))?;
-            if let Role::Awake(Some(t)) = self.role {
-                self.res.down_topic = Some(t);
-                if let Some(n) = self.ctx.down_subscribers.borrow_mut().get_mut(t as usize) {
-                    *n += 1;
-                }
-            }
         }
-        if matches!(self.role, Role::Sleeper(_)) {
-            Live::bump(&self.ctx.live.sleepers_ready);
-        }
-        let now = Instant::now();
-        self.res.ready_at = Some(now);
-        self.ctx.latencies.borrow_mut().ready.record(now - start);
-        Live::bump(&self.ctx.live.ready);
+        let ctx = self.ctx.clone();
+        ctx.ready(self.role, &mut self.res, start);
         Ok(())
     }
 
@@ -323,40 +307,17 @@ impl Sensor {
         let ctx = self.ctx.clone();
         match *p {
             Packet::PubAck(a) => {
-                if let Some(acked) = self.out.on_puback(a.msg_id, a.return_code.is_accepted(), now)
-                {
-                    ctx.latencies.borrow_mut().ack.record(acked.latency);
-                    if !acked.rejected {
-                        Live::bump(&ctx.live.acked);
-                    }
-                }
+                ctx.acked(self.out.on_puback(a.msg_id, a.return_code.is_accepted(), now));
             }
             Packet::PubRec(id) => {
                 if let Some(first) = self.out.on_pubrec(id, now) {
-                    if let Some(acked) = first {
-                        ctx.latencies.borrow_mut().ack.record(acked.latency);
-                        Live::bump(&ctx.live.acked);
-                    }
+                    ctx.acked(first);
                     self.send_packet(&Packet::PubRel(id));
                 }
             }
             Packet::PubComp(id) => self.out.on_pubcomp(id, now),
             Packet::Publish(pb) => {
-                let (down, sleep) = (self.inbox.down.unique(), self.inbox.sleep.unique());
-                let reply = self.inbox.on_publish(
-                    pb.qos.bits(),
-                    pb.msg_id,
-                    pb.data,
-                    &ctx.run,
-                    &mut ctx.tallies.borrow_mut(),
-                    now,
-                );
-                if self.inbox.down.unique() > down {
-                    Live::bump(&ctx.live.down_received);
-                }
-                if self.inbox.sleep.unique() > sleep {
-                    Live::bump(&ctx.live.sleep_received);
-                }
+                let reply = ctx.deliver(&mut self.inbox, pb.qos.bits(), pb.msg_id, pb.data, now);
                 match reply {
                     Reply::None => {}
                     Reply::PubAck => self.send_packet(&Packet::PubAck(Ack {

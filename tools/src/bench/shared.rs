@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 
 use super::histogram::Histogram;
-use super::inbox::InboxTallies;
-use super::outbox::OutStats;
+use super::inbox::{Inbox, InboxTallies, Reply};
+use super::outbox::{Acked, OutStats};
 use super::payload::Run;
 use super::BenchOptions;
 
@@ -302,6 +302,66 @@ impl PassCtx {
     /// How long a broker handshake (TCP) may take.
     pub fn tcp_wait(&self) -> Duration {
         (self.opts.retry * (self.opts.max_retries + 1)).max(Duration::from_secs(5))
+    }
+
+    /// What a client of `role` subscribes to, if anything.
+    pub fn filter(&self, role: Role) -> Option<String> {
+        match role {
+            Role::Awake(Some(t)) => Some(self.topics.down_filter(t)),
+            Role::Awake(None) => None,
+            Role::Sleeper(j) => Some(self.topics.sleep(j)),
+        }
+    }
+
+    /// A client of `role` is through its handshake (begun at `start`),
+    /// with its subscription in place.
+    pub fn ready(&self, role: Role, res: &mut ClientResult, start: Instant) {
+        match role {
+            Role::Awake(Some(t)) => {
+                res.down_topic = Some(t);
+                if let Some(n) = self.down_subscribers.borrow_mut().get_mut(t as usize) {
+                    *n += 1;
+                }
+            }
+            Role::Sleeper(_) => Live::bump(&self.live.sleepers_ready),
+            Role::Awake(None) => {}
+        }
+        let now = Instant::now();
+        res.ready_at = Some(now);
+        self.latencies.borrow_mut().ready.record(now - start);
+        Live::bump(&self.live.ready);
+    }
+
+    /// Notes an acknowledgement that matched a message in flight.
+    pub fn acked(&self, a: Option<Acked>) {
+        if let Some(a) = a {
+            self.latencies.borrow_mut().ack.record(a.latency);
+            if !a.rejected {
+                Live::bump(&self.live.acked);
+            }
+        }
+    }
+
+    /// Hands a PUBLISH from the broker side to a client's inbox, counts it
+    /// (in the tallies and the live counters) and says how to answer.
+    pub fn deliver(
+        &self,
+        inbox: &mut Inbox,
+        qos: u8,
+        msg_id: u16,
+        data: &[u8],
+        now: Instant,
+    ) -> Reply {
+        let (down, sleep) = (inbox.down.unique(), inbox.sleep.unique());
+        let reply =
+            inbox.on_publish(qos, msg_id, data, &self.run, &mut self.tallies.borrow_mut(), now);
+        if inbox.down.unique() > down {
+            Live::bump(&self.live.down_received);
+        }
+        if inbox.sleep.unique() > sleep {
+            Live::bump(&self.live.sleep_received);
+        }
+        reply
     }
 
     /// Stores a client's result.
