@@ -66,7 +66,7 @@ fn qos_0_1_2_through_the_gateway_arrive_once() {
     let gw = Gateway::start(broker.port());
     let port = gw.addr().port();
     // QoS 0 at a modest rate: nothing lost on loopback.
-    let r = bench(port, &broker, &["-c", "10", "-n", "100", "-q", "0", "--rate", "2000"]);
+    let r = bench(port, &broker, &["-c", "10", "-n", "100", "-q", "0", "--rate", "1000"]);
     let p = complete(&r, "gateway", 10, 1000);
     assert_eq!(p["publish"]["sent_qos"], serde_json::json!([1000, 0, 0]));
     assert!(p["received"]["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{p}");

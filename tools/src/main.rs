@@ -234,7 +234,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10, value_name = "N")]
     sleep_messages: u64,
     /// Their QoS.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    #[arg(long, default_value_t = 1, value_name = "QOS",
+          value_parser = clap::value_parser!(u8).range(0..=2))]
     sleep_qos: u8,
     /// Broker to sensor: messages published on the broker per topic (0: none).
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -243,7 +244,8 @@ struct BenchArgs {
     #[arg(long, value_name = "MSG/S")]
     down_rate: Option<f64>,
     /// Their QoS.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    #[arg(long, default_value_t = 1, value_name = "QOS",
+          value_parser = clap::value_parser!(u8).range(0..=2))]
     down_qos: u8,
     /// Sensors subscribed to each broker topic.
     #[arg(long, default_value_t = 1, value_name = "N")]
