@@ -1,9 +1,11 @@
 //! `mqttsn`: command-line tools for MQTT-SN.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use mqttsn_tools::bench::{self, BenchError, BenchOptions, Mode, QosMix};
 use mqttsn_tools::dump::{self, DumpOptions};
 use mqttsn_tools::pubsub::{self, Common, Failure, Messages, PubOptions, PubTopic, SubOptions};
 
@@ -46,8 +48,8 @@ enum Tool {
     /// Subscribe like mosquitto_sub: -h HOST -p PORT -t TOPIC -v.
     #[command(disable_help_flag = true)]
     Sub(SubArgs),
-    /// Simulated sensors publishing through a gateway: throughput and
-    /// acknowledgement latency.
+    /// Load and measure a gateway: simulated sensors, a counting subscriber
+    /// on the broker, the direct-to-broker ceiling; one JSON line out.
     #[command(disable_help_flag = true)]
     Bench(BenchArgs),
 }
@@ -163,6 +165,7 @@ struct SubArgs {
     sleep: Option<u16>,
 }
 
+/// `mqttsn bench`; see docs/tools.md for the report's keys.
 #[derive(Debug, Args)]
 struct BenchArgs {
     /// The gateway host.
@@ -171,42 +174,176 @@ struct BenchArgs {
     /// The gateway UDP port.
     #[arg(short, long, default_value_t = 1884)]
     port: u16,
-    /// Simulated sensors (1 to 10000).
-    #[arg(short = 'c', long, default_value_t = 10)]
+    /// The broker the gateway uses: mqtt://HOST:PORT, HOST:PORT or HOST. The
+    /// counting subscriber connects there, and the direct mode's clients.
+    #[arg(short, long, default_value = "mqtt://127.0.0.1:1883", value_name = "URL")]
+    broker: String,
+    /// Simulated sensors, each with its own UDP socket.
+    #[arg(short = 'c', long, default_value_t = 10, value_name = "N")]
     sensors: u32,
-    /// Messages per sensor.
-    #[arg(short = 'n', long, default_value_t = 100)]
-    messages: u32,
-    /// QoS: 0, 1 or 2.
-    #[arg(short, long, default_value_t = 1)]
-    qos: i8,
-    /// Payload size in octets.
-    #[arg(short, long, default_value_t = 16)]
+    /// Messages each publishing sensor sends (per sensor, not in total).
+    #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
+    count: u64,
+    /// Target rate of all sensors together, messages per second; without
+    /// it each sensor sends as fast as its window allows.
+    #[arg(short, long, value_name = "MSG/S")]
+    rate: Option<f64>,
+    /// QoS of every message: 0, 1 or 2.
+    #[arg(short, long, default_value_t = 1, conflicts_with = "qos_mix",
+          value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// A QoS mix instead of --qos, e.g. 0:70,1:20,2:10 (weights).
+    #[arg(long, value_name = "QOS:WEIGHT,...")]
+    qos_mix: Option<String>,
+    /// QoS 1/2 messages in flight per sensor.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    inflight: u16,
+    /// CleanSession false (the sessions are wiped at the end).
+    #[arg(long)]
+    persistent: bool,
+    /// Payload size in octets (the stamp takes 20).
+    #[arg(short, long, default_value_t = 24, value_name = "OCTETS")]
     size: usize,
-    /// Topic prefix: sensor N publishes to PREFIX/N.
-    #[arg(short, long, default_value = "mqttsn-bench")]
+    /// Topic prefix: sensor I publishes to PREFIX/TAG/u/I.
+    #[arg(short, long, default_value = "bench", value_name = "PREFIX")]
     topic: String,
-    /// Stop after this many seconds, whatever is left.
-    #[arg(long, default_value_t = 60)]
-    max_time: u64,
+    /// Bound of each pass, in seconds; reaching it cuts the pass short
+    /// (exit 3).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    max_time: f64,
+    /// Handshakes (CONNECT to the last REGACK/SUBACK) in flight at once.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    connect_window: u32,
+    /// Retransmission interval toward the gateway, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    retry_ms: u64,
+    /// Retransmissions before a request or a message is given up.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    max_retries: u32,
+    /// After the last message: how long nothing may arrive before what is
+    /// missing counts as lost, in seconds.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    drain: f64,
+    /// Share of the sensors that sleep, in percent.
+    #[arg(long, default_value_t = 0.0, value_name = "PERCENT")]
+    sleepers: f64,
+    /// The Duration of the sleepers' DISCONNECT, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    sleep_duration: u16,
+    /// Messages published on the broker to each sleeper while it sleeps.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    sleep_messages: u64,
+    /// Their QoS.
+    #[arg(long, default_value_t = 1, value_name = "QOS",
+          value_parser = clap::value_parser!(u8).range(0..=2))]
+    sleep_qos: u8,
+    /// Broker to sensor: messages published on the broker per topic (0: none).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    down_count: u64,
+    /// Their rate, all topics together, before fan-out (messages per second).
+    #[arg(long, value_name = "MSG/S")]
+    down_rate: Option<f64>,
+    /// Their QoS.
+    #[arg(long, default_value_t = 1, value_name = "QOS",
+          value_parser = clap::value_parser!(u8).range(0..=2))]
+    down_qos: u8,
+    /// Sensors subscribed to each broker topic.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    fanout: u32,
+    /// Only the direct pass: MQTT clients straight to the broker.
+    #[arg(long, conflicts_with = "compare_direct")]
+    direct: bool,
+    /// The direct pass, then the gateway pass; figures also as ratios.
+    #[arg(long)]
+    compare_direct: bool,
+    /// The gateway's process: CPU per message and memory per sensor.
+    #[arg(long, value_name = "PID")]
+    gateway_pid: Option<u32>,
+    /// The broker's process: the same figures.
+    #[arg(long, value_name = "PID")]
+    broker_pid: Option<u32>,
+    /// Allow a gateway or broker that is not on a loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// A progress line every second on stderr (the default when stderr is
+    /// a terminal).
+    #[arg(long)]
+    progress: bool,
+    /// The summary on stdout instead of the JSON line.
+    #[arg(long)]
+    human: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
 }
 
-fn run_bench(a: BenchArgs) -> Result<(), Failure> {
-    let report = mqttsn_tools::bench::run(&mqttsn_tools::bench::BenchOptions {
-        host: a.host,
+fn secs(flag: &str, v: f64) -> Result<Duration, BenchError> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| BenchError::Usage(format!("{flag} {v}: a number of seconds")))
+}
+
+fn bench_options(a: &BenchArgs) -> Result<BenchOptions, BenchError> {
+    let mix = match &a.qos_mix {
+        Some(m) => QosMix::parse(m).map_err(|e| BenchError::Usage(format!("--qos-mix {e}")))?,
+        None => QosMix::single(a.qos).unwrap_or_default(),
+    };
+    Ok(BenchOptions {
+        host: a.host.clone(),
         port: a.port,
+        broker: a.broker.clone(),
+        mode: match (a.direct, a.compare_direct) {
+            (true, _) => Mode::Direct,
+            (_, true) => Mode::Compare,
+            _ => Mode::Gateway,
+        },
         sensors: a.sensors,
-        messages: a.messages,
-        qos: a.qos,
+        count: a.count,
+        rate: a.rate,
+        mix,
+        inflight: a.inflight,
+        persistent: a.persistent,
         size: a.size,
-        prefix: a.topic,
-        max_time: Duration::from_secs(a.max_time),
-    })?;
-    println!("{report}");
-    Ok(())
+        prefix: a.topic.clone(),
+        max_time: secs("--max-time", a.max_time)?,
+        connect_window: a.connect_window,
+        retry: Duration::from_millis(a.retry_ms.max(1)),
+        max_retries: a.max_retries,
+        drain: secs("--drain", a.drain)?,
+        sleepers: a.sleepers,
+        sleep_duration: a.sleep_duration,
+        sleep_messages: a.sleep_messages,
+        sleep_qos: a.sleep_qos,
+        down_count: a.down_count,
+        down_rate: a.down_rate,
+        down_qos: a.down_qos,
+        fanout: a.fanout,
+        gateway_pid: a.gateway_pid,
+        broker_pid: a.broker_pid,
+        allow_remote: a.allow_remote,
+        progress: a.progress || std::io::stderr().is_terminal(),
+    })
+}
+
+async fn run_bench(a: BenchArgs) -> i32 {
+    let report = match bench_options(&a) {
+        Ok(o) => bench::run(o).await,
+        Err(e) => Err(e),
+    };
+    match report {
+        Ok(r) => {
+            if a.human {
+                print!("{}", r.human());
+            } else {
+                eprint!("{}", r.human());
+                println!("{}", r.json());
+            }
+            r.exit_code
+        }
+        Err(e) => {
+            eprintln!("mqttsn bench: {e}");
+            e.exit_code()
+        }
+    }
 }
 
 fn run_pub(a: PubArgs) -> Result<(), Failure> {
@@ -271,7 +408,12 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Tool::Pub(a) => exit_on(run_pub(a)),
         Tool::Sub(a) => exit_on(run_sub(a)),
-        Tool::Bench(a) => exit_on(run_bench(a)),
+        Tool::Bench(a) => {
+            let code = run_bench(a).await;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
         Tool::Dump { listen, relay_to, count, max_peers, idle_timeout } => {
             let opts = DumpOptions {
                 listen,
