@@ -189,7 +189,7 @@ impl MqttConn {
             dup,
             qos: qos(q),
             retain: false,
-            topic: topic.to_owned(),
+            topic: topic.into(),
             pkid,
             payload: Bytes::copy_from_slice(payload),
         }));
