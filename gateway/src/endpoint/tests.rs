@@ -673,4 +673,3 @@ fn only_worker_zero_has_the_own_connection_and_sends_advertise() {
     assert_eq!(h.out_of(0).len(), 1);
     assert!(h.out_of(1).is_empty());
 }
-

@@ -105,7 +105,8 @@ struct Incoming {
 #[derive(Debug)]
 pub struct Client {
     opts: ClientOptions,
-    spec: Option<ConnectSpec>,
+    /// Boxed as it came: large, and read only when connecting.
+    spec: Option<Box<ConnectSpec>>,
     /// CleanSession for the next CONNECT: the spec's on its first connect,
     /// false on reconnects.
     next_clean: bool,
@@ -216,7 +217,7 @@ impl Client {
         match cmd {
             Command::Connect(spec) => {
                 self.next_clean = spec.clean_session;
-                self.spec = Some(*spec);
+                self.spec = Some(spec);
                 match self.state {
                     State::Down => {
                         // A new spec: connect at once, even during an outage.

@@ -229,7 +229,8 @@ pub struct Session {
     tokens_at: Instant,
     phase: Phase,
     will: Option<Will>,
-    identity: crate::auth::Identity,
+    /// The upstream identity; `None` for the default one (no credentials).
+    identity: Option<Box<crate::auth::Identity>>,
     regs: Registrations,
     /// Subscribed filters and granted QoS.
     subs: Vec<(Arc<str>, MqttQoS)>,
@@ -263,20 +264,14 @@ pub struct Session {
     // The store (see `persist`).
     /// The last key given to a stored message.
     next_seq: u64,
-    /// Keys of the buffered messages in the store.
-    stored_seqs: std::collections::BTreeSet<u64>,
-    /// The record last handed out for the store.
-    stored_record: Option<Vec<u8>>,
-    /// Where the next record is encoded, to compare with the last one
-    /// without an allocation.
-    scratch_record: Vec<u8>,
+    /// What the store holds of this session; made at its first write
+    /// (a clean session never has one).
+    stored: Option<Box<persist::Stored>>,
     /// Request ids below this may have been used: a restored session
     /// starts here (see `persist`).
     request_lease: RequestId,
     /// `next_msg_id` when the stored MsgId lease was taken.
     msg_id_mark: u16,
-    /// When the session ended, in seconds since the Unix epoch.
-    ended_wall: Option<u64>,
 
     /// The datagram being handled, whose payloads are shared rather than
     /// copied (see [`Session::handle_datagram`]).
@@ -319,7 +314,7 @@ impl Session {
             tokens_at: now,
             phase: Phase::Ended,
             will: None,
-            identity: crate::auth::Identity::default(),
+            identity: None,
             regs,
             subs: Vec::new(),
             subs_known: false,
@@ -337,12 +332,9 @@ impl Session {
             plan: VecDeque::new(),
             waiting: None,
             next_seq: 0,
-            stored_seqs: std::collections::BTreeSet::new(),
-            stored_record: None,
-            scratch_record: Vec::new(),
+            stored: None,
             request_lease: 0,
             msg_id_mark: 0,
-            ended_wall: None,
             source: None,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
@@ -380,12 +372,12 @@ impl Session {
     /// When the session ended, in seconds since the Unix epoch, if it
     /// ended and has been stored since.
     pub fn ended_wall(&self) -> Option<u64> {
-        self.ended_wall
+        self.stored.as_ref().and_then(|s| s.ended_wall)
     }
 
     /// Sets the upstream identity used by the next connection.
     pub fn set_identity(&mut self, identity: crate::auth::Identity) {
-        self.identity = identity;
+        self.identity = (identity != crate::auth::Identity::default()).then(|| Box::new(identity));
     }
 
     /// The keepalive the sensor asked for.
@@ -425,7 +417,9 @@ impl Session {
         map(&mut self.requests);
         map(&mut self.pending_msg_ids);
         map(&mut self.qos2_in);
-        self.scratch_record = Vec::new();
+        if let Some(st) = self.stored.as_mut() {
+            st.scratch = Vec::new();
+        }
         if self.subs.is_empty() {
             self.subs = Vec::new();
         }
@@ -776,9 +770,9 @@ impl Session {
                         clean_session: clean,
                         keep_alive: 0,
                         will: if with_will { self.will.clone() } else { None },
-                        username: self.identity.username.clone(),
-                        password: self.identity.password.clone(),
-                        client_cert: self.identity.client_cert.clone(),
+                        username: self.identity.as_ref().and_then(|i| i.username.clone()),
+                        password: self.identity.as_ref().and_then(|i| i.password.clone()),
+                        client_cert: self.identity.as_ref().and_then(|i| i.client_cert.clone()),
                     };
                     self.upstream_open = true;
                     self.connecting_clean = clean;

@@ -57,6 +57,20 @@ pub struct Persist {
     pub hold: bool,
 }
 
+/// What the store holds of one session, as the session remembers it.
+#[derive(Debug, Default)]
+pub(super) struct Stored {
+    /// Keys of the buffered messages in the store.
+    pub seqs: BTreeSet<u64>,
+    /// The record last handed out for the store.
+    pub record: Option<Vec<u8>>,
+    /// Where the next record is encoded, to compare with the last one
+    /// without an allocation.
+    pub scratch: Vec<u8>,
+    /// When the session ended, in seconds since the Unix epoch.
+    pub ended_wall: Option<u64>,
+}
+
 /// A stored record or message that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PersistError {
@@ -78,16 +92,24 @@ impl Session {
     /// address as the driver encodes it.
     pub fn take_persist(&mut self, wall: u64, addr: &[u8]) -> Option<Persist> {
         if self.clean {
-            if self.stored_record.take().is_some() || !self.stored_seqs.is_empty() {
-                self.stored_seqs.clear();
-                return Some(Persist { remove: true, hold: true, ..Persist::default() });
+            if let Some(st) = self.stored.take() {
+                if st.record.is_some() || !st.seqs.is_empty() {
+                    return Some(Persist { remove: true, hold: true, ..Persist::default() });
+                }
             }
             return None;
         }
+        let mut st = self.stored.take().unwrap_or_default();
+        let result = self.persist_into(&mut st, wall, addr);
+        self.stored = Some(st);
+        result
+    }
+
+    fn persist_into(&mut self, st: &mut Stored, wall: u64, addr: &[u8]) -> Option<Persist> {
         if self.phase == Phase::Ended {
-            self.ended_wall.get_or_insert(wall);
+            st.ended_wall.get_or_insert(wall);
         } else {
-            self.ended_wall = None;
+            st.ended_wall = None;
         }
         let mut put = Vec::new();
         let mut kept = 0;
@@ -99,7 +121,7 @@ impl Session {
                 self.next_seq += 1;
                 d.seq = self.next_seq;
             }
-            if self.stored_seqs.contains(&d.seq) {
+            if st.seqs.contains(&d.seq) {
                 kept += 1;
             } else {
                 let mut w = W::default();
@@ -108,24 +130,24 @@ impl Session {
             }
         }
         let mut delete = Vec::new();
-        if kept != self.stored_seqs.len() {
+        if kept != st.seqs.len() {
             let current: BTreeSet<u64> =
                 self.queue.iter().filter(|d| owned(d)).map(|d| d.seq).collect();
-            delete = self.stored_seqs.difference(&current).copied().collect();
+            delete = st.seqs.difference(&current).copied().collect();
             for seq in &delete {
-                self.stored_seqs.remove(seq);
+                st.seqs.remove(seq);
             }
         }
         for (seq, _) in &put {
-            self.stored_seqs.insert(*seq);
+            st.seqs.insert(*seq);
         }
         // Counters are stored as leases, renewed when half used: a publish
         // or a delivery changes nothing durable, and a renewal is written
         // before the old lease runs out, so nothing waits for it.
-        let mut w = W(std::mem::take(&mut self.scratch_record));
+        let mut w = W(std::mem::take(&mut st.scratch));
         w.0.clear();
-        self.encode_record(addr, &mut w);
-        let changed = self.stored_record.as_deref() != Some(&w.0[..]);
+        self.encode_record(addr, st.ended_wall, &mut w);
+        let changed = st.record.as_deref() != Some(&w.0[..]);
         let renew_requests = self.next_request + REQUEST_LEASE / 2 >= self.request_lease;
         let renew_msg_ids = self.next_msg_id.wrapping_sub(self.msg_id_mark) >= MSG_ID_LEASE / 2;
         if renew_requests {
@@ -136,14 +158,14 @@ impl Session {
         }
         if renew_requests || renew_msg_ids {
             w.0.clear();
-            self.encode_record(addr, &mut w);
+            self.encode_record(addr, st.ended_wall, &mut w);
         }
         let record = if changed || renew_requests || renew_msg_ids {
-            self.stored_record = Some(w.0.clone());
-            self.scratch_record = w.0;
-            self.stored_record.clone()
+            st.record = Some(w.0.clone());
+            st.scratch = w.0;
+            st.record.clone()
         } else {
-            self.scratch_record = w.0;
+            st.scratch = w.0;
             None
         };
         let hold = changed || !put.is_empty() || !delete.is_empty();
@@ -153,7 +175,7 @@ impl Session {
         Some(Persist { record, put, delete, remove: false, hold })
     }
 
-    fn encode_record(&self, addr: &[u8], w: &mut W) {
+    fn encode_record(&self, addr: &[u8], ended_wall: Option<u64>, w: &mut W) {
         w.u8(VERSION);
         w.bytes(addr);
         w.u32(u32::try_from(self.keepalive.as_secs()).unwrap_or(u32::MAX));
@@ -165,7 +187,7 @@ impl Session {
             }
             _ => {
                 w.u8(0);
-                w.u64(self.ended_wall.unwrap_or(0));
+                w.u64(ended_wall.unwrap_or(0));
             }
         }
         match &self.will {
@@ -264,7 +286,8 @@ impl Session {
         let phase = match r.u8()? {
             0 => {
                 let ended = r.u64()?;
-                s.ended_wall = (ended != 0).then_some(ended);
+                s.stored.get_or_insert_with(Default::default).ended_wall =
+                    (ended != 0).then_some(ended);
                 Phase::Ended
             }
             1 => Phase::Active,
@@ -359,10 +382,10 @@ impl Session {
         }
         for (seq, bytes) in messages {
             let d = R(&bytes).delivery(seq)?;
-            s.stored_seqs.insert(seq);
+            s.stored.get_or_insert_with(Default::default).seqs.insert(seq);
             s.queue.push_back(d);
         }
-        s.stored_record = Some(record.to_vec());
+        s.stored.get_or_insert_with(Default::default).record = Some(record.to_vec());
         s.phase = phase;
         if s.phase != Phase::Ended {
             s.events.push_back(SessionEvent::Connected);

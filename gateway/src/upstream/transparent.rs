@@ -47,6 +47,8 @@ struct Slot {
     scheduled: Option<Instant>,
     /// Listed in `dirty`: has octets to write.
     dirty: bool,
+    /// When it last had something to do.
+    last_active: Option<Instant>,
 }
 
 /// Every sensor's own MQTT connection. See the module documentation.
@@ -76,6 +78,10 @@ pub struct Transparent {
 
 /// How often idle clients give back spare memory.
 const SHRINK_EVERY: Duration = Duration::from_secs(5);
+
+/// A client with less to do than once in this long is idle: it keeps no
+/// spare capacity between its steps.
+const SHRINK_IDLE: Duration = Duration::from_secs(1);
 
 impl Transparent {
     /// An empty set; `broker` names the broker in failure reasons and
@@ -163,6 +169,13 @@ impl Transparent {
             }
         }
         let Some(slot) = self.slots.get_mut(&key) else { return };
+        // A rarely busy client gives back the capacity its step needed (its
+        // octets are shrunk only once written).
+        let idle = slot.last_active.is_none_or(|t| now.saturating_duration_since(t) >= SHRINK_IDLE);
+        slot.last_active = Some(now);
+        if idle && !slot.dirty {
+            slot.client.shrink_idle();
+        }
         let link_deadline = match slot.link {
             Link::Backoff { until } => Some(until),
             Link::Opening { deadline, .. } => Some(deadline),
@@ -257,6 +270,7 @@ impl Upstreams for Transparent {
                         delay: self.opts.backoff.initial,
                         scheduled: None,
                         dirty: false,
+                        last_active: None,
                     })
                 })
             }
