@@ -86,9 +86,17 @@ fn delivery_qos_is_the_lower_of_publish_and_subscription() {
         let topic = format!("{base}/q{pub_qos}");
         publisher.publish(&topic, format!("q{pub_qos}").as_bytes(), pub_qos, false);
         let m = sub2.recv();
-        assert_eq!((m.topic.as_str(), m.qos), (topic.as_str(), at_sub2), "QoS {pub_qos} to a QoS 2 subscriber");
+        assert_eq!(
+            (m.topic.as_str(), m.qos),
+            (topic.as_str(), at_sub2),
+            "QoS {pub_qos} to a QoS 2 subscriber"
+        );
         let m = sub0.recv();
-        assert_eq!((m.topic.as_str(), m.qos), (topic.as_str(), at_sub0), "QoS {pub_qos} to a QoS 0 subscriber");
+        assert_eq!(
+            (m.topic.as_str(), m.qos),
+            (topic.as_str(), at_sub0),
+            "QoS {pub_qos} to a QoS 0 subscriber"
+        );
     }
     // A sensor subscribed at QoS 2 through the gateway: a QoS 0 publish
     // arrives at QoS 0.
@@ -140,7 +148,8 @@ fn retained_messages_and_persistent_sessions_on_the_embedded_broker() {
     publisher.publish(&cmd, b"kept 2", 2, false);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let mut keeper = MqttClient::connect_with(port, &id, false, None, None).unwrap();
-    let got: Vec<(Vec<u8>, u8)> = (0..2).map(|_| keeper.recv()).map(|m| (m.payload, m.qos)).collect();
+    let got: Vec<(Vec<u8>, u8)> =
+        (0..2).map(|_| keeper.recv()).map(|m| (m.payload, m.qos)).collect();
     assert_eq!(got, vec![(b"kept 1".to_vec(), 1), (b"kept 2".to_vec(), 2)]);
     let _ = std::fs::remove_dir_all(cfg.parent().unwrap());
 }

@@ -323,6 +323,13 @@ fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
     let mut cmd = Cli::command().name("mqttsn").bin_name("mqttsn");
     cmd.build();
     clap_mangen::generate_to(cmd.clone(), &man)?;
+    // `mqttsn help SUBCOMMAND` needs no pages of its own.
+    for entry in std::fs::read_dir(&man)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mqttsn-help")) {
+            std::fs::remove_file(path)?;
+        }
+    }
     for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
     {
         clap_complete::generate_to(shell, &mut cmd, "mqttsn", &completions)?;
