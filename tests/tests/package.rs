@@ -260,7 +260,7 @@ fn lintian_is_clean_on_every_package() {
     for arch in ["amd64", "arm64", "armhf"] {
         let Some(deb) = deb(arch) else { continue };
         let out = Command::new("lintian")
-            .args(["--fail-on", "error,warning", "--suppress-tags", "running-with-root-privileges"])
+            .args(["--fail-on", "error,warning"])
             .arg(&deb)
             .output()
             .expect("lintian (Debian package lintian) is required; scripts/test installs it");
