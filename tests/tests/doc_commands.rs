@@ -409,8 +409,9 @@ fn spawn(command: &str, cwd: &Path, log: &Path) -> Child {
     Command::new("bash")
         .args(["-c", command.trim_end_matches('&').trim_end()])
         .current_dir(cwd)
-        .env("PATH", path)
         .env("CARGO_TARGET_DIR", target_dir())
+        // No network in the namespace: cargo uses what it has.
+        .env("CARGO_NET_OFFLINE", "true")
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -512,11 +513,12 @@ fn run_block(block: &Block, scratch: &Path) -> Vec<String> {
     for (i, (command, _, how)) in entries.iter().enumerate() {
         let cmd = rewrite(command, scratch);
         let log = scratch.join(format!("{}-{i}.log", block.file.replace('/', "_")));
-        let cwd = if command.starts_with("cargo ")
-            || command.starts_with("packaging/")
-            || command.starts_with("file ")
-            || command.starts_with("readelf ")
-            || command.starts_with("dpkg-deb ")
+        // Where it runs: the repository for cargo and the build's files,
+        // the scratch folder for the rest (a gateway writes its store in
+        // its working directory).
+        let cwd = if ["cargo ", "packaging/", "file ", "readelf ", "dpkg-deb "]
+            .iter()
+            .any(|p| cmd.starts_with(p))
         {
             repo()
         } else {
@@ -636,21 +638,14 @@ fn run_block(block: &Block, scratch: &Path) -> Vec<String> {
         }
     } else if dump_up {
         // A datagram for the dump to print.
-        let _ = Command::new(tools_binary())
-            .args([
-                "pub",
-                "-p",
-                "1884",
-                "-t",
-                "sensors/probe",
-                "-m",
-                "probe",
-                "-q",
-                "-1",
-                "-T",
-                "1",
-            ])
-            .output();
+        let out = Command::new(tools_binary())
+            .args(["pub", "-p", "1884", "-T", "1", "-m", "probe", "-q", "-1"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            failures.push(format!("{}: the probe to the dump failed: {err}", block.file));
+        }
     }
     std::thread::sleep(Duration::from_millis(1500));
     let watched = around.watcher.as_ref().map(Running::output).unwrap_or_default();
@@ -734,7 +729,13 @@ fn every_documented_command_works_as_written() {
         return;
     }
     let mut failures = Vec::new();
+    // MQTTSN_DOC_COMMANDS=TEXT runs only the blocks with a command
+    // containing TEXT (to iterate on one document).
+    let only = std::env::var("MQTTSN_DOC_COMMANDS").ok();
     for (i, block) in blocks().iter().enumerate() {
+        if only.as_ref().is_some_and(|t| !block.commands.iter().any(|c| c.contains(t.as_str()))) {
+            continue;
+        }
         let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("doc-commands-{}/{i}", std::process::id()));
         let _ = std::fs::remove_dir_all(&scratch);
