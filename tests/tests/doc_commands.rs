@@ -401,11 +401,6 @@ fn spawn(command: &str, cwd: &Path, log: &Path) -> Child {
     use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
-    let path = format!(
-        "{}:{}",
-        target_dir().join("debug").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     Command::new("bash")
         .args(["-c", command.trim_end_matches('&').trim_end()])
         .current_dir(cwd)
