@@ -88,7 +88,13 @@ class MQTTSNClient:
         if isinstance(client_id, str):
             client_id = client_id.encode()
         self.client_id = client_id
-        self.addr = socket.getaddrinfo(server, port)[0][-1] if sock is None else (server, port)
+        if sock is None:
+            # The address family follows the server: "::1" or a v6 name
+            # needs an AF_INET6 socket.
+            ai = socket.getaddrinfo(server, port)[0]
+            self.af, self.addr = ai[0], ai[-1]
+        else:
+            self.af, self.addr = None, (server, port)
         self.keepalive = keepalive
         self.retry = retry
         self.retries = retries
@@ -147,7 +153,7 @@ class MQTTSNClient:
 
     def connect(self, clean_session=True):
         if self.sock is None:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock = socket.socket(self.af or socket.AF_INET, socket.SOCK_DGRAM)
         flags = (0x04 if clean_session else 0) | (0x08 if self.will else 0)
         data = packet(CONNECT, struct.pack("!BBH", flags, 1, self.keepalive) + self.client_id)
         for _ in range(self.retries + 1):

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-use mqttsn_codec::{QoS, TopicFilter};
+use mqttsn_codec::{Packet, QoS, TopicFilter};
 
 use crate::adapter::{aside, message, topic_text};
 pub use crate::adapter::{describe, Message, UdpError};
@@ -24,6 +24,9 @@ pub struct UdpClient<const T: usize = 16, const F: usize = 4, const B: usize = 1
     pub inbox: Vec<Message>,
     /// Print every datagram (`-d` in the tools).
     pub debug: bool,
+    /// MsgIds of QoS 2 messages received (PUBREC sent) whose PUBREL has
+    /// not arrived yet.
+    unreleased: Vec<u16>,
 }
 
 impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
@@ -48,6 +51,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
             tx: vec![0; B],
             inbox: Vec::new(),
             debug: false,
+            unreleased: Vec::new(),
         })
     }
 
@@ -93,6 +97,16 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
                     let datagram = &self.rx[..n];
                     if self.debug {
                         eprintln!("<- {}", describe(datagram));
+                    }
+                    match Packet::decode(datagram) {
+                        Ok(Packet::Publish(p))
+                            if p.qos == QoS::ExactlyOnce
+                                && !self.unreleased.contains(&p.msg_id) =>
+                        {
+                            self.unreleased.push(p.msg_id);
+                        }
+                        Ok(Packet::PubRel(id)) => self.unreleased.retain(|m| *m != id),
+                        _ => {}
                     }
                     let event = match self.client.handle_datagram(now, datagram) {
                         Ok(e) => e,
@@ -186,6 +200,47 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
             }
         }
         Ok((id, granted))
+    }
+
+    /// UNSUBSCRIBE and wait for UNSUBACK.
+    pub fn unsubscribe(&mut self, filter: TopicFilter<'_>, wait: Duration) -> Result<(), UdpError> {
+        let now = self.now();
+        let msg_id = self.client.unsubscribe(now, filter)?;
+        self.run_until(wait, wait::unsubscribed(msg_id))
+    }
+
+    /// Runs the client for `wait` with nothing to wait for: answers the
+    /// gateway, sends the keepalive PINGREQ and retransmissions. For a
+    /// program that waits on something else (standard input, say) between
+    /// calls. Messages that arrive go to [`UdpClient::inbox`].
+    pub fn poll(&mut self, wait: Duration) -> Result<(), UdpError> {
+        match self.run_until(wait, |_| None::<()>) {
+            Ok(()) | Err(UdpError::Timeout) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True while a QoS 2 message was received (PUBREC sent) and its
+    /// PUBREL has not arrived: the exchange is not complete.
+    pub fn awaiting_release(&self) -> bool {
+        !self.unreleased.is_empty()
+    }
+
+    /// Runs the client until every QoS 2 message received has been
+    /// released (PUBREL answered with PUBCOMP), or `wait` passes; for
+    /// before a DISCONNECT. Messages that arrive meanwhile go to
+    /// [`UdpClient::inbox`].
+    pub fn settle(&mut self, wait: Duration) -> Result<(), UdpError> {
+        let deadline = Instant::now() + wait;
+        while self.awaiting_release() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(UdpError::Timeout);
+            }
+            self.poll(left.min(Duration::from_millis(20)))?;
+        }
+        // The last PUBCOMP is queued: send it.
+        self.flush()
     }
 
     /// The next message (from the inbox first), or `None` after `wait`.

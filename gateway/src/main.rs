@@ -38,6 +38,27 @@ struct Args {
     /// (overrides gateway.store).
     #[arg(long, value_name = "FILE")]
     store: Option<String>,
+    /// Write the man page and shell completions (bash, zsh, fish) into DIR
+    /// and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true)]
+    generate_docs: Option<PathBuf>,
+}
+
+/// The man page and completions for bash, zsh and fish.
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    let mut cmd = Args::command().name("mqttsn-gateway").bin_name("mqttsn-gateway");
+    cmd.build();
+    clap_mangen::generate_to(cmd.clone(), &man)?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
+    {
+        clap_complete::generate_to(shell, &mut cmd, "mqttsn-gateway", &completions)?;
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +75,9 @@ async fn run() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(dir) = &args.generate_docs {
+        return generate_docs(dir);
+    }
     let mut cfg = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),

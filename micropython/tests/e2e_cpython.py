@@ -1,6 +1,7 @@
 # umqttsn under CPython against a real gateway and broker:
-#   python3 e2e_cpython.py GATEWAY_PORT TOPIC_PREFIX
-# Exit status 0 when every step worked.
+#   python3 e2e_cpython.py GATEWAY_PORT TOPIC_PREFIX [GATEWAY_HOST]
+# Exit status 0 when every step worked. GATEWAY_HOST defaults to 127.0.0.1
+# ("::1" runs it over IPv6).
 import sys
 import time
 
@@ -9,14 +10,15 @@ import umqttsn  # noqa: E402
 
 port = int(sys.argv[1])
 base = sys.argv[2]
+host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 
 got = []
-sub = umqttsn.MQTTSNClient(base + "-sub", "127.0.0.1", port, keepalive=60, retry=1, retries=5)
+sub = umqttsn.MQTTSNClient(base + "-sub", host, port, keepalive=60, retry=1, retries=5)
 sub.set_callback(lambda topic, msg: got.append((topic, bytes(msg))))
 sub.connect(clean_session=False)
 sub.subscribe(base + "/#", qos=1)
 
-pub = umqttsn.MQTTSNClient(base + "-pub", "127.0.0.1", port, keepalive=60, retry=1, retries=5)
+pub = umqttsn.MQTTSNClient(base + "-pub", host, port, keepalive=60, retry=1, retries=5)
 pub.connect()
 for qos in (0, 1, 2):
     pub.publish(base + "/reading", '{"t": 21.5, "qos": %d}' % qos, qos=qos)
@@ -41,4 +43,4 @@ assert got == [], "nothing twice"
 
 pub.publish(base + "/done", "bye", qos=1)
 pub.disconnect()
-print("OK umqttsn end to end under CPython")
+print("OK umqttsn end to end under CPython, gateway %s" % host)

@@ -104,6 +104,17 @@ impl Mosquitto {
         Err("mosquitto did not accept connections within 10 s".into())
     }
 
+    /// Starts mosquitto with an anonymous listener on a given port (for a
+    /// private network namespace, where the documented ports are free).
+    pub fn start_on(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(unique("mqttsn-mosquitto"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        match Self::spawn(&dir, port, "") {
+            Ok(child) => Self { child, port, dir, extra: String::new() },
+            Err(e) => panic!("mosquitto did not start on port {port}: {e}"),
+        }
+    }
+
     /// The broker's port.
     pub fn port(&self) -> u16 {
         self.port

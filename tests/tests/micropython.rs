@@ -70,3 +70,30 @@ fn end_to_end_under_cpython() {
     assert!(out.contains("OK umqttsn end to end"), "{out}");
     assert_eq!(watcher.recv().payload, b"bye");
 }
+
+#[test]
+fn end_to_end_over_ipv6() {
+    // The real gateway binary listening on [::1]; the module must open an
+    // AF_INET6 socket for "::1" (it used to fail with OSError 97).
+    let broker = Mosquitto::start();
+    let gw = mqttsn_tests::gateway::GatewayProcess::spawn(&[
+        "--listen",
+        "[::1]:0",
+        "--broker",
+        &broker.url(),
+    ]);
+    assert!(gw.addr.is_ipv6(), "{}", gw.addr);
+    let base = unique("upy6");
+    let mut watcher = MqttClient::connect(broker.port(), &unique("watch"));
+    watcher.subscribe(&format!("{base}/done"), 1);
+    let out = run(
+        Command::new("python3")
+            .arg(micropython_dir().join("tests/e2e_cpython.py"))
+            .arg(gw.addr.port().to_string())
+            .arg(&base)
+            .arg("::1"),
+        "python3",
+    );
+    assert!(out.contains("OK umqttsn end to end") && out.contains("::1"), "{out}");
+    assert_eq!(watcher.recv().payload, b"bye");
+}

@@ -4,4 +4,5 @@
 
 pub mod bench;
 pub mod dump;
+pub mod format;
 pub mod pubsub;

@@ -52,6 +52,13 @@ enum Tool {
     /// on the broker, the direct-to-broker ceiling; one JSON line out.
     #[command(disable_help_flag = true)]
     Bench(BenchArgs),
+    /// Write the man pages and shell completions (bash, zsh, fish) into DIR
+    /// (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// The folder: DIR/man/*.1, DIR/completions/*.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Options of `pub` and `sub` as in mosquitto's tools (`-h` is the host).
@@ -75,21 +82,44 @@ struct CommonArgs {
     /// Seconds to wait for each answer from the gateway.
     #[arg(long, default_value_t = 10)]
     wait: u64,
+    /// Will topic (set by the will handshake at CONNECT).
+    #[arg(long)]
+    will_topic: Option<String>,
+    /// Will payload.
+    #[arg(long, default_value = "", requires = "will_topic")]
+    will_payload: String,
+    /// Will QoS: 0, 1 or 2.
+    #[arg(long, default_value_t = 0, requires = "will_topic")]
+    will_qos: i8,
+    /// Will retain.
+    #[arg(long, requires = "will_topic")]
+    will_retain: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
 }
 
 impl CommonArgs {
-    fn common(&self) -> Common {
-        Common {
+    fn common(&self) -> Result<Common, Failure> {
+        let will = match &self.will_topic {
+            Some(t) => {
+                let q = pubsub::qos(self.will_qos)?;
+                if q == mqttsn_client::QoS::NoSession {
+                    return Err(Failure::Usage("--will-qos must be 0, 1 or 2".into()));
+                }
+                Some((t.clone(), self.will_payload.clone().into_bytes(), q, self.will_retain))
+            }
+            None => None,
+        };
+        Ok(Common {
             host: self.host.clone(),
             port: self.port,
             client_id: self.client_id.clone(),
             keepalive: self.keepalive,
             debug: self.debug,
             wait: Duration::from_secs(self.wait),
-        }
+            will,
+        })
     }
 }
 
@@ -106,9 +136,13 @@ struct PubArgs {
     /// The message.
     #[arg(short, long, group = "payload")]
     message: Option<String>,
-    /// Send each line of standard input as a message.
+    /// Send each line of standard input as a message (the connection is
+    /// kept alive while no line comes).
     #[arg(short = 'l', long, group = "payload")]
     stdin_lines: bool,
+    /// Read standard input to its end and send it as one message.
+    #[arg(short = 's', long, group = "payload")]
+    stdin_file: bool,
     /// Send the contents of a file as the message.
     #[arg(short = 'f', long, group = "payload")]
     file: Option<std::path::PathBuf>,
@@ -121,18 +155,6 @@ struct PubArgs {
     /// Retain.
     #[arg(short, long)]
     retain: bool,
-    /// Will topic.
-    #[arg(long)]
-    will_topic: Option<String>,
-    /// Will payload.
-    #[arg(long, default_value = "")]
-    will_payload: String,
-    /// Will QoS.
-    #[arg(long, default_value_t = 0)]
-    will_qos: i8,
-    /// Will retain.
-    #[arg(long)]
-    will_retain: bool,
     /// End with DISCONNECT carrying this sleep duration (seconds).
     #[arg(long, value_name = "SECONDS")]
     sleep: Option<u16>,
@@ -148,16 +170,38 @@ struct SubArgs {
     /// A predefined topic id (repeatable).
     #[arg(short = 'T', long)]
     predefined: Vec<u16>,
+    /// A topic filter to unsubscribe from (repeatable), after subscribing;
+    /// with -c, it removes a subscription of the kept session.
+    #[arg(short = 'U', long, value_name = "TOPIC")]
+    unsubscribe: Vec<String>,
     /// QoS: 0, 1 or 2.
     #[arg(short, long, default_value_t = 0)]
     qos: i8,
+    /// CleanSession false: the gateway and the broker keep the session
+    /// (subscriptions, messages) when the tool exits.
+    #[arg(short = 'c', long = "disable-clean-session")]
+    persistent: bool,
     /// Print the topic before each payload.
     #[arg(short, long)]
     verbose: bool,
+    /// No newline after each message.
+    #[arg(short = 'N')]
+    no_eol: bool,
+    /// Do not print messages with the retain flag (stale ones).
+    #[arg(short = 'R')]
+    no_retained: bool,
+    /// Output format, with mosquitto_sub's codes: %t topic, %p payload, %q
+    /// QoS, %r retain, %l length, %x/%X hex, %I %U time, %j %J JSON,
+    /// @H-style time fields, \n \t escapes (docs/tools.md).
+    #[arg(short = 'F', value_name = "FORMAT")]
+    format: Option<String>,
+    /// Exit once every subscription (and -U) is acknowledged.
+    #[arg(short = 'E')]
+    exit_after_subscribe: bool,
     /// Exit after this many messages.
     #[arg(short = 'C', long)]
     count: Option<u64>,
-    /// Exit after this many seconds.
+    /// Exit after this many seconds (exit code 27, as mosquitto_sub).
     #[arg(short = 'W', long)]
     timeout: Option<u64>,
     /// Sleep cycles: sleep this many seconds, wake, print what arrived, repeat.
@@ -349,6 +393,8 @@ async fn run_bench(a: BenchArgs) -> i32 {
 fn run_pub(a: PubArgs) -> Result<(), Failure> {
     let messages = if a.stdin_lines {
         Messages::Lines
+    } else if a.stdin_file {
+        Messages::Stdin
     } else if let Some(f) = &a.file {
         Messages::One(std::fs::read(f).map_err(|e| Failure::Io(format!("{}: {e}", f.display())))?)
     } else if a.null_message {
@@ -356,24 +402,19 @@ fn run_pub(a: PubArgs) -> Result<(), Failure> {
     } else if let Some(m) = &a.message {
         Messages::One(m.clone().into_bytes())
     } else {
-        return Err(Failure::Usage("give a message: -m, -l, -f or -n".into()));
+        return Err(Failure::Usage("give a message: -m, -l, -s, -f or -n".into()));
     };
     let topic = match (a.topic, a.predefined) {
         (_, Some(id)) => PubTopic::Predefined(id),
         (Some(t), None) => PubTopic::Name(t),
         (None, None) => return Err(Failure::Usage("give -t TOPIC or -T ID".into())),
     };
-    let will = match a.will_topic {
-        Some(t) => Some((t, a.will_payload.into_bytes(), pubsub::qos(a.will_qos)?, a.will_retain)),
-        None => None,
-    };
     pubsub::publish(&PubOptions {
-        common: a.common.common(),
+        common: a.common.common()?,
         topic,
         messages,
         qos: pubsub::qos(a.qos)?,
         retain: a.retain,
-        will,
         sleep: a.sleep,
     })
 }
@@ -384,11 +425,17 @@ fn run_sub(a: SubArgs) -> Result<(), Failure> {
         return Err(Failure::Usage("sub: QoS must be 0, 1 or 2".into()));
     }
     let o = SubOptions {
-        common: a.common.common(),
+        common: a.common.common()?,
         topics: a.topic,
         predefined: a.predefined,
+        unsubscribe: a.unsubscribe,
         qos,
+        persistent: a.persistent,
         verbose: a.verbose,
+        no_eol: a.no_eol,
+        no_retained: a.no_retained,
+        format: a.format,
+        exit_after_subscribe: a.exit_after_subscribe,
         count: a.count,
         timeout: a.timeout,
         sleep: a.sleep,
@@ -403,9 +450,46 @@ fn exit_on(result: Result<(), Failure>) {
     }
 }
 
+/// Man pages (one per subcommand) and completions for bash, zsh and fish.
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    let mut cmd = Cli::command().name("mqttsn").bin_name("mqttsn");
+    cmd.build();
+    clap_mangen::generate_to(cmd.clone(), &man)?;
+    // `mqttsn help SUBCOMMAND` needs no pages of its own.
+    for entry in std::fs::read_dir(&man)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mqttsn-help")) {
+            std::fs::remove_file(path)?;
+        }
+    }
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
+    {
+        clap_complete::generate_to(shell, &mut cmd, "mqttsn", &completions)?;
+    }
+    Ok(())
+}
+
+/// Parses the command line; a usage error exits 1, as mosquitto's tools.
+fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(1)
+        }
+        Err(e) => e.exit(),
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    match parse().command {
+        Tool::GenerateDocs { dir } => generate_docs(&dir)?,
         Tool::Pub(a) => exit_on(run_pub(a)),
         Tool::Sub(a) => exit_on(run_sub(a)),
         Tool::Bench(a) => {

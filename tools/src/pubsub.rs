@@ -4,34 +4,43 @@
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
-use mqttsn_client::std_udp::{UdpClient, UdpError};
+use mqttsn_client::std_udp::{Message, UdpClient, UdpError};
 use mqttsn_client::{QoS, ReturnCode, Settings, Topic, TopicFilter};
 
 /// The client the tools use: 32 topics, 4 requests in flight, datagrams up
 /// to 4 KiB.
 pub type ToolClient = UdpClient<32, 4, 4096>;
 
-/// How a tool failed; each has its exit code.
+/// How a tool failed; each has its exit code, mosquitto_pub's and
+/// mosquitto_sub's where they have one.
 #[derive(Debug)]
 pub enum Failure {
-    /// Bad arguments (exit 2).
+    /// Bad arguments, or a name or payload over the client's buffers
+    /// (exit 1, as mosquitto's tools).
     Usage(String),
-    /// No answer from the gateway (exit 3).
+    /// No answer from the gateway, or it disconnected (exit 7,
+    /// libmosquitto's "connection lost").
     Unreachable(String),
-    /// The gateway refused (exit 4).
+    /// The gateway refused: the exit code is the MQTT-SN return code (1
+    /// congestion, 2 invalid topic id, 3 not supported), as mosquitto's
+    /// tools exit with the CONNACK return code.
     Refused(String, ReturnCode),
-    /// Reading input or writing output failed (exit 5).
+    /// Reading input or writing output failed (exit 14, libmosquitto's
+    /// "errno").
     Io(String),
+    /// `sub -W`: the time ran out (exit 27, libmosquitto's "timeout").
+    TimedOut,
 }
 
 impl Failure {
     /// The process exit code.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Usage(_) => 2,
-            Self::Unreachable(_) => 3,
-            Self::Refused(..) => 4,
-            Self::Io(_) => 5,
+            Self::Usage(_) => 1,
+            Self::Unreachable(_) => 7,
+            Self::Refused(_, rc) => i32::from(rc.to_u8()).max(1),
+            Self::Io(_) => 14,
+            Self::TimedOut => 27,
         }
     }
 }
@@ -43,6 +52,7 @@ impl std::fmt::Display for Failure {
             Self::Refused(what, rc) => {
                 write!(f, "{what} refused by the gateway: {rc} (0x{:02x})", rc.to_u8())
             }
+            Self::TimedOut => f.write_str("Timed out"),
         }
     }
 }
@@ -73,6 +83,8 @@ pub struct Common {
     pub debug: bool,
     /// How long to wait for each answer.
     pub wait: Duration,
+    /// Will topic, payload, QoS, retain.
+    pub will: Option<(String, Vec<u8>, QoS, bool)>,
 }
 
 /// The QoS for `-q`.
@@ -102,6 +114,8 @@ pub enum Messages {
     One(Vec<u8>),
     /// One message per line of standard input.
     Lines,
+    /// Standard input, read to its end, as one message.
+    Stdin,
 }
 
 /// `mqttsn pub`.
@@ -117,8 +131,6 @@ pub struct PubOptions {
     pub qos: QoS,
     /// RETAIN.
     pub retain: bool,
-    /// Will topic, payload, QoS, retain.
-    pub will: Option<(String, Vec<u8>, QoS, bool)>,
     /// Sleep (DISCONNECT with Duration) at the end instead of DISCONNECT.
     pub sleep: Option<u16>,
 }
@@ -146,19 +158,54 @@ pub fn publish(o: &PubOptions) -> Result<(), Failure> {
             "-q -1 needs a predefined id (-T) or a two-character short name".into(),
         ));
     }
-    if o.qos != QoS::NoSession {
-        let will = o.will.as_ref().map(|(t, p, q, r)| (t.as_str(), p.as_slice(), *q, *r));
+    if o.qos == QoS::NoSession {
+        eprintln!(
+            "mqttsn: warning: QoS -1 is never acknowledged: success means sent, not received. \
+             The gateway takes QoS -1 only with [qos_minus_one] enabled = true (and the \
+             topic id predefined there)."
+        );
+    } else {
+        let will = o.common.will.as_ref().map(|(t, p, q, r)| (t.as_str(), p.as_slice(), *q, *r));
         c.connect(true, o.common.keepalive, will, wait).map_err(|e| failure("CONNECT", e))?;
     }
-    let mut send = |payload: &[u8]| {
+    let send = |c: &mut ToolClient, payload: &[u8]| {
         c.publish(topic, payload, o.qos, o.retain, wait).map_err(|e| failure("PUBLISH", e))
     };
     match &o.messages {
-        Messages::One(m) => send(m)?,
+        Messages::One(m) => send(&mut c, m)?,
+        Messages::Stdin => {
+            let mut m = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut m)
+                .map_err(|e| Failure::Io(format!("standard input: {e}")))?;
+            send(&mut c, &m)?;
+        }
         Messages::Lines => {
-            for line in std::io::stdin().lock().lines() {
-                let line = line.map_err(|e| Failure::Io(format!("standard input: {e}")))?;
-                send(line.as_bytes())?;
+            // Standard input is read on its own thread, so that the
+            // connection is kept alive (PINGREQ at the keepalive, answers to
+            // the gateway) while no line comes: `tail -f log | mqttsn pub -l`.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<String>>(64);
+            std::thread::spawn(move || {
+                for line in std::io::stdin().lock().lines() {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let idle = Duration::from_millis(200);
+            loop {
+                match rx.recv_timeout(idle) {
+                    Ok(line) => {
+                        let line = line.map_err(|e| Failure::Io(format!("standard input: {e}")))?;
+                        send(&mut c, line.as_bytes())?;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if o.qos != QoS::NoSession {
+                            c.poll(Duration::from_millis(10))
+                                .map_err(|e| failure("keepalive", e))?;
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
             }
         }
     }
@@ -180,62 +227,123 @@ pub struct SubOptions {
     pub topics: Vec<String>,
     /// `-T` predefined ids.
     pub predefined: Vec<u16>,
+    /// `-U` filters to unsubscribe from.
+    pub unsubscribe: Vec<String>,
     /// QoS 0..2.
     pub qos: QoS,
+    /// `-c`: CleanSession false (the session outlives the connection).
+    pub persistent: bool,
     /// Print the topic before the payload.
     pub verbose: bool,
+    /// `-N`: no newline after each message.
+    pub no_eol: bool,
+    /// `-R`: do not print messages with the retain flag (stale ones).
+    pub no_retained: bool,
+    /// `-F`: the output format (mosquitto_sub's codes, see [`crate::format`]).
+    pub format: Option<String>,
+    /// `-E`: exit once every SUBSCRIBE and UNSUBSCRIBE is acknowledged.
+    pub exit_after_subscribe: bool,
     /// Stop after this many messages.
     pub count: Option<u64>,
-    /// Stop after this many seconds.
+    /// Stop after this many seconds (exit 27).
     pub timeout: Option<u64>,
     /// Sleep cycles: sleep this long, wake, print, repeat.
     pub sleep: Option<u16>,
 }
 
+fn filter(t: &str) -> TopicFilter<'_> {
+    if t.len() == 2 && !t.contains(['+', '#']) {
+        TopicFilter::Short([t.as_bytes()[0], t.as_bytes()[1]])
+    } else {
+        TopicFilter::Name(t.as_bytes())
+    }
+}
+
+/// One message as mosquitto_sub prints it with these options; `None` when
+/// nothing is printed (an empty payload without `-v` or `-F`).
+pub fn render(o: &SubOptions, m: &Message) -> Option<Vec<u8>> {
+    let eol = !o.no_eol;
+    if let Some(f) = &o.format {
+        return Some(crate::format::render(f, m, &crate::format::Stamp::now(), eol));
+    }
+    let mut out = Vec::with_capacity(m.topic.len() + m.payload.len() + 2);
+    match (o.verbose, m.payload.is_empty()) {
+        (true, false) => {
+            out.extend_from_slice(m.topic.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(&m.payload);
+        }
+        // mosquitto_sub -v shows an empty payload as (null), and with -N
+        // not at all.
+        (true, true) if eol => {
+            out.extend_from_slice(m.topic.as_bytes());
+            out.extend_from_slice(b" (null)");
+        }
+        (false, false) => out.extend_from_slice(&m.payload),
+        _ => return None,
+    }
+    if eol {
+        out.push(b'\n');
+    }
+    Some(out)
+}
+
 /// Runs `mqttsn sub`, printing to `out`.
 pub fn subscribe(o: &SubOptions, out: &mut impl Write) -> Result<(), Failure> {
-    if o.topics.is_empty() && o.predefined.is_empty() {
-        return Err(Failure::Usage("give at least one -t TOPIC or -T ID".into()));
+    if o.topics.is_empty() && o.predefined.is_empty() && o.unsubscribe.is_empty() {
+        return Err(Failure::Usage("give at least one -t TOPIC, -T ID or -U TOPIC".into()));
     }
+    let deadline = o.timeout.map(|s| Instant::now() + Duration::from_secs(s));
     let mut c = client(&o.common, "mqttsn-sub")?;
     let wait = o.common.wait;
-    c.connect(o.sleep.is_none(), o.common.keepalive, None, wait)
-        .map_err(|e| failure("CONNECT", e))?;
+    let will = o.common.will.as_ref().map(|(t, p, q, r)| (t.as_str(), p.as_slice(), *q, *r));
+    let clean = !(o.persistent || o.sleep.is_some());
+    c.connect(clean, o.common.keepalive, will, wait).map_err(|e| failure("CONNECT", e))?;
     for t in &o.topics {
-        let filter = if t.len() == 2 && !t.contains(['+', '#']) {
-            TopicFilter::Short([t.as_bytes()[0], t.as_bytes()[1]])
-        } else {
-            TopicFilter::Name(t.as_bytes())
-        };
-        c.subscribe(filter, o.qos, wait).map_err(|e| failure(&format!("SUBSCRIBE {t}"), e))?;
+        c.subscribe(filter(t), o.qos, wait).map_err(|e| failure(&format!("SUBSCRIBE {t}"), e))?;
     }
     for id in &o.predefined {
         c.subscribe(TopicFilter::Predefined(*id), o.qos, wait)
             .map_err(|e| failure(&format!("SUBSCRIBE -T {id}"), e))?;
     }
-    let deadline = o.timeout.map(|s| Instant::now() + Duration::from_secs(s));
+    for t in &o.unsubscribe {
+        c.unsubscribe(filter(t), wait).map_err(|e| failure(&format!("UNSUBSCRIBE {t}"), e))?;
+    }
+    if o.exit_after_subscribe {
+        return c.disconnect(wait).map_err(|e| failure("DISCONNECT", e));
+    }
     let mut printed = 0u64;
-    let mut print = |m: &mqttsn_client::std_udp::Message| -> Result<bool, Failure> {
-        let io = |e: std::io::Error| Failure::Io(format!("standard output: {e}"));
-        if o.verbose {
-            write!(out, "{} ", m.topic).map_err(io)?;
+    // Prints one message; true when the count is reached.
+    let mut print = |m: &Message| -> Result<bool, Failure> {
+        if o.no_retained && m.retain {
+            return Ok(false);
         }
-        out.write_all(&m.payload).map_err(io)?;
-        writeln!(out).map_err(io)?;
-        out.flush().map_err(io)?;
+        let io = |e: std::io::Error| Failure::Io(format!("standard output: {e}"));
+        if let Some(bytes) = render(o, m) {
+            out.write_all(&bytes).map_err(io)?;
+            out.flush().map_err(io)?;
+        }
         printed += 1;
         Ok(o.count.is_some_and(|n| printed >= n))
     };
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
-            return Ok(());
+            // As mosquitto_sub: a clean DISCONNECT, then exit 27.
+            if o.sleep.is_none() {
+                let _ = c.settle(wait);
+                let _ = c.disconnect(wait);
+            }
+            return Err(Failure::TimedOut);
         }
         match o.sleep {
             None => {
                 let step = left.unwrap_or(Duration::from_secs(3600)).min(Duration::from_secs(1));
                 if let Some(m) = c.next_message(step).map_err(|e| failure("waiting", e))? {
                     if print(&m)? {
+                        // A QoS 2 exchange ends with PUBREL and PUBCOMP
+                        // before the DISCONNECT.
+                        c.settle(wait).map_err(|e| failure("PUBREL", e))?;
                         return c.disconnect(wait).map_err(|e| failure("DISCONNECT", e));
                     }
                 }
