@@ -115,6 +115,9 @@ pub struct BrokerSection {
     pub keepalive_secs: u16,
     /// How long a TCP connect to the broker may take.
     pub connect_timeout_ms: u64,
+    /// How long octets holding only QoS 0 PUBLISHes may wait for more
+    /// before they are written to the broker, in microseconds.
+    pub qos0_linger_us: u64,
     /// Upstream username for sensors not in `[[clients]]`.
     pub username: Option<String>,
     /// Upstream password for sensors not in `[[clients]]`.
@@ -136,6 +139,7 @@ impl Default for BrokerSection {
             client_id_prefix: String::new(),
             keepalive_secs: 60,
             connect_timeout_ms: 5_000,
+            qos0_linger_us: 0,
             username: None,
             password: None,
             ca_file: None,

@@ -2,6 +2,7 @@
 //! drivers around them.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod auth;
 pub mod cidr;
 pub mod config;

@@ -144,6 +144,7 @@ async fn run() -> anyhow::Result<()> {
             },
             backoff: Backoff::default(),
             connect_timeout: Duration::from_millis(cfg.broker.connect_timeout_ms),
+            qos0_linger: Duration::from_micros(cfg.broker.qos0_linger_us),
             ..UpstreamOptions::default()
         },
     };

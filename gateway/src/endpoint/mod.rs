@@ -84,9 +84,7 @@ const MAX_HOPS: u8 = 2;
 /// How often expiry and the gauges are looked at.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
-/// A session heard from less often than this is idle: it keeps no spare
-/// capacity between its steps.
-const IDLE: Duration = Duration::from_secs(1);
+pub use crate::activity::Activity;
 
 /// Warnings about bad input per second.
 const LOG_BUDGET: u32 = 20;
@@ -112,8 +110,8 @@ struct Entry {
     /// Messages and octets this session counts in the gateway-wide
     /// buffer total.
     buffered: (usize, usize),
-    /// When its outputs were last moved out.
-    last_flush: Option<Instant>,
+    /// How busy it is.
+    activity: Activity,
 }
 
 /// A session's outputs held until the store committed `ticket`.
@@ -498,7 +496,7 @@ impl Endpoint {
             ended_at: None,
             held: VecDeque::new(),
             buffered: (0, 0),
-            last_flush: None,
+            activity: Activity::default(),
         }));
         self.by_cid.insert(cid, idx);
         self.dir.session_added();
@@ -974,9 +972,7 @@ impl Endpoint {
         }
         // A session that is rarely busy gives back the capacity its step
         // needed at once; a busy one keeps it (no allocation per message).
-        let idle = e.last_flush.is_none_or(|t| now.saturating_duration_since(t) >= IDLE);
-        e.last_flush = Some(now);
-        if idle && e.held.is_empty() {
+        if e.activity.step(now) && e.held.is_empty() {
             e.session.shrink_idle();
         }
     }

@@ -137,6 +137,8 @@ pub struct Client {
     ping_deadline: Option<Instant>,
 
     out: BytesMut,
+    /// `out` holds something besides QoS 0 PUBLISHes.
+    urgent: bool,
     events: VecDeque<Event>,
 }
 
@@ -175,6 +177,7 @@ impl Client {
             last_sent: now,
             ping_deadline: None,
             out: BytesMut::new(),
+            urgent: false,
             events: VecDeque::new(),
         }
     }
@@ -507,11 +510,18 @@ impl Client {
 
     /// Octets to write to the transport.
     pub fn poll_transmit(&mut self) -> Option<BytesMut> {
+        self.urgent = false;
         if self.out.is_empty() {
             None
         } else {
             Some(self.out.split())
         }
+    }
+
+    /// True when the octets waiting hold more than QoS 0 PUBLISHes
+    /// (someone waits for an answer to them).
+    pub fn has_urgent_transmit(&self) -> bool {
+        self.urgent && !self.out.is_empty()
     }
 
     /// True once when the driver must close the transport (after writing
@@ -542,6 +552,9 @@ impl Client {
     fn emit(&mut self, p: &MqttPacket, now: Instant) {
         p.encode(&mut self.out);
         self.last_sent = now;
+        if !matches!(p, MqttPacket::Publish(PublishPacket { qos: QoS::AtMostOnce, .. })) {
+            self.urgent = true;
+        }
     }
 
     fn request_close(&mut self, after: AfterClose) {

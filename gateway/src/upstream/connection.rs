@@ -87,6 +87,11 @@ pub struct UpstreamOptions {
     pub close_timeout: Duration,
     /// Connections being opened at once, per worker; more wait their turn.
     pub max_connecting: usize,
+    /// How long octets that hold only QoS 0 PUBLISHes may wait for more
+    /// before they are written: fewer, fuller TCP segments for the broker
+    /// (and the kernel) to handle. Anything else waiting for an answer is
+    /// written at once. Zero: every batch is written at its end.
+    pub qos0_linger: Duration,
 }
 
 impl Default for UpstreamOptions {
@@ -97,7 +102,8 @@ impl Default for UpstreamOptions {
             connect_timeout: Duration::from_secs(5),
             max_packet: 1 << 20,
             close_timeout: Duration::from_secs(1),
-            max_connecting: 64,
+            max_connecting: 32,
+            qos0_linger: Duration::ZERO,
         }
     }
 }

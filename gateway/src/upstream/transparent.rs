@@ -47,8 +47,14 @@ struct Slot {
     scheduled: Option<Instant>,
     /// Listed in `dirty`: has octets to write.
     dirty: bool,
-    /// When it last had something to do.
-    last_active: Option<Instant>,
+    /// How busy it is.
+    activity: crate::activity::Activity,
+    /// When its octets were last handed out for writing.
+    last_write: Option<Instant>,
+    /// QoS 0 octets lingering until then.
+    flush_at: Option<Instant>,
+    /// Counted in `opening`.
+    admitted: bool,
 }
 
 /// Every sensor's own MQTT connection. See the module documentation.
@@ -78,10 +84,6 @@ pub struct Transparent {
 
 /// How often idle clients give back spare memory.
 const SHRINK_EVERY: Duration = Duration::from_secs(5);
-
-/// A client with less to do than once in this long is idle: it keeps no
-/// spare capacity between its steps.
-const SHRINK_IDLE: Duration = Duration::from_secs(1);
 
 impl Transparent {
     /// An empty set; `broker` names the broker in failure reasons and
@@ -135,20 +137,37 @@ impl Transparent {
                 slot.link = Link::Closing { conn };
                 self.io.push_back(Io::Close { conn, linger: true });
             } else if slot.client.has_transmit() && !slot.dirty {
-                slot.dirty = true;
-                self.dirty.push_back(key);
+                let linger = self.opts.qos0_linger;
+                let due = linger.is_zero()
+                    || slot.client.has_urgent_transmit()
+                    || slot.last_write.is_none_or(|t| now >= t + linger);
+                if due {
+                    slot.dirty = true;
+                    slot.last_write = Some(now);
+                    slot.flush_at = None;
+                    self.dirty.push_back(key);
+                } else if slot.flush_at.is_none() {
+                    slot.flush_at = slot.last_write.map(|t| t + linger);
+                }
             }
         }
         if slot.client.is_finished() {
             match slot.link {
                 Link::Down | Link::Backoff { .. } | Link::Queued => {
+                    if slot.admitted {
+                        self.opening = self.opening.saturating_sub(1);
+                    }
                     self.slots.remove(&key);
+                    self.admit(now);
                     return;
                 }
                 Link::Opening { conn, .. } => {
+                    if slot.admitted {
+                        self.opening = self.opening.saturating_sub(1);
+                    }
                     self.slots.remove(&key);
-                    self.opening = self.opening.saturating_sub(1);
                     self.abandon(conn);
+                    self.admit(now);
                     return;
                 }
                 Link::Up { .. } | Link::Closing { .. } => {}
@@ -169,11 +188,20 @@ impl Transparent {
             }
         }
         let Some(slot) = self.slots.get_mut(&key) else { return };
+        // An open counts against `max_connecting` until the broker has
+        // answered CONNECT (or the attempt failed): a connection the
+        // broker has not accepted yet still sits in its accept queue.
+        let in_progress = matches!(slot.link, Link::Opening { .. })
+            || (matches!(slot.link, Link::Up { .. }) && !slot.client.is_up());
+        if slot.admitted && !in_progress {
+            slot.admitted = false;
+            self.opening = self.opening.saturating_sub(1);
+            self.admit(now);
+        }
+        let Some(slot) = self.slots.get_mut(&key) else { return };
         // A rarely busy client gives back the capacity its step needed (its
         // octets are shrunk only once written).
-        let idle = slot.last_active.is_none_or(|t| now.saturating_duration_since(t) >= SHRINK_IDLE);
-        slot.last_active = Some(now);
-        if idle && !slot.dirty {
+        if slot.activity.step(now) && !slot.dirty {
             slot.client.shrink_idle();
         }
         let link_deadline = match slot.link {
@@ -181,10 +209,8 @@ impl Transparent {
             Link::Opening { deadline, .. } => Some(deadline),
             _ => None,
         };
-        let next = match (link_deadline, slot.client.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next =
+            [link_deadline, slot.client.poll_timeout(), slot.flush_at].into_iter().flatten().min();
         if let Some(t) = next {
             if slot.scheduled.is_none_or(|s| t < s) {
                 slot.scheduled = Some(t);
@@ -198,12 +224,15 @@ impl Transparent {
     /// overflow the broker's accept queue, whose dropped SYNs cost seconds).
     fn open(&mut self, key: UpstreamKey, now: Instant) {
         let Some(slot) = self.slots.get_mut(&key) else { return };
-        if self.opening >= self.opts.max_connecting.max(1) {
+        if !slot.admitted && self.opening >= self.opts.max_connecting.max(1) {
             slot.link = Link::Queued;
             self.queued.push_back(key);
             return;
         }
-        self.opening += 1;
+        if !slot.admitted {
+            slot.admitted = true;
+            self.opening += 1;
+        }
         let conn = self.next_conn;
         self.next_conn += 1;
         let deadline = now + self.opts.connect_timeout;
@@ -213,9 +242,8 @@ impl Transparent {
         self.io.push_back(Io::Open { conn, cert });
     }
 
-    /// An open finished (or was given up): a queued upstream may go.
-    fn opened_one(&mut self, now: Instant) {
-        self.opening = self.opening.saturating_sub(1);
+    /// Lets queued upstreams open while there is room.
+    fn admit(&mut self, now: Instant) {
         while self.opening < self.opts.max_connecting.max(1) {
             let Some(key) = self.queued.pop_front() else { break };
             let Some(slot) = self.slots.get_mut(&key) else { continue };
@@ -223,12 +251,10 @@ impl Transparent {
                 continue;
             }
             slot.link = Link::Down;
-            if slot.client.want() == Want::Nothing {
-                self.service(key, now);
-            } else {
+            if slot.client.want() != Want::Nothing {
                 self.open(key, now);
-                self.service(key, now);
             }
+            self.service(key, now);
         }
     }
 
@@ -270,7 +296,10 @@ impl Upstreams for Transparent {
                         delay: self.opts.backoff.initial,
                         scheduled: None,
                         dirty: false,
-                        last_active: None,
+                        activity: crate::activity::Activity::default(),
+                        last_write: None,
+                        flush_at: None,
+                        admitted: false,
                     })
                 })
             }
@@ -297,7 +326,6 @@ impl Upstreams for Transparent {
         slot.link = Link::Up { conn };
         slot.client.handle_transport_up(now);
         self.service(key, now);
-        self.opened_one(now);
     }
 
     fn handle_open_failed(&mut self, conn: ConnId, reason: &str, now: Instant) {
@@ -305,14 +333,10 @@ impl Upstreams for Transparent {
             self.conns.remove(&conn);
             return;
         };
-        let was_opening = matches!(slot.link, Link::Opening { .. });
         slot.link = Link::Down;
         slot.client.handle_connect_failed(reason);
         self.conns.remove(&conn);
         self.service(key, now);
-        if was_opening {
-            self.opened_one(now);
-        }
     }
 
     fn handle_received(&mut self, conn: ConnId, data: &mut BytesMut, now: Instant) {
@@ -353,7 +377,6 @@ impl Upstreams for Transparent {
                 slot.link = Link::Down;
                 self.conns.remove(&conn);
                 self.service(key, now);
-                self.opened_one(now);
                 return;
             }
             _ => reason,
@@ -387,7 +410,9 @@ impl Upstreams for Transparent {
                 continue;
             }
             slot.scheduled = None;
-            let mut gave_up = false;
+            if slot.flush_at.is_some_and(|t| now >= t) {
+                slot.flush_at = None;
+            }
             match slot.link {
                 Link::Backoff { until } if now >= until => {
                     slot.link = Link::Down;
@@ -400,7 +425,6 @@ impl Upstreams for Transparent {
                     let reason = format!("connect to {} timed out", self.broker);
                     slot.client.handle_connect_failed(&reason);
                     self.abandon(conn);
-                    gave_up = true;
                 }
                 _ => {}
             }
@@ -408,9 +432,6 @@ impl Upstreams for Transparent {
                 slot.client.handle_timeout(now);
             }
             self.service(key, now);
-            if gave_up {
-                self.opened_one(now);
-            }
         }
     }
 
@@ -665,6 +686,9 @@ mod tests {
             .collect();
         assert_eq!(opens.len(), 2, "the rest wait");
         t.u.handle_opened(opens[0], t.now);
+        assert!(t.io().is_empty(), "an open counts until the broker answered CONNECT");
+        t.written();
+        t.feed(opens[0], MqttPacket::ConnAck { session_present: false, code: 0 });
         assert!(matches!(t.io()[..], [Io::Open { .. }]), "one more when one is done");
         t.u.handle_open_failed(opens[1], "refused", t.now);
         assert!(matches!(t.io()[..], [Io::Open { .. }]));
