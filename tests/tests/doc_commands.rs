@@ -109,6 +109,13 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
         Serve(Some("relaying udp://0.0.0.0:1885 <-> udp://127.0.0.1:1884"), Nothing),
     ),
     ("docs/benchmarks.md", "cargo bench -p mqttsn-codec --bench codec", Env::Bare, Skip(A_MEASUREMENT)),
+    ("docs/benchmarks.md", "cargo build --release -p mqttsn-gateway -p mqttsn-tools", Env::Bare, Run(Nothing)),
+    (
+        "docs/benchmarks.md",
+        "nice -n -19 scripts/bench-gateway -r 2 new=target/release/mqttsn-gateway w1=target/release/mqttsn-gateway@gateway.workers=1",
+        Env::Bare,
+        Skip(A_MEASUREMENT),
+    ),
     ("docs/benchmarks.md", "cargo bench -p mqttsn-tests --bench gateway_load", Env::Bare, Skip(A_MEASUREMENT)),
     (
         "docs/benchmarks.md",
