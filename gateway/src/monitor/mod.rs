@@ -77,13 +77,17 @@ struct Shared {
 /// Serves `monitor` on `listener` until `shutdown` completes, and keeps
 /// the message-rate history of `GET /api/v1/rates`.
 pub async fn serve(listener: TcpListener, monitor: Monitor, shutdown: impl Future<Output = ()>) {
+    let started_wall = wall_now();
     let shared = Arc::new(Shared {
         monitor,
         started: Instant::now(),
-        started_wall: wall_now(),
-        rates: Mutex::new(RateHistory::default()),
+        started_wall,
+        // The counters start at zero with the gateway: the first bucket
+        // counts from there, however late this task first runs.
+        rates: Mutex::new(RateHistory::starting(started_wall)),
     });
-    let mut sample = tokio::time::interval(rates::INTERVAL);
+    let first = tokio::time::Instant::now() + rates::INTERVAL;
+    let mut sample = tokio::time::interval_at(first, rates::INTERVAL);
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {

@@ -83,6 +83,12 @@ pub fn totals(m: &Metrics) -> Counts {
 }
 
 impl RateHistory {
+    /// A history whose first bucket starts at `wall`, from counters at
+    /// zero.
+    pub fn starting(wall: u64) -> Self {
+        Self { ring: VecDeque::new(), last: Some((wall, Counts::default())) }
+    }
+
     /// A sample of the counters at `wall` (seconds since the Unix epoch):
     /// the growth since the previous one becomes a bucket.
     pub fn record(&mut self, wall: u64, totals: Counts) {
@@ -127,6 +133,17 @@ mod tests {
         assert_eq!(v.interval_secs, 10);
         assert_eq!(v.buckets, [Bucket { start: 100, end: 110, counts: c(7, 0) }]);
         assert_eq!(v.current, Some(Bucket { start: 110, end: 113, counts: c(2, 3) }));
+    }
+
+    #[test]
+    fn a_history_started_from_zero_counts_everything_since() {
+        let mut h = RateHistory::starting(100);
+        assert_eq!(h.view(104, c(3, 1)).current.map(|b| (b.start, b.counts)), Some((100, c(3, 1))));
+        h.record(110, c(5, 1));
+        assert_eq!(
+            h.view(110, c(5, 1)).buckets,
+            [Bucket { start: 100, end: 110, counts: c(5, 1) }]
+        );
     }
 
     #[test]
