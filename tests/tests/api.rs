@@ -126,12 +126,12 @@ fn sessions_are_listed_filtered_and_shown_in_detail() {
     assert!(since <= now && now - since < 60, "since {since}, now {now}");
 
     let asleep = get(run.api, "/api/v1/sessions?state=asleep").json();
-    assert_eq!(client_ids(&asleep), [gh2.clone()]);
+    assert_eq!(client_ids(&asleep), [gh2.as_str()]);
     assert_eq!(asleep["sessions"][0]["sleep_secs"], 120);
     let either = get(run.api, "/api/v1/sessions?state=active,asleep&client_id=gh-").json();
     assert_eq!(client_ids(&either).len(), 2, "{either}");
     let named = get(run.api, &format!("/api/v1/sessions?client_id={barn}")).json();
-    assert_eq!(client_ids(&named), [barn.clone()]);
+    assert_eq!(client_ids(&named), [barn.as_str()]);
     let first = get(run.api, "/api/v1/sessions?limit=1").json();
     assert_eq!((first["total"].as_u64(), client_ids(&first)), (Some(3), vec![expected[0].clone()]));
     for bad in ["state=sleepy", "limit=0", "limit=many", "sort=up"] {
