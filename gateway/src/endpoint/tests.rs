@@ -894,3 +894,26 @@ fn control_requests_are_answered_on_their_reply_channel() {
     h.ep().handle_control(now, Control::Sessions { filter: SessionFilter::default(), reply: tx });
     assert_eq!(rx.try_recv().map(|l| l.total), Ok(1));
 }
+
+#[test]
+fn a_sensor_disconnected_in_its_will_handshake_is_over_at_once() {
+    let mut h = H::new();
+    h.send(
+        5000,
+        encode(Packet::Connect(Connect {
+            will: true,
+            clean_session: true,
+            protocol_id: 1,
+            duration: 10,
+            client_id: b"w1",
+        })),
+    );
+    assert_eq!(h.out(), [(5000, encode(Packet::WillTopicReq).to_vec())]);
+    assert_eq!(h.ep().session("w1").map(|s| s.state), Some(SessionState::Connecting));
+    let now = h.now;
+    assert_eq!(h.ep().disconnect(now, "w1", false), Ok(()));
+    assert_eq!(h.out(), [(5000, encode(Packet::Disconnect(None)).to_vec())]);
+    assert!(h.cmds().is_empty(), "no broker connection was opened");
+    assert_eq!(h.ep().session_count(), 0);
+    assert_eq!(h.ep().upstreams_open(), 1, "only the gateway's own");
+}
