@@ -257,7 +257,7 @@ pub struct QosMinusOneSection {
 }
 
 /// `[monitoring]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringSection {
     /// Where `GET /metrics` (Prometheus) is served; empty: nowhere.
@@ -271,6 +271,18 @@ pub struct MonitoringSection {
     /// The bearer token the management API's mutating calls need; empty:
     /// the API is read-only.
     pub api_token: String,
+}
+
+impl std::fmt::Debug for MonitoringSection {
+    // The token is a secret: whether one is set shows, not its value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitoringSection")
+            .field("listen", &self.listen)
+            .field("sys_interval_secs", &self.sys_interval_secs)
+            .field("sys_prefix", &self.sys_prefix)
+            .field("api_token", &if self.api_token.is_empty() { "" } else { "(set)" })
+            .finish()
+    }
 }
 
 impl Default for MonitoringSection {

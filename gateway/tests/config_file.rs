@@ -37,4 +37,5 @@ fn a_weak_api_token_is_refused_without_showing_it() {
     let ok = Config::parse("[monitoring]\napi_token = \"0123456789abcdef\"\n", "f.toml").unwrap();
     assert_eq!(ok.api_token().unwrap().as_deref(), Some("0123456789abcdef"));
     assert_eq!(Config::default().api_token().unwrap(), None);
+    assert!(!format!("{ok:?}").contains("0123456789abcdef"), "the token shows in Debug");
 }

@@ -29,7 +29,6 @@ const MAX_BODY: usize = 65_536;
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the monitoring listener serves from.
-#[derive(Debug)]
 pub struct Monitor {
     /// The counters.
     pub metrics: Arc<Metrics>,
@@ -39,6 +38,17 @@ pub struct Monitor {
     pub api_token: Option<String>,
     /// The settings the status shows.
     pub info: GatewayInfo,
+}
+
+impl std::fmt::Debug for Monitor {
+    // The token is a secret: whether one is set shows, not its value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("controls", &self.controls)
+            .field("api_token", &self.api_token.as_ref().map(|_| "(set)"))
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The gateway's settings as the status shows them.
