@@ -178,7 +178,7 @@ impl Default for TimersSection {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// QoS 1/2 messages in flight toward one sensor.
@@ -257,7 +257,7 @@ pub struct QosMinusOneSection {
 }
 
 /// `[monitoring]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringSection {
     /// Where `GET /metrics` (Prometheus) is served; empty: nowhere.
@@ -268,11 +268,31 @@ pub struct MonitoringSection {
     /// The topic prefix of those publications; empty:
     /// `mqttsn/gateway/<gateway_id>`.
     pub sys_prefix: String,
+    /// The bearer token the management API's mutating calls need; empty:
+    /// the API is read-only.
+    pub api_token: String,
+}
+
+impl std::fmt::Debug for MonitoringSection {
+    // The token is a secret: whether one is set shows, not its value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitoringSection")
+            .field("listen", &self.listen)
+            .field("sys_interval_secs", &self.sys_interval_secs)
+            .field("sys_prefix", &self.sys_prefix)
+            .field("api_token", &if self.api_token.is_empty() { "" } else { "(set)" })
+            .finish()
+    }
 }
 
 impl Default for MonitoringSection {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9184".into(), sys_interval_secs: 60, sys_prefix: String::new() }
+        Self {
+            listen: "127.0.0.1:9184".into(),
+            sys_interval_secs: 60,
+            sys_prefix: String::new(),
+            api_token: String::new(),
+        }
     }
 }
 
@@ -454,7 +474,33 @@ impl Config {
         self.predefined_by_client()?;
         self.server_options()?;
         self.monitoring_addr()?;
+        self.api_token()?;
         Ok(())
+    }
+
+    /// The management API's token, if one is set: at least 16 visible
+    /// ASCII characters (no spaces).
+    pub fn api_token(&self) -> Result<Option<String>, ConfigError> {
+        let t = &self.monitoring.api_token;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        // The value itself is never shown: it is a secret.
+        if t.len() < 16 {
+            return Err(invalid(
+                "monitoring.api_token",
+                "(hidden)",
+                "must be 16 characters or more",
+            ));
+        }
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "monitoring.api_token",
+                "(hidden)",
+                "must be visible ASCII characters, without spaces",
+            ));
+        }
+        Ok(Some(t.clone()))
     }
 
     /// The UDP listen address.

@@ -6,6 +6,7 @@ pub mod activity;
 pub mod auth;
 pub mod cidr;
 pub mod config;
+pub mod control;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
 pub mod endpoint;

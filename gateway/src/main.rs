@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mqttsn_gateway::config::{BrokerTarget, Config};
+use mqttsn_gateway::control::Controls;
 use mqttsn_gateway::metrics::Metrics;
+use mqttsn_gateway::monitor::{GatewayInfo, Monitor};
 use mqttsn_gateway::mqtt::client::ClientOptions;
 use mqttsn_gateway::server::{self, UpstreamSetup};
 use mqttsn_gateway::udp::{Buffers, Listener};
@@ -107,16 +109,22 @@ async fn run() -> anyhow::Result<()> {
     let session = Arc::new(cfg.session_config()?);
 
     let metrics = Arc::new(Metrics::default());
+    let controls = Arc::new(Controls::new());
     if let Some(addr) = cfg.monitoring_addr()? {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot serve metrics on http://{addr} (monitoring.listen)")
         })?;
-        info!("metrics on http://{}/metrics", listener.local_addr()?);
-        tokio::spawn(mqttsn_gateway::monitor::serve(
-            listener,
-            metrics.clone(),
-            std::future::pending(),
-        ));
+        let at = listener.local_addr()?;
+        let api_token = cfg.api_token()?;
+        let mode = if api_token.is_some() { "read-write" } else { "read-only" };
+        info!("metrics on http://{at}/metrics, status page on http://{at}/, API {mode}");
+        let monitor = Monitor {
+            metrics: metrics.clone(),
+            controls: controls.clone(),
+            api_token,
+            info: GatewayInfo::from_config(&cfg, broker.clone()),
+        };
+        tokio::spawn(mqttsn_gateway::monitor::serve(listener, monitor, std::future::pending()));
     }
     match mqttsn_gateway::limits::raise_open_files() {
         Ok(n) => info!("open files limit: {n}"),
@@ -148,7 +156,7 @@ async fn run() -> anyhow::Result<()> {
             ..UpstreamOptions::default()
         },
     };
-    server::run(listener, upstream, session, opts, metrics, shutdown_signal()).await?;
+    server::run(listener, upstream, session, opts, metrics, controls, shutdown_signal()).await?;
     info!("stopped");
     Ok(())
 }

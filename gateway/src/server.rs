@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info};
 
+use crate::control::Controls;
 use crate::endpoint::{Directory, Endpoint, WallClock, WorkerId};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
@@ -42,13 +43,15 @@ pub struct UpstreamSetup {
 
 /// Runs the gateway on `listener` until `shutdown` completes, then closes
 /// every session gracefully: sensors get DISCONNECT, upstream sessions end
-/// with DISCONNECT (no will fires).
+/// with DISCONNECT (no will fires). The workers take the management API's
+/// requests from `controls`.
 pub async fn run(
     listener: Listener,
     upstream: UpstreamSetup,
     cfg: Arc<SessionConfig>,
     opts: ServerOptions,
     metrics: Arc<Metrics>,
+    controls: Arc<Controls>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let opts = Arc::new(opts);
@@ -82,6 +85,7 @@ pub async fn run(
     }
     let dir = Arc::new(Directory::new(workers));
     let (inbox_tx, inboxes): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel(INBOX)).unzip();
+    let mut control_rx = controls.channels(workers).into_iter();
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     let now = Instant::now();
@@ -123,6 +127,7 @@ pub async fn run(
             close_timeout: upstream.opts.close_timeout,
             inbox,
             peers: inbox_tx.clone(),
+            control: control_rx.next(),
             store,
             shutdown: stop_rx.clone(),
             shutdown_grace: opts.shutdown_grace,

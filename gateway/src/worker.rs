@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::control::Control;
 use crate::endpoint::{Endpoint, Forward, WorkerId};
 use crate::metrics::Metrics;
 use crate::store::StoreWriter;
@@ -54,6 +55,8 @@ pub struct Worker<U> {
     pub inbox: mpsc::Receiver<Forward>,
     /// To every worker (by id), this one included.
     pub peers: Vec<mpsc::Sender<Forward>>,
+    /// Requests of the management API.
+    pub control: Option<mpsc::Receiver<Control>>,
     /// The store's writer and this worker's completions.
     pub store: Option<(StoreWriter, mpsc::UnboundedReceiver<u64>)>,
     /// Set to true to close gracefully.
@@ -72,6 +75,7 @@ struct State<U> {
     driver: Driver,
     inbox: mpsc::Receiver<Forward>,
     peers: Vec<mpsc::Sender<Forward>>,
+    control: Option<mpsc::Receiver<Control>>,
     writer: Option<StoreWriter>,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -99,6 +103,7 @@ impl<U: Upstreams> Worker<U> {
             close_timeout,
             inbox,
             peers,
+            control,
             store,
             mut shutdown,
             shutdown_grace,
@@ -110,7 +115,8 @@ impl<U: Upstreams> Worker<U> {
             Some((w, rx)) => (Some(w), Some(rx)),
             None => (None, None),
         };
-        let mut me = State { id, endpoint, upstreams, driver, inbox, peers, writer, metrics };
+        let mut me =
+            State { id, endpoint, upstreams, driver, inbox, peers, control, writer, metrics };
         me.run(socket, &mut shutdown, shutdown_grace, &mut store_done).await
     }
 }
@@ -171,6 +177,18 @@ impl<U: Upstreams> State<U> {
                             Ok(f) => self.endpoint.handle_forward(now, f),
                             Err(_) => break,
                         }
+                    }
+                }
+                c = async {
+                    match self.control.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match c {
+                        Some(c) => self.endpoint.handle_control(Instant::now(), c),
+                        // Nobody asks any more.
+                        None => self.control = None,
                     }
                 }
                 Some(t) = async {

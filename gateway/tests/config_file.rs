@@ -25,3 +25,17 @@ fn unknown_keys_and_bad_values_name_the_key() {
     let e = Config::parse("[gateway]\nlisten = \"nowhere\"\n", "f.toml").unwrap_err().to_string();
     assert!(e.contains("gateway.listen") && e.contains("nowhere"), "{e}");
 }
+
+#[test]
+fn a_weak_api_token_is_refused_without_showing_it() {
+    let e = Config::parse("[monitoring]\napi_token = \"short\"\n", "f.toml").unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains("monitoring.api_token") && !e.contains("short\""), "{e}");
+    let spaced = "[monitoring]\napi_token = \"sixteen chars here\"\n";
+    let e = Config::parse(spaced, "f.toml").unwrap_err().to_string();
+    assert!(e.contains("monitoring.api_token") && !e.contains("chars here"), "{e}");
+    let ok = Config::parse("[monitoring]\napi_token = \"0123456789abcdef\"\n", "f.toml").unwrap();
+    assert_eq!(ok.api_token().unwrap().as_deref(), Some("0123456789abcdef"));
+    assert_eq!(Config::default().api_token().unwrap(), None);
+    assert!(!format!("{ok:?}").contains("0123456789abcdef"), "the token shows in Debug");
+}

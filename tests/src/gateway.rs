@@ -117,7 +117,8 @@ impl Gateway {
                 let shutdown = async {
                     let _ = stop_rx.await;
                 };
-                server::run(listener, upstream, Arc::new(cfg), opts, m, shutdown)
+                let controls = Arc::new(mqttsn_gateway::control::Controls::new());
+                server::run(listener, upstream, Arc::new(cfg), opts, m, controls, shutdown)
                     .await
                     .expect("gateway run");
             });

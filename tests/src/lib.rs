@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod gateway;
+pub mod http;
 pub mod mqtt_client;
 pub mod pcap;
 pub mod sn;

@@ -76,6 +76,8 @@ const PROBE: &str = "sensors/probe probe";
 const LISTENING: Option<&str> = Some("listening on udp://");
 const NEEDS_A_BOARD: &str =
     "flashes a board on USB; the test command builds the firmware (board examples stage)";
+const CHANGES_A_SESSION: &str =
+    "needs a connected sensor and a gateway with monitoring.api_token; tests/tests/api.rs makes these calls against the binary";
 const CHANGES_THE_HOST: &str =
     "changes the host's users, packages or services; tests/tests/service.rs and tests/tests/package.rs check the unit, the configuration and the package";
 const A_MEASUREMENT: &str =
@@ -108,6 +110,32 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
         Env::Bare,
         Serve(Some("relaying udp://0.0.0.0:1885 <-> udp://127.0.0.1:1884"), Nothing),
     ),
+    ("docs/api.md", "./target/release/mqttsn-gateway --broker mqtt://127.0.0.1:1883", Env::Broker, Serve(LISTENING, Nothing)),
+    (
+        "docs/api.md",
+        "curl -s http://127.0.0.1:9184/api/v1/broker",
+        Env::Broker,
+        Run(Output("\"url\":\"mqtt://127.0.0.1:1883\"")),
+    ),
+    (
+        "docs/api.md",
+        "curl -s 'http://127.0.0.1:9184/api/v1/sessions?state=active,asleep&limit=50'",
+        Env::Broker,
+        Run(Output("\"total\":0")),
+    ),
+    (
+        "docs/api.md",
+        "curl -s -X POST -H \"Authorization: Bearer $MQTTSN_API_TOKEN\" http://127.0.0.1:9184/api/v1/sessions/greenhouse-1/disconnect",
+        Env::Bare,
+        Skip(CHANGES_A_SESSION),
+    ),
+    (
+        "docs/api.md",
+        "curl -s -X DELETE -H \"Authorization: Bearer $MQTTSN_API_TOKEN\" http://127.0.0.1:9184/api/v1/sessions/greenhouse-1/stored",
+        Env::Bare,
+        Skip(CHANGES_A_SESSION),
+    ),
+    ("docs/configuration.md", "head -c 24 /dev/urandom | base64", Env::Bare, Run(Nothing)),
     ("docs/benchmarks.md", "cargo bench -p mqttsn-codec --bench codec", Env::Bare, Skip(A_MEASUREMENT)),
     ("docs/benchmarks.md", "cargo build --release -p mqttsn-gateway -p mqttsn-tools", Env::Bare, Run(Nothing)),
     (

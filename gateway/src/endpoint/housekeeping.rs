@@ -9,8 +9,6 @@ use tracing::debug;
 
 use super::{Endpoint, Gauges, OWN_KEY};
 use crate::metrics::Metrics;
-use crate::session::Persist;
-use crate::store::Write;
 use crate::upstream::Command;
 
 impl Endpoint {
@@ -31,16 +29,7 @@ impl Endpoint {
         let gone = expired.len();
         for idx in expired {
             let Some(e) = self.remove(idx) else { continue };
-            if self.persistent_store {
-                self.next_ticket += 1;
-                let persist = Persist { remove: true, ..Default::default() };
-                self.writes.push_back(Write {
-                    worker: self.me,
-                    ticket: self.next_ticket,
-                    client_id: e.cid,
-                    persist,
-                });
-            }
+            self.unstore(e.cid);
         }
         if gone > 0 {
             debug!(sessions = gone, "expired sessions forgotten");

@@ -23,6 +23,7 @@
 //! moves datagrams, bytes and timers, and every behaviour here is tested
 //! with virtual time (`tests.rs`).
 
+mod admin;
 pub mod directory;
 mod housekeeping;
 mod route;
@@ -45,7 +46,7 @@ use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
 use crate::peer::Peer;
-use crate::session::{Outgoing, Persist, Session, SessionConfig, SessionEvent};
+use crate::session::{Outgoing, Persist, Session, SessionConfig, SessionEvent, SessionState};
 use crate::store::Write;
 use crate::upstream::{Command, ConnectSpec, Event, UpstreamKey};
 
@@ -114,6 +115,15 @@ struct Entry {
     buffered: (usize, usize),
     /// How busy it is.
     activity: Activity,
+    /// Its state when last looked at, and since when it is in it.
+    state: SessionState,
+    since: Instant,
+    /// Its broker connection reported the broker unreachable (and is
+    /// being retried).
+    upstream_down: bool,
+    /// Deleted by the operator: forgotten, store included, as soon as
+    /// its broker connection is closed.
+    forget: bool,
 }
 
 /// A session's outputs held until the store committed `ticket`.
@@ -153,9 +163,13 @@ impl WallClock {
         Self { at: now, wall }
     }
 
-    /// Seconds since the Unix epoch at `now`.
+    /// Seconds since the Unix epoch at `now` (which may be before the
+    /// clock was made).
     pub fn at(&self, now: Instant) -> u64 {
-        self.wall + now.saturating_duration_since(self.at).as_secs()
+        match now.checked_duration_since(self.at) {
+            Some(after) => self.wall + after.as_secs(),
+            None => self.wall.saturating_sub(self.at.saturating_duration_since(now).as_secs()),
+        }
     }
 }
 
@@ -301,9 +315,10 @@ impl Endpoint {
             return;
         }
         let _ = self.dir.claim(&cid, self.me);
-        let idx = self.insert(cid, session);
+        let idx = self.insert(cid, session, now);
         if let Some(e) = self.entries.get_mut(idx) {
             e.ended_at = ended_at;
+            e.since = ended_at.unwrap_or(now);
         }
         if let Some(addr) = addr {
             self.bind(idx, addr);
@@ -343,8 +358,12 @@ impl Endpoint {
         let cid = e.cid.clone();
         debug!(client_id = %cid, upstream = key, "event: {event:?}");
         match &event {
-            Event::Connected { .. } => Metrics::inc(&self.metrics.upstream_connects),
+            Event::Connected { .. } => {
+                e.upstream_down = false;
+                Metrics::inc(&self.metrics.upstream_connects)
+            }
             Event::Unavailable { reason } => {
+                e.upstream_down = true;
                 Metrics::inc(&self.metrics.upstream_outages);
                 warn!(client_id = %cid, "broker unavailable: {reason}");
             }
@@ -356,6 +375,7 @@ impl Endpoint {
         let closed = matches!(event, Event::Closed | Event::Refused { .. });
         if closed {
             e.upstream = None;
+            e.upstream_down = false;
             self.by_key.remove(&key);
         }
         e.session.handle_upstream(event, now);
@@ -640,6 +660,11 @@ impl Endpoint {
         self.scratch_tx = transmits;
         self.scratch_cmd = commands;
         let Some(e) = self.entries.get_mut(idx) else { return };
+        let state = e.session.state();
+        if state != e.state {
+            e.state = state;
+            e.since = now;
+        }
         if e.counted_active && !e.session.is_active() {
             e.counted_active = false;
             Metrics::dec(&self.metrics.sessions_active);
@@ -678,19 +703,38 @@ impl Endpoint {
         }
     }
 
-    /// Forgets an ended CleanSession-true session once nothing of it is
-    /// left to send. True when it is gone.
+    /// Forgets an ended CleanSession-true session (or one the operator
+    /// deleted) once nothing of it is left to send. True when it is gone.
     fn forget_if_over(&mut self, idx: usize) -> bool {
         let Some(e) = self.entries.get(idx) else { return true };
         if e.session.is_ended()
-            && !e.session.persistent()
+            && (!e.session.persistent() || e.forget)
             && e.upstream.is_none()
             && e.held.is_empty()
         {
-            self.remove(idx);
+            if let Some(e) = self.remove(idx) {
+                if e.session.persistent() {
+                    self.unstore(e.cid);
+                }
+            }
             return true;
         }
         false
+    }
+
+    /// Removes a forgotten CleanSession-false session from the store.
+    fn unstore(&mut self, cid: Arc<str>) {
+        if !self.persistent_store {
+            return;
+        }
+        self.next_ticket += 1;
+        let persist = Persist { remove: true, ..Default::default() };
+        self.writes.push_back(Write {
+            worker: self.me,
+            ticket: self.next_ticket,
+            client_id: cid,
+            persist,
+        });
     }
 
     /// Sends a session's datagrams to its sensor and its commands to its

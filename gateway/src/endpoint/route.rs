@@ -153,11 +153,13 @@ impl Endpoint {
                 if let Some(w) = self.dir.claim(&cid, self.me) {
                     return self.forward_connect(w, peer, data, hops, now);
                 }
-                self.insert(cid, Session::new(self.cfg.clone(), client_id, now))
+                self.insert(cid, Session::new(self.cfg.clone(), client_id, now), now)
             }
         };
         if let Some(e) = self.entries.get_mut(idx) {
             e.ended_at = None;
+            // The sensor's return wins over a deletion still under way.
+            e.forget = false;
         }
         self.bind(idx, peer);
         if let Some(e) = self.entries.get_mut(idx) {
@@ -185,9 +187,10 @@ impl Endpoint {
         self.forwards.push_back((w, f));
     }
 
-    pub(super) fn insert(&mut self, cid: Arc<str>, session: Session) -> usize {
+    pub(super) fn insert(&mut self, cid: Arc<str>, session: Session, now: Instant) -> usize {
         let uid = self.next_uid;
         self.next_uid += 1;
+        let state = session.state();
         let idx = self.entries.insert(Box::new(Entry {
             uid,
             cid: cid.clone(),
@@ -201,6 +204,10 @@ impl Endpoint {
             held: VecDeque::new(),
             buffered: (0, 0),
             activity: Activity::default(),
+            state,
+            since: now,
+            upstream_down: false,
+            forget: false,
         }));
         self.by_cid.insert(cid, idx);
         self.dir.session_added();

@@ -673,3 +673,247 @@ fn only_worker_zero_has_the_own_connection_and_sends_advertise() {
     assert_eq!(h.out_of(0).len(), 1);
     assert!(h.out_of(1).is_empty());
 }
+
+// ----- the management API -----
+
+use crate::control::{
+    Control, ControlError, Registration, SessionFilter, Subscription, UpstreamState,
+};
+use crate::session::SessionState;
+
+fn ids(list: &crate::control::SessionList) -> Vec<&str> {
+    list.sessions.iter().map(|s| s.client_id.as_str()).collect()
+}
+
+/// Writes every pending store write and commits it.
+fn commit(h: &mut H) {
+    while let Some(w) = h.ep().poll_store() {
+        let now = h.now;
+        h.ep().handle_committed(now, w.ticket);
+    }
+}
+
+#[test]
+fn sessions_are_listed_by_client_id_filtered_by_state_and_name_and_limited() {
+    let mut h = H::new();
+    h.connected("green-2", 5002);
+    h.connected("barn-1", 5001);
+    h.connected("green-1", 5000);
+    h.send(5002, encode(Packet::Disconnect(Some(60))));
+    h.out();
+    let all = h.ep().sessions(&SessionFilter::default());
+    assert_eq!((all.total, ids(&all)), (3, vec!["barn-1", "green-1", "green-2"]));
+    let s = &all.sessions[1];
+    assert_eq!((s.state, s.peer.as_deref()), (SessionState::Active, Some("127.0.0.1:5000")));
+    assert_eq!((s.keepalive_secs, s.clean_session, s.upstream), (10, true, UpstreamState::Up));
+    assert_eq!(s.since, 1_000_000);
+    assert!(s.subscriptions.is_none() && s.registrations.is_none(), "counts only in a list");
+    let asleep = SessionFilter { states: vec![SessionState::Asleep], ..SessionFilter::default() };
+    let asleep = h.ep().sessions(&asleep);
+    assert_eq!(ids(&asleep), ["green-2"]);
+    assert_eq!(asleep.sessions[0].sleep_secs, Some(60));
+    let named = SessionFilter { client_id: Some("een".into()), ..SessionFilter::default() };
+    assert_eq!(ids(&h.ep().sessions(&named)), ["green-1", "green-2"]);
+    let first = SessionFilter { limit: 1, ..SessionFilter::default() };
+    let first = h.ep().sessions(&first);
+    assert_eq!((first.total, ids(&first)), (3, vec!["barn-1"]));
+}
+
+#[test]
+fn one_session_in_detail_lists_its_subscriptions_and_registrations() {
+    let mut h = H::new();
+    let key = h.connected("s1", 5000);
+    h.send(5000, register(1, "a/b"));
+    h.send(5000, register(2, "c/d"));
+    h.out();
+    h.send(
+        5000,
+        encode(Packet::Subscribe(mqttsn_codec::Subscribe {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            msg_id: 3,
+            topic: mqttsn_codec::TopicFilter::Name(b"e/#"),
+        })),
+    );
+    let cmds = h.cmds();
+    let [(_, Command::Subscribe { id, .. })] = &cmds[..] else { panic!("{cmds:?}") };
+    let id = *id;
+    assert_eq!(h.ep().session("s1").map(|s| s.pending_upstream), Some(1));
+    h.up(key, Event::SubAcked { id, granted: Some(crate::mqtt::QoS::AtLeastOnce) });
+    h.out();
+    let s = h.ep().session("s1").expect("s1 is here");
+    assert_eq!((s.subscription_count, s.registration_count, s.pending_upstream), (1, 2, 0));
+    assert_eq!(s.subscriptions, Some(vec![Subscription { filter: "e/#".into(), qos: 1 }]));
+    assert_eq!(
+        s.registrations,
+        Some(vec![
+            Registration { topic_id: 1, topic: "a/b".into() },
+            Registration { topic_id: 2, topic: "c/d".into() },
+        ])
+    );
+    assert_eq!(h.ep().session("nobody"), None);
+}
+
+#[test]
+fn since_is_when_the_session_entered_its_state_and_an_outage_shows_down() {
+    let mut h = H::new();
+    let key = h.connected("s1", 5000);
+    h.advance(Duration::from_secs(5));
+    h.send(5000, encode(Packet::Disconnect(Some(60))));
+    h.out();
+    let s = h.ep().session("s1").expect("s1");
+    assert_eq!((s.state, s.since, s.last_heard), (SessionState::Asleep, 1_000_005, 1_000_005));
+    h.up(key, Event::Unavailable { reason: "refused".into() });
+    assert_eq!(h.ep().session("s1").map(|s| s.upstream), Some(UpstreamState::Down));
+    h.up(key, Event::Connected { session_present: true });
+    assert_eq!(h.ep().session("s1").map(|s| s.upstream), Some(UpstreamState::Up));
+}
+
+#[test]
+fn a_disconnected_sensor_gets_disconnect_and_its_upstream_closes_without_its_will() {
+    let mut h = H::new();
+    let key = h.connected("s1", 5000);
+    let now = h.now;
+    assert_eq!(h.ep().disconnect(now, "s1", false), Ok(()));
+    assert_eq!(h.out(), [(5000, encode(Packet::Disconnect(None)).to_vec())]);
+    assert_eq!(h.cmds(), [(key, Command::Disconnect)], "DISCONNECT upstream: no will");
+    assert_eq!(h.ep().session("s1").map(|s| s.state), Some(SessionState::Ended));
+    assert_eq!(h.metrics.snapshot().sessions_active, 0);
+    assert_eq!(h.ep().disconnect(now, "s1", false), Err(ControlError::NotConnected));
+    assert_eq!(h.ep().disconnect(now, "nobody", false), Err(ControlError::NotFound));
+    h.up(key, Event::Closed);
+    // The clean session is wiped upstream, then forgotten.
+    let cmds = h.cmds();
+    let [(wipe, Command::Connect(_))] = &cmds[..] else { panic!("{cmds:?}") };
+    let wipe = *wipe;
+    h.up(wipe, Event::Connected { session_present: false });
+    h.cmds();
+    h.up(wipe, Event::Closed);
+    assert_eq!(h.ep().session_count(), 0);
+}
+
+#[test]
+fn a_disconnect_with_the_will_drops_the_upstream_so_the_broker_publishes_it() {
+    let mut h = H::new();
+    let key = h.connected("s1", 5000);
+    let now = h.now;
+    assert_eq!(h.ep().disconnect(now, "s1", true), Ok(()));
+    assert_eq!(h.out(), [(5000, encode(Packet::Disconnect(None)).to_vec())]);
+    assert_eq!(h.cmds(), [(key, Command::Abort)]);
+    assert_eq!(h.metrics.snapshot().sensors_lost, 0, "not counted as lost");
+}
+
+#[test]
+fn a_silent_sensor_shows_lost_until_it_connects_again() {
+    let mut h = H::new();
+    h.send(5000, connect("p1", false));
+    let cmds = h.cmds();
+    let key = cmds[0].0;
+    h.up(key, Event::Connected { session_present: false });
+    h.out();
+    h.advance(Duration::from_secs(16));
+    assert_eq!(h.cmds(), [(key, Command::Abort)]);
+    h.up(key, Event::Closed);
+    let s = h.ep().session("p1").expect("kept: CleanSession false");
+    assert_eq!((s.state, s.upstream), (SessionState::Lost, UpstreamState::Closed));
+    assert_eq!(s.since, 1_000_015, "lost when the keepalive ran out (10 s x 1.5)");
+    let lost = SessionFilter { states: vec![SessionState::Lost], ..SessionFilter::default() };
+    assert_eq!(ids(&h.ep().sessions(&lost)), ["p1"]);
+    h.send(5000, connect("p1", false));
+    assert_eq!(h.ep().session("p1").map(|s| s.state), Some(SessionState::Connecting));
+}
+
+#[test]
+fn a_deleted_ended_session_is_forgotten_and_removed_from_the_store() {
+    let mut h = H::with(ServerOptions::default(), 1, true);
+    h.send(5000, connect("p1", false));
+    commit(&mut h);
+    let key = h.cmds()[0].0;
+    h.up(key, Event::Connected { session_present: false });
+    commit(&mut h);
+    h.out();
+    let now = h.now;
+    assert_eq!(h.ep().forget(now, "p1"), Err(ControlError::Connected));
+    assert_eq!(h.ep().forget(now, "nobody"), Err(ControlError::NotFound));
+    assert_eq!(h.ep().disconnect(now, "p1", false), Ok(()));
+    // Deleted while its upstream is still closing: forgotten once closed.
+    assert_eq!(h.ep().forget(now, "p1"), Ok(()));
+    commit(&mut h);
+    assert_eq!(h.out(), [(5000, encode(Packet::Disconnect(None)).to_vec())]);
+    assert_eq!(h.cmds(), [(key, Command::Disconnect)]);
+    assert_eq!(h.ep().session_count(), 1, "its upstream is still open");
+    h.up(key, Event::Closed);
+    let writes: Vec<_> = std::iter::from_fn(|| h.ep().poll_store()).collect();
+    assert_eq!(h.ep().session_count(), 0);
+    assert_eq!(h.ep().session("p1"), None);
+    let last = writes.last().expect("writes");
+    assert!(last.persist.remove && &*last.client_id == "p1", "{writes:?}");
+}
+
+#[test]
+fn a_sensor_that_returns_before_its_deletion_completes_keeps_its_session() {
+    let mut h = H::new();
+    h.send(5000, connect("p1", false));
+    let key = h.cmds()[0].0;
+    h.up(key, Event::Connected { session_present: false });
+    h.send(5000, register(1, "a/b"));
+    h.out();
+    let now = h.now;
+    h.ep().disconnect(now, "p1", false).expect("disconnected");
+    h.ep().forget(now, "p1").expect("deletion under way");
+    h.out();
+    h.cmds();
+    h.send(5000, connect("p1", false));
+    h.up(key, Event::Closed);
+    assert_eq!(h.ep().session("p1").map(|s| s.registration_count), Some(1));
+}
+
+#[test]
+fn the_broker_share_counts_connections_and_sessions() {
+    let mut h = H::with(ServerOptions::default(), 2, false);
+    h.connected("s1", 5000);
+    let b0 = h.eps[0].broker_share();
+    let b1 = h.eps[1].broker_share();
+    assert!(b0.up && !b0.down && !b1.up, "only worker 0 holds the own connection");
+    assert_eq!((b0.connections, b0.sessions), (2, 1));
+    assert_eq!((b1.connections, b1.sessions), (0, 0));
+}
+
+#[test]
+fn control_requests_are_answered_on_their_reply_channel() {
+    let mut h = H::new();
+    h.connected("s1", 5000);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let now = h.now;
+    h.ep().handle_control(
+        now,
+        Control::Disconnect { client_id: "s1".into(), with_will: false, reply: tx },
+    );
+    assert_eq!(rx.try_recv(), Ok(Ok(())));
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    h.ep().handle_control(now, Control::Sessions { filter: SessionFilter::default(), reply: tx });
+    assert_eq!(rx.try_recv().map(|l| l.total), Ok(1));
+}
+
+#[test]
+fn a_sensor_disconnected_in_its_will_handshake_is_over_at_once() {
+    let mut h = H::new();
+    h.send(
+        5000,
+        encode(Packet::Connect(Connect {
+            will: true,
+            clean_session: true,
+            protocol_id: 1,
+            duration: 10,
+            client_id: b"w1",
+        })),
+    );
+    assert_eq!(h.out(), [(5000, encode(Packet::WillTopicReq).to_vec())]);
+    assert_eq!(h.ep().session("w1").map(|s| s.state), Some(SessionState::Connecting));
+    let now = h.now;
+    assert_eq!(h.ep().disconnect(now, "w1", false), Ok(()));
+    assert_eq!(h.out(), [(5000, encode(Packet::Disconnect(None)).to_vec())]);
+    assert!(h.cmds().is_empty(), "no broker connection was opened");
+    assert_eq!(h.ep().session_count(), 0);
+    assert_eq!(h.ep().upstreams_open(), 1, "only the gateway's own");
+}

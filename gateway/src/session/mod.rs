@@ -28,6 +28,7 @@
 //! Everything else (timers, retry counters, the upstream plan) is rebuilt
 //! when a session is restored.
 
+mod admin;
 mod config;
 mod from_sensor;
 mod outgoing;
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqttsn_codec::{Connect, Packet, ReturnCode};
 
+pub use admin::{SessionState, UpstreamPhase};
 pub use config::{BufferTotal, SessionConfig, Tolerance};
 pub use outgoing::Outgoing;
 pub use persist::{Persist, PersistError};
@@ -253,6 +255,9 @@ pub struct Session {
     next_msg_id: u16,
     /// Retransmissions gave up; wait until the sensor is heard from.
     stalled: bool,
+    /// The session ended because the sensor went silent (its will was
+    /// published); cleared by its next CONNECT.
+    lost: bool,
 
     // The upstream.
     upstream_open: bool,
@@ -327,6 +332,7 @@ impl Session {
             register: None,
             next_msg_id: 0,
             stalled: false,
+            lost: false,
             upstream_open: false,
             connecting_clean: false,
             plan: VecDeque::new(),
@@ -438,6 +444,7 @@ impl Session {
     pub fn handle_connect(&mut self, connect: &Connect<'_>, now: Instant) {
         self.last_heard = now;
         self.stalled = false;
+        self.lost = false;
         // A retransmitted CONNECT while the first is still being answered.
         if self.phase == Phase::Connecting && !connect.will && connect.clean_session == self.clean {
             return;
@@ -854,6 +861,7 @@ impl Session {
     }
 
     fn lost(&mut self, now: Instant) {
+        self.lost = true;
         self.events.push_back(SessionEvent::Lost);
         self.close(true, now);
     }

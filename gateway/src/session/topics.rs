@@ -192,6 +192,11 @@ impl Registrations {
         self.by_id.is_empty()
     }
 
+    /// The sensor's own registrations (id, name), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &Arc<str>)> {
+        self.by_id.iter().map(|(id, name)| (*id, name))
+    }
+
     /// The sensor's own registrations (id, name), the names it refused,
     /// and the next id to try: what the store keeps.
     pub fn export(&self) -> Exported {
