@@ -526,6 +526,68 @@ fn a_sleeper_wakes_from_a_new_address_by_client_id() {
 }
 
 #[test]
+fn a_pingreq_without_client_id_from_the_sleepers_address_wakes_it() {
+    let mut h = H::new();
+    let key = h.connected("s1", 5000);
+    h.send(5000, encode(Packet::Disconnect(Some(60))));
+    assert_eq!(h.out(), [(5000, encode(Packet::Disconnect(None)).to_vec())]);
+    for (delivery, payload) in [(1, &b"m1"[..]), (2, b"m2")] {
+        h.up(
+            key,
+            Event::Message {
+                delivery: Some(DeliveryId(delivery)),
+                packet_id: delivery as u16,
+                topic: Arc::from("pre/seven"),
+                payload: Bytes::copy_from_slice(payload),
+                qos: crate::mqtt::QoS::AtLeastOnce,
+                retain: false,
+                dup: false,
+            },
+        );
+    }
+    h.cmds();
+    // From another address, a PINGREQ without ClientId is nobody's.
+    h.send(7000, encode(Packet::PingReq(None)));
+    assert_eq!(h.out(), [(7000, encode(Packet::Disconnect(None)).to_vec())]);
+    // From the sleeper's own address, it wakes it: the buffer, then
+    // PINGRESP, then asleep again.
+    for round in 0..2 {
+        h.advance(Duration::from_secs(30));
+        h.send(5000, encode(Packet::PingReq(None)));
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let out = h.out();
+            let [(5000, d)] = &out[..] else { panic!("{out:?}") };
+            match decoded(d) {
+                Packet::Publish(p) => {
+                    got.push(p.data.to_vec());
+                    h.send(
+                        5000,
+                        encode(Packet::PubAck(Ack {
+                            topic_id: p.topic.raw(),
+                            msg_id: p.msg_id,
+                            return_code: ReturnCode::Accepted,
+                        })),
+                    );
+                }
+                Packet::PingResp => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        let want: Vec<Vec<u8>> =
+            if round == 0 { vec![b"m1".to_vec(), b"m2".to_vec()] } else { Vec::new() };
+        assert_eq!(got, want);
+        let acks = h.cmds();
+        assert_eq!(acks.len(), 0, "acknowledged to the broker when buffered: {acks:?}");
+    }
+    // Still asleep: its sleep timer (60 s x 1.1) was restarted by each
+    // wake-up, so it is not lost 61 s after the first one.
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.ep().session_count(), 1);
+    assert_eq!(h.metrics.snapshot().sensors_lost, 0);
+}
+
+#[test]
 fn a_forwarded_sensor_is_answered_through_its_forwarder() {
     let mut h = H::new();
     let frame = |p: Packet<'_>| {

@@ -72,17 +72,25 @@ impl Session {
     pub(super) fn in_asleep(&mut self, packet: &Packet<'_>, now: Instant) {
         let Phase::Asleep { duration, .. } = self.phase else { return };
         match packet {
-            // Wake up: flush, PINGRESP last. Only with the sensor's own
-            // ClientId: its old address may belong to someone else now.
+            // Wake up: flush, PINGRESP last. With the sensor's own
+            // ClientId (spec 6.14), or without one, as many field clients
+            // send it: the endpoint routed it here by the address this
+            // sleeping session is bound to, so it is the sensor's own
+            // address (one that moved names itself, see the endpoint).
+            Packet::PingReq(None) => self.wake(duration, now),
             Packet::PingReq(Some(id)) if *id == self.client_id.as_bytes() => {
-                self.phase = Phase::Awake { duration };
-                self.resend_inflight(now);
+                self.wake(duration, now)
             }
-            Packet::PingReq(_) => self.dropped(DropReason::Unexpected),
+            Packet::PingReq(Some(_)) => self.dropped(DropReason::Unexpected),
             // Anything else is handled as from a connected sensor (a
             // DISCONNECT with a new Duration replaces the old one).
             other => self.in_active(other, now),
         }
+    }
+
+    fn wake(&mut self, duration: Duration, now: Instant) {
+        self.phase = Phase::Awake { duration };
+        self.resend_inflight(now);
     }
 
     pub(super) fn in_awake(&mut self, packet: &Packet<'_>, now: Instant) {
