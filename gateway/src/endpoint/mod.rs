@@ -159,6 +159,11 @@ impl WallClock {
     }
 }
 
+/// The interval of ADVERTISE, to wherever it goes.
+fn advertise_every(opts: &ServerOptions) -> Option<Duration> {
+    opts.advertise.map(|(_, every)| every).or(opts.multicast.map(|m| m.advertise_every))
+}
+
 /// The sessions of one worker. See the module documentation.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -225,7 +230,7 @@ impl Endpoint {
     ) -> Self {
         let own = me == 0;
         let mut e = Self {
-            advertise_at: opts.advertise.filter(|_| own).map(|(_, every)| now + every),
+            advertise_at: advertise_every(&opts).filter(|_| own).map(|every| now + every),
             sys_at: opts.sys_topics.as_ref().filter(|_| own).map(|(_, every)| now + *every),
             cfg,
             opts,
@@ -316,6 +321,39 @@ impl Endpoint {
     /// A datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &Bytes) {
         self.datagram(now, from, data, 0);
+    }
+
+    /// A datagram from `from` that arrived on the discovery group (worker
+    /// 0's group socket): SEARCHGW is answered with GWINFO to the group
+    /// (spec 5.4.3: GWINFO is broadcast, so every searcher in range hears
+    /// it and stops searching); anything else sent to the group is not for
+    /// the gateway and is dropped (other gateways' ADVERTISE and GWINFO,
+    /// and this one's own, looped back).
+    pub fn handle_group_datagram(&mut self, now: Instant, from: SocketAddr, data: &Bytes) {
+        self.local.datagrams_in += 1;
+        let Some(group) = self.opts.multicast.map(|m| m.group.addr) else { return };
+        match mqttsn_codec::Frame::decode(data).map(|f| f.packet) {
+            Ok(Packet::SearchGw { radius }) => {
+                debug!(%from, radius, "in via the group: SEARCHGW");
+                if self.opts.answer_searchgw && !self.closing {
+                    self.gwinfo(Peer::direct(group));
+                }
+            }
+            Ok(p) => debug!(%from, "{:?} via the group ignored", p.msg_type()),
+            Err(e) => {
+                Metrics::inc(&self.metrics.malformed);
+                if self.may_log(now) {
+                    warn!(%from, len = data.len(), "malformed datagram on the group dropped: {e}");
+                }
+            }
+        }
+    }
+
+    /// Sends GWINFO (without GwAdd: the gateway's own) to `to`.
+    pub(super) fn gwinfo(&mut self, to: Peer) {
+        debug!(%to, gw_id = self.opts.gateway_id, "GWINFO");
+        let info = mqttsn_codec::GwInfo { gw_id: self.opts.gateway_id, gw_addr: &[] };
+        self.reply(Packet::GwInfo(info), to);
     }
 
     /// Something another worker handed over.
@@ -434,14 +472,19 @@ impl Endpoint {
                 }
             }
         }
-        if let (Some(at), Some((to, every))) = (self.advertise_at, self.opts.advertise) {
+        if let (Some(at), Some(every)) = (self.advertise_at, advertise_every(&self.opts)) {
             if now >= at {
                 self.advertise_at = Some(now + every);
                 // Paused while the broker is unreachable.
                 if self.dir.broker_up() && !self.closing {
                     let duration = u16::try_from(every.as_secs()).unwrap_or(u16::MAX);
                     let adv = mqttsn_codec::Advertise { gw_id: self.opts.gateway_id, duration };
-                    self.reply(Packet::Advertise(adv), Peer::direct(to));
+                    let to = self.opts.advertise.map(|(to, _)| to);
+                    let group = self.opts.multicast.map(|m| m.group.addr);
+                    for to in [to, group].into_iter().flatten() {
+                        debug!(%to, gw_id = adv.gw_id, duration, "ADVERTISE");
+                        self.reply(Packet::Advertise(adv), Peer::direct(to));
+                    }
                 }
             }
         }
