@@ -244,6 +244,9 @@ fn bad_connects_are_refused_before_a_session_exists() {
 #[test]
 fn the_broker_being_down_is_congestion_and_it_clears_when_back() {
     let mut h = H::new();
+    // (A close right after CONNACK is a takeover, not an outage: see
+    // the_own_connection_closed_right_after_connack_keeps_sensors_admitted.)
+    h.advance(Duration::from_secs(10));
     h.up(OWN_KEY, Event::Unavailable { reason: "refused".into() });
     h.send(5000, connect("s1", true));
     assert_eq!(h.out(), [(5000, encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec())]);
@@ -734,4 +737,74 @@ fn only_worker_zero_has_the_own_connection_and_sends_advertise() {
     h.advance(Duration::from_secs(10));
     assert_eq!(h.out_of(0).len(), 1);
     assert!(h.out_of(1).is_empty());
+}
+
+#[test]
+fn the_own_connection_closed_right_after_connack_keeps_sensors_admitted() {
+    let mut h = H::new();
+    h.advance(100 * MS);
+    // Taken over (the same ClientId elsewhere): the broker answered
+    // moments ago, so a CONNECT is still admitted.
+    h.up(OWN_KEY, Event::Unavailable { reason: "eof".into() });
+    h.send(5000, connect("s1", true));
+    let cmds = h.cmds();
+    assert!(matches!(&cmds[..], [(_, Command::Connect(_))]), "{cmds:?}");
+    // A close after a connection that lasted: the broker is gone.
+    h.up(OWN_KEY, Event::Connected { session_present: false });
+    h.advance(Duration::from_secs(6));
+    h.up(OWN_KEY, Event::Unavailable { reason: "eof".into() });
+    h.send(5001, connect("s2", true));
+    let out = h.out();
+    assert!(
+        out.contains(&(5001, encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec())),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn searchgw_via_the_group_is_answered_to_the_group_and_advertise_goes_there() {
+    let group: SocketAddr = ([239, 1, 2, 3], 1883).into();
+    let opts = ServerOptions {
+        gateway_id: 5,
+        multicast: Some(crate::options::MulticastDiscovery {
+            group: crate::multicast::Group {
+                addr: group,
+                interface: crate::multicast::Interface::Default,
+                hops: 1,
+            },
+            advertise_every: Duration::from_secs(30),
+        }),
+        ..ServerOptions::default()
+    };
+    let mut h = H::with(opts, 1, false);
+    let search = encode(Packet::SearchGw { radius: 1 });
+    let gwinfo = encode(Packet::GwInfo(mqttsn_codec::GwInfo { gw_id: 5, gw_addr: &[] }));
+    let mut buf = [0u8; 64];
+    let mut sent = |h: &mut H| {
+        let mut v = Vec::new();
+        while let Some(t) = h.ep().poll_transmit(&mut buf) {
+            v.push((t.to, buf[..t.len].to_vec()));
+        }
+        v
+    };
+    // Via the group: to the group.
+    let now = h.now;
+    h.ep().handle_group_datagram(now, addr(5000), &search);
+    assert_eq!(sent(&mut h), [(group, gwinfo.to_vec())]);
+    // To the gateway's address: back to the searcher.
+    h.send(5000, search.clone());
+    assert_eq!(sent(&mut h), [(addr(5000), gwinfo.to_vec())]);
+    // Other gateways' (and its own looped-back) messages on the group are
+    // not answered.
+    h.ep().handle_group_datagram(now, addr(5001), &gwinfo);
+    let adv = encode(Packet::Advertise(mqttsn_codec::Advertise { gw_id: 5, duration: 30 }));
+    h.ep().handle_group_datagram(now, addr(5001), &adv);
+    assert!(sent(&mut h).is_empty());
+    // ADVERTISE to the group every 30 s.
+    h.advance(Duration::from_secs(30));
+    assert_eq!(sent(&mut h), [(group, adv.to_vec())]);
+    h.advance(Duration::from_secs(29));
+    assert!(sent(&mut h).is_empty());
+    h.advance(Duration::from_secs(1));
+    assert_eq!(sent(&mut h), [(group, adv.to_vec())]);
 }
