@@ -23,6 +23,7 @@
 //! moves datagrams, bytes and timers, and every behaviour here is tested
 //! with virtual time (`tests.rs`).
 
+mod clash;
 pub mod directory;
 mod housekeeping;
 mod route;
@@ -159,24 +160,6 @@ impl WallClock {
     }
 }
 
-/// A close of the gateway's own connection this soon after CONNACK counts
-/// as a possible takeover by another client with the same ClientId.
-const QUICK_CLOSE: Duration = Duration::from_secs(5);
-
-/// Quick closes in a row after which the clash is reported.
-const CLASH_AFTER: u32 = 3;
-
-/// What the gateway's own connection tells about a ClientId clash.
-#[derive(Debug, Default)]
-struct OwnClash {
-    /// When the broker last accepted it.
-    up_since: Option<Instant>,
-    /// Closes right after CONNACK, in a row.
-    quick_closes: u32,
-    /// The clash was reported (once).
-    warned: bool,
-}
-
 /// The interval of ADVERTISE, to wherever it goes.
 fn advertise_every(opts: &ServerOptions) -> Option<Duration> {
     opts.advertise.map(|(_, every)| every).or(opts.multicast.map(|m| m.advertise_every))
@@ -210,7 +193,7 @@ pub struct Endpoint {
     own: bool,
     own_next_request: u64,
     own_open: bool,
-    own_clash: OwnClash,
+    own_clash: clash::OwnClash,
 
     next_ticket: u64,
     /// Sessions with held outputs, by ticket, in order.
@@ -271,7 +254,7 @@ impl Endpoint {
             own,
             own_next_request: 1,
             own_open: false,
-            own_clash: OwnClash::default(),
+            own_clash: clash::OwnClash::default(),
             next_ticket: 0,
             held_order: VecDeque::new(),
             housekeeping_at: now + HOUSEKEEPING,
@@ -391,7 +374,7 @@ impl Endpoint {
     /// An event from an upstream.
     pub fn handle_upstream(&mut self, now: Instant, key: UpstreamKey, event: Event) {
         if key == OWN_KEY {
-            return self.own_event(now, event);
+            return self.own_event(event, now);
         }
         let Some(&idx) = self.by_key.get(&key) else {
             debug!(upstream = key, "event from a finished upstream ignored: {event:?}");
@@ -420,46 +403,24 @@ impl Endpoint {
         self.flush(idx, now);
     }
 
-    fn own_event(&mut self, now: Instant, event: Event) {
+    fn own_event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected { .. } => {
                 debug!(client_id = %self.opts.own_client_id, "the gateway's own connection is up");
-                if !self.dir.broker_up() && self.own_clash.quick_closes < CLASH_AFTER {
+                self.own_clash.up(now);
+                if !self.dir.broker_up() {
                     info!("broker reachable");
                 }
-                self.own_clash.up_since = Some(now);
                 self.dir.set_broker(true, false);
             }
             Event::Unavailable { reason } => {
-                let quick = self
-                    .own_clash
-                    .up_since
-                    .take()
-                    .is_some_and(|t| now.saturating_duration_since(t) < QUICK_CLOSE);
-                if !quick {
-                    self.own_clash.quick_closes = 0;
-                    warn!("broker unreachable: {reason}");
-                    self.dir.set_broker(false, true);
+                if self.own_clash.closed_quickly(now, &self.opts.own_client_id, &reason) {
+                    // Taken over: the broker is there, sensors are admitted.
+                    self.dir.set_broker(false, false);
                     return;
                 }
-                // Closed right after the broker accepted it: the broker is
-                // there (sensors are still admitted), but someone else
-                // likely took the connection over with the same ClientId.
-                self.own_clash.quick_closes += 1;
-                let n = self.own_clash.quick_closes;
-                if n >= CLASH_AFTER && !self.own_clash.warned {
-                    self.own_clash.warned = true;
-                    warn!(
-                        "the broker closed the gateway's own connection right after accepting \
-                         it, {n} times in a row: another client probably uses the same ClientId \
-                         \"{}\" (set broker.client_id, or discovery.gateway_id, to one of this \
-                         gateway's own); reconnecting ever more slowly",
-                        self.opts.own_client_id
-                    );
-                } else if n < CLASH_AFTER {
-                    info!("the broker closed the gateway's own connection: {reason}");
-                }
-                self.dir.set_broker(false, false);
+                warn!("broker unreachable: {reason}");
+                self.dir.set_broker(false, true);
             }
             Event::Refused { code } => {
                 warn!("broker refused the gateway's own connection: code {code}");
