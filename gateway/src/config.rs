@@ -878,6 +878,49 @@ mod tests {
     }
 
     #[test]
+    fn the_discovery_group_and_its_interface() {
+        use crate::multicast::{Group, Interface};
+        let g = |text: &str| Config::parse(text, "x").map(|c| c.multicast_group().unwrap());
+        let d = g("").unwrap().unwrap();
+        assert_eq!(
+            d,
+            Group { addr: DEFAULT_GROUP.parse().unwrap(), interface: Interface::Default, hops: 1 }
+        );
+        assert_eq!(g("[discovery]\nmulticast_group = \"\"\n").unwrap(), None);
+        let d = g("[discovery]\nmulticast_interface = \"127.0.0.1\"\nmulticast_hops = 4\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.interface, d.hops), (Interface::Addr(std::net::Ipv4Addr::LOCALHOST), 4));
+        let v6 = "[discovery]\nmulticast_group = \"[ff02::1:1883]:1883\"\nmulticast_interface = \"lo\"\n";
+        let d = g(v6).unwrap().unwrap();
+        assert!(matches!(d.interface, Interface::Index(i) if i > 0));
+        for (text, key) in [
+            ("multicast_group = \"10.0.0.1:1883\"", "discovery.multicast_group"),
+            ("multicast_group = \"225.1.1.1\"", "discovery.multicast_group"),
+            ("multicast_interface = \"no-such-if0\"", "discovery.multicast_interface"),
+            ("multicast_hops = 0", "discovery.multicast_hops"),
+            (
+                "multicast_group = \"[ff02::1]:1883\"\nmulticast_interface = \"127.0.0.1\"",
+                "discovery.multicast_interface",
+            ),
+        ] {
+            let e = Config::parse(&format!("[discovery]\n{text}\n"), "x").unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_own_client_id_is_unique_per_host_or_configured() {
+        let c = Config::parse("[discovery]\ngateway_id = 7\n", "x").unwrap();
+        let id = c.own_client_id().unwrap();
+        assert!(id.starts_with("mqttsn-gateway-") && id.ends_with("-7"), "{id}");
+        assert!(id.len() > "mqttsn-gateway--7".len(), "the host name is in it: {id}");
+        let c = Config::parse("[broker]\nclient_id = \"gw-east\"\n", "x").unwrap();
+        assert_eq!(c.own_client_id().unwrap(), "gw-east");
+        assert_eq!(c.server_options().unwrap().own_client_id, "gw-east");
+    }
+
+    #[test]
     fn broker_urls() {
         let mut c = Config::default();
         let target = |c: &mut Config, url: &str| {

@@ -243,6 +243,11 @@ impl GatewayProcess {
             // Nor a shared store file in the working directory.
             cmd.args(["--store", ""]);
         }
+        if !args.contains(&"--multicast-group") {
+            // Nor the default discovery group, joined on the host's own
+            // network interface: tests stay on loopback.
+            cmd.args(["--multicast-group", ""]);
+        }
         let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

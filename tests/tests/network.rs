@@ -180,7 +180,15 @@ fn the_discovery_group_comes_from_the_configuration() {
         ),
     )
     .unwrap();
-    let gw = GatewayProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    // Interface and interval from the configuration; the group is given as
+    // the flag too, as the harness turns the default group off with
+    // --multicast-group "" unless the flag is there.
+    let gw = GatewayProcess::spawn(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--multicast-group",
+        &group.to_string(),
+    ]);
     let search = encode(Packet::SearchGw { radius: 0 });
     let advertise = encode(Packet::Advertise(Advertise { gw_id: 61, duration: 1 }));
     let (d, from) =
