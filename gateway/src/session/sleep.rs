@@ -77,20 +77,15 @@ impl Session {
             // send it: the endpoint routed it here by the address this
             // sleeping session is bound to, so it is the sensor's own
             // address (one that moved names itself, see the endpoint).
-            Packet::PingReq(None) => self.wake(duration, now),
-            Packet::PingReq(Some(id)) if *id == self.client_id.as_bytes() => {
-                self.wake(duration, now)
+            Packet::PingReq(id) if id.is_none_or(|id| id == self.client_id.as_bytes()) => {
+                self.phase = Phase::Awake { duration };
+                self.resend_inflight(now);
             }
-            Packet::PingReq(Some(_)) => self.dropped(DropReason::Unexpected),
+            Packet::PingReq(_) => self.dropped(DropReason::Unexpected),
             // Anything else is handled as from a connected sensor (a
             // DISCONNECT with a new Duration replaces the old one).
             other => self.in_active(other, now),
         }
-    }
-
-    fn wake(&mut self, duration: Duration, now: Instant) {
-        self.phase = Phase::Awake { duration };
-        self.resend_inflight(now);
     }
 
     pub(super) fn in_awake(&mut self, packet: &Packet<'_>, now: Instant) {
