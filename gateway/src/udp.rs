@@ -222,6 +222,22 @@ mod tests {
     }
 
     #[test]
+    fn only_the_ipv6_wildcard_falls_back_and_only_for_a_missing_ipv6() {
+        let errno = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
+        assert!(no_ipv6(&errno(rustix::io::Errno::AFNOSUPPORT)));
+        assert!(no_ipv6(&errno(rustix::io::Errno::ADDRNOTAVAIL)));
+        assert!(!no_ipv6(&errno(rustix::io::Errno::ADDRINUSE)));
+        assert!(!no_ipv6(&errno(rustix::io::Errno::ACCESS)));
+        assert!(is_unspecified_v6("[::]:1884".parse().unwrap()));
+        assert!(!is_unspecified_v6("[::1]:1884".parse().unwrap()));
+        assert!(!is_unspecified_v6("0.0.0.0:1884".parse().unwrap()));
+        // A taken port is an error, not a fall-back to IPv4.
+        let taken = std::net::UdpSocket::bind("[::]:0").unwrap();
+        let e = Listener::bind(taken.local_addr().unwrap(), 1, Buffers::default()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
     fn addresses_are_kept_plain_and_mapped_for_the_socket() {
         let v4: SocketAddr = "10.1.2.3:5".parse().unwrap();
         let mapped: SocketAddr = "[::ffff:10.1.2.3]:5".parse().unwrap();
