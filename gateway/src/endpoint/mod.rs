@@ -160,6 +160,9 @@ impl WallClock {
     }
 }
 
+/// The shortest interval between two GWINFO sent to the discovery group.
+const GROUP_GWINFO_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The interval of ADVERTISE, to wherever it goes.
 fn advertise_every(opts: &ServerOptions) -> Option<Duration> {
     opts.advertise.map(|(_, every)| every).or(opts.multicast.map(|m| m.advertise_every))
@@ -201,6 +204,8 @@ pub struct Endpoint {
 
     housekeeping_at: Instant,
     advertise_at: Option<Instant>,
+    /// When GWINFO last went to the discovery group.
+    group_gwinfo_at: Option<Instant>,
     sys_at: Option<Instant>,
     gauges: Gauges,
     local: Local,
@@ -258,6 +263,7 @@ impl Endpoint {
             next_ticket: 0,
             held_order: VecDeque::new(),
             housekeeping_at: now + HOUSEKEEPING,
+            group_gwinfo_at: None,
             gauges: Gauges::default(),
             local: Local::default(),
             closing: false,
@@ -338,7 +344,13 @@ impl Endpoint {
         match mqttsn_codec::Frame::decode(data).map(|f| f.packet) {
             Ok(Packet::SearchGw { radius }) => {
                 debug!(%from, radius, "in via the group: SEARCHGW");
-                if self.opts.answer_searchgw && !self.closing {
+                // One answer on the group reaches every searcher: a burst
+                // of SEARCHGW (many sensors powered up at once) gets one.
+                let recent = self
+                    .group_gwinfo_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < GROUP_GWINFO_INTERVAL);
+                if self.opts.answer_searchgw && !self.closing && !recent {
+                    self.group_gwinfo_at = Some(now);
                     self.gwinfo(Peer::direct(group));
                 }
             }

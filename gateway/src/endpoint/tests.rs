@@ -787,9 +787,14 @@ fn searchgw_via_the_group_is_answered_to_the_group_and_advertise_goes_there() {
         }
         v
     };
-    // Via the group: to the group.
+    // Via the group: to the group, once for a burst of searchers.
     let now = h.now;
     h.ep().handle_group_datagram(now, addr(5000), &search);
+    h.ep().handle_group_datagram(now, addr(5002), &search);
+    assert_eq!(sent(&mut h), [(group, gwinfo.to_vec())]);
+    h.advance(500 * MS);
+    let now = h.now;
+    h.ep().handle_group_datagram(now, addr(5002), &search);
     assert_eq!(sent(&mut h), [(group, gwinfo.to_vec())]);
     // To the gateway's address: back to the searcher.
     h.send(5000, search.clone());
