@@ -697,6 +697,11 @@ impl Config {
         if !(1..=255).contains(&d.multicast_hops) {
             return Err(invalid("discovery.multicast_hops", d.multicast_hops, "must be 1 to 255"));
         }
+        let mut addr = addr;
+        if let (SocketAddr::V6(a), Interface::Index(i)) = (&mut addr, interface) {
+            // A link-local group exists once per link: name the link.
+            a.set_scope_id(i);
+        }
         Ok(Some(Group { addr, interface, hops: d.multicast_hops }))
     }
 

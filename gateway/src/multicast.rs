@@ -129,14 +129,15 @@ fn open(family: AddressFamily) -> io::Result<rustix::fd::OwnedFd> {
     Ok(fd)
 }
 
-/// The index of the network interface `name` (`lo`, `eth0`), from
-/// `/sys/class/net`.
+/// The index of the network interface `name` (`lo`, `eth0`) in this
+/// network namespace (SIOCGIFINDEX).
 pub fn interface_index(name: &str) -> Option<u32> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+    // The kernel's limit on interface names (IFNAMSIZ less the NUL).
+    if name.is_empty() || name.len() > 15 {
         return None;
     }
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex")).ok()?;
-    text.trim().parse().ok()
+    let fd = open(AddressFamily::INET).ok()?;
+    rustix::net::netdevice::name_to_index(&fd, name).ok().filter(|&i| i > 0)
 }
 
 #[cfg(test)]
@@ -148,7 +149,8 @@ mod tests {
     #[test]
     fn the_loopback_interface_has_an_index() {
         assert!(interface_index("lo").is_some_and(|i| i > 0));
-        assert_eq!(interface_index("../lo"), None);
+        assert_eq!(interface_index(""), None);
+        assert_eq!(interface_index("a-name-far-too-long-for-one"), None);
         assert_eq!(interface_index("no-such-interface"), None);
     }
 

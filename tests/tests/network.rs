@@ -239,3 +239,92 @@ fn two_gateways_with_one_client_id_are_reported_and_back_off() {
     let mut s = Sensor::new(a.addr());
     s.connect(&unique("s"), true, 60);
 }
+
+const IPV6_LINK: &str = "MQTTSN_NETWORK_IPV6_LINK";
+
+/// The interface the IPv6 group test uses, inside its network namespace.
+const LINK: &str = "mqsn0";
+
+#[test]
+fn an_ipv6_group_on_a_link_gets_gwinfo_and_advertise() {
+    if std::env::var_os(IPV6_LINK).is_none() {
+        // Loopback carries no IPv6 multicast: again, inside a private
+        // network namespace with a veth pair of its own.
+        let exe = std::env::current_exe().unwrap();
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.arg("--net");
+        if !root {
+            cmd.arg("--map-root-user");
+        }
+        let setup = format!(
+            "ip link set lo up && echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad && \
+             ip link add {LINK} type veth peer name mqsn1 && ip link set {LINK} up && \
+             ip link set mqsn1 up && exec \"$0\" \"$@\""
+        );
+        let out = cmd
+            .args(["--", "sh", "-c", &setup])
+            .arg(exe)
+            .args(["--exact", "an_ipv6_group_on_a_link_gets_gwinfo_and_advertise", "--nocapture"])
+            .env(IPV6_LINK, "1")
+            .output()
+            .expect("unshare (util-linux) is required; scripts/test installs it");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    }
+    let index = mqttsn_gateway::multicast::interface_index(LINK).expect("the veth interface");
+    // Bounded: the link-local address comes when the link is up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/net/if_inet6").unwrap().contains(LINK) {
+        assert!(Instant::now() < deadline, "no IPv6 address on {LINK}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let broker = Mosquitto::start();
+    let port = UdpSocket::bind("[::1]:0").unwrap().local_addr().unwrap().port();
+    let addr = SocketAddr::V6(std::net::SocketAddrV6::new(
+        "ff02::1:1883".parse().unwrap(),
+        port,
+        0,
+        index,
+    ));
+    let group = Group { addr, interface: Interface::Index(index), hops: 1 };
+    let client = group.join().expect("join the group");
+    group.prepare_sender(&client).expect("send to the group");
+    client.set_nonblocking(false).unwrap();
+    let opts = ServerOptions {
+        gateway_id: 66,
+        multicast: Some(MulticastDiscovery { group, advertise_every: Duration::from_secs(1) }),
+        ..ServerOptions::default()
+    };
+    let gw = Gateway::start_on(
+        "[::]:0".parse().unwrap(),
+        broker.port(),
+        fast_config(),
+        opts,
+        TEST_BACKOFF,
+    );
+    let search = encode(Packet::SearchGw { radius: 1 });
+    let gwinfo = encode(Packet::GwInfo(GwInfo { gw_id: 66, gw_addr: &[] }));
+    let advertise = encode(Packet::Advertise(Advertise { gw_id: 66, duration: 1 }));
+    client.send_to(&search, addr).unwrap();
+    let (mut saw_gwinfo, mut saw_advertise) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !(saw_gwinfo && saw_advertise) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (d, from) = next_on_group(&client, &search, left).unwrap_or_else(|| {
+            panic!("GWINFO {saw_gwinfo}, ADVERTISE {saw_advertise}\n{}", gw.logs())
+        });
+        assert_eq!(from.port(), gw.addr().port(), "from the gateway's own socket");
+        saw_gwinfo |= d == gwinfo;
+        saw_advertise |= d == advertise;
+    }
+}
