@@ -75,7 +75,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
-    /// The UDP address sensors send to.
+    /// The UDP address sensors send to; `[::]` is dual-stack (IPv4 too),
+    /// and falls back to `0.0.0.0` where the system has no IPv6.
     pub listen: String,
     /// The session store file; empty: sessions live in memory only.
     pub store: String,
@@ -92,7 +93,7 @@ pub struct GatewaySection {
 impl Default for GatewaySection {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:1884".into(),
+            listen: "[::]:1884".into(),
             store: "mqttsn-sessions.redb".into(),
             workers: 0,
             udp_receive_buffer: 4 << 20,
@@ -111,6 +112,9 @@ pub struct BrokerSection {
     pub embedded_listen: String,
     /// Put before every sensor's ClientId on the broker.
     pub client_id_prefix: String,
+    /// The ClientId of the gateway's own connection; empty:
+    /// `<client_id_prefix>mqttsn-gateway-<host name>-<gateway_id>`.
+    pub client_id: String,
     /// The MQTT keepalive of each upstream connection, in seconds.
     pub keepalive_secs: u16,
     /// How long a TCP connect to the broker may take.
@@ -137,6 +141,7 @@ impl Default for BrokerSection {
             url: None,
             embedded_listen: "127.0.0.1:1883".into(),
             client_id_prefix: String::new(),
+            client_id: String::new(),
             keepalive_secs: 60,
             connect_timeout_ms: 5_000,
             qos0_linger_us: 0,
@@ -218,6 +223,10 @@ impl Default for LimitsSection {
     }
 }
 
+/// The default discovery group: the one the Paho MQTT-SN gateway and
+/// clients use.
+pub const DEFAULT_GROUP: &str = "225.1.1.1:1883";
+
 /// `[discovery]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -231,6 +240,14 @@ pub struct DiscoverySection {
     pub advertise_to: String,
     /// Seconds between two ADVERTISE messages.
     pub advertise_interval_secs: u16,
+    /// The discovery group `IP:PORT` joined for SEARCHGW and sent GWINFO
+    /// and ADVERTISE; empty: none.
+    pub multicast_group: String,
+    /// Where the group is joined: an IPv4 address, an interface name or
+    /// index; empty: the system's choice.
+    pub multicast_interface: String,
+    /// TTL (IPv4) or hop limit (IPv6) of what is sent to the group.
+    pub multicast_hops: u32,
 }
 
 impl Default for DiscoverySection {
@@ -240,6 +257,9 @@ impl Default for DiscoverySection {
             answer_searchgw: true,
             advertise_to: String::new(),
             advertise_interval_secs: 900,
+            multicast_group: DEFAULT_GROUP.into(),
+            multicast_interface: String::new(),
+            multicast_hops: 1,
         }
     }
 }
@@ -389,6 +409,22 @@ pub struct PredefinedTopic {
     pub id: u16,
     /// The topic name.
     pub name: String,
+}
+
+/// This host's name, as ClientIds may hold it (letters, digits, `-`).
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let clean: String = name
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "host".into()
+    } else {
+        clean
+    }
 }
 
 fn invalid(key: &str, value: impl ToString, reason: &str) -> ConfigError {
@@ -598,17 +634,23 @@ impl Config {
     /// The dispatcher's settings.
     pub fn server_options(&self) -> Result<crate::server::ServerOptions, ConfigError> {
         let d = &self.discovery;
+        let every = Duration::from_secs(u64::from(d.advertise_interval_secs));
+        if d.advertise_interval_secs == 0
+            && (!d.advertise_to.is_empty() || !d.multicast_group.is_empty())
+        {
+            return Err(invalid("discovery.advertise_interval_secs", 0, "must be at least 1"));
+        }
         let advertise = if d.advertise_to.is_empty() {
             None
         } else {
             let to = d.advertise_to.parse().map_err(|_| {
                 invalid("discovery.advertise_to", &d.advertise_to, "not an IP:PORT address")
             })?;
-            if d.advertise_interval_secs == 0 {
-                return Err(invalid("discovery.advertise_interval_secs", 0, "must be at least 1"));
-            }
-            Some((to, Duration::from_secs(u64::from(d.advertise_interval_secs))))
+            Some((to, every))
         };
+        let multicast = self
+            .multicast_group()?
+            .map(|group| crate::options::MulticastDiscovery { group, advertise_every: every });
         let q = &self.qos_minus_one;
         let qos_minus_one = if q.enabled {
             let mut list = Vec::new();
@@ -645,13 +687,86 @@ impl Config {
             gateway_id: d.gateway_id,
             answer_searchgw: d.answer_searchgw,
             advertise,
+            multicast,
             qos_minus_one,
-            own_client_id: format!(
-                "{}mqttsn-gateway-{}",
-                self.broker.client_id_prefix, d.gateway_id
-            ),
+            own_client_id: self.own_client_id()?,
             ..crate::server::ServerOptions::default()
         })
+    }
+
+    /// The discovery group, if any.
+    pub fn multicast_group(&self) -> Result<Option<crate::multicast::Group>, ConfigError> {
+        use crate::multicast::{interface_index, Group, Interface};
+        let d = &self.discovery;
+        if d.multicast_group.is_empty() {
+            return Ok(None);
+        }
+        let key = "discovery.multicast_group";
+        let addr: SocketAddr = d
+            .multicast_group
+            .parse()
+            .map_err(|_| invalid(key, &d.multicast_group, "not an IP:PORT address"))?;
+        if !addr.ip().is_multicast() {
+            return Err(invalid(
+                key,
+                &d.multicast_group,
+                "not a multicast group (224.0.0.0/4, ff00::/8)",
+            ));
+        }
+        if addr.port() == 0 {
+            return Err(invalid(key, &d.multicast_group, "the port must not be 0"));
+        }
+        let key = "discovery.multicast_interface";
+        let name = d.multicast_interface.as_str();
+        let interface = if name.is_empty() {
+            Interface::Default
+        } else if let Ok(index) = name.parse::<u32>() {
+            Interface::Index(index)
+        } else if let Ok(a) = name.parse::<std::net::Ipv4Addr>() {
+            if addr.is_ipv6() {
+                return Err(invalid(key, name, "an IPv6 group needs an interface name or index"));
+            }
+            Interface::Addr(a)
+        } else {
+            match interface_index(name) {
+                Some(index) => Interface::Index(index),
+                None => {
+                    return Err(invalid(
+                        key,
+                        name,
+                        "neither an IPv4 address, an interface index nor the name of an \
+                         interface of this system",
+                    ))
+                }
+            }
+        };
+        if !(1..=255).contains(&d.multicast_hops) {
+            return Err(invalid("discovery.multicast_hops", d.multicast_hops, "must be 1 to 255"));
+        }
+        let mut addr = addr;
+        if let (SocketAddr::V6(a), Interface::Index(i)) = (&mut addr, interface) {
+            // A link-local group exists once per link: name the link.
+            a.set_scope_id(i);
+        }
+        Ok(Some(Group { addr, interface, hops: d.multicast_hops }))
+    }
+
+    /// The ClientId of the gateway's own broker connection:
+    /// `broker.client_id`, or one made unique per host.
+    pub fn own_client_id(&self) -> Result<String, ConfigError> {
+        let b = &self.broker;
+        if !b.client_id.is_empty() {
+            if b.client_id.len() > 65_535 {
+                return Err(invalid("broker.client_id", &b.client_id, "longer than 65535"));
+            }
+            return Ok(b.client_id.clone());
+        }
+        Ok(format!(
+            "{}mqttsn-gateway-{}-{}",
+            b.client_id_prefix,
+            host_name(),
+            self.discovery.gateway_id
+        ))
     }
 
     /// Where the Prometheus endpoint listens, if anywhere.
@@ -811,6 +926,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("predefined[1]"), "{e}");
+    }
+
+    #[test]
+    fn the_discovery_group_and_its_interface() {
+        use crate::multicast::{Group, Interface};
+        let g = |text: &str| Config::parse(text, "x").map(|c| c.multicast_group().unwrap());
+        let d = g("").unwrap().unwrap();
+        assert_eq!(
+            d,
+            Group { addr: DEFAULT_GROUP.parse().unwrap(), interface: Interface::Default, hops: 1 }
+        );
+        assert_eq!(g("[discovery]\nmulticast_group = \"\"\n").unwrap(), None);
+        let d = g("[discovery]\nmulticast_interface = \"127.0.0.1\"\nmulticast_hops = 4\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.interface, d.hops), (Interface::Addr(std::net::Ipv4Addr::LOCALHOST), 4));
+        let v6 = "[discovery]\nmulticast_group = \"[ff02::1:1883]:1883\"\nmulticast_interface = \"lo\"\n";
+        let d = g(v6).unwrap().unwrap();
+        assert!(matches!(d.interface, Interface::Index(i) if i > 0));
+        for (text, key) in [
+            ("multicast_group = \"10.0.0.1:1883\"", "discovery.multicast_group"),
+            ("multicast_group = \"225.1.1.1\"", "discovery.multicast_group"),
+            ("multicast_interface = \"no-such-if0\"", "discovery.multicast_interface"),
+            ("multicast_hops = 0", "discovery.multicast_hops"),
+            (
+                "multicast_group = \"[ff02::1]:1883\"\nmulticast_interface = \"127.0.0.1\"",
+                "discovery.multicast_interface",
+            ),
+        ] {
+            let e = Config::parse(&format!("[discovery]\n{text}\n"), "x").unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_own_client_id_is_unique_per_host_or_configured() {
+        let c = Config::parse("[discovery]\ngateway_id = 7\n", "x").unwrap();
+        let id = c.own_client_id().unwrap();
+        assert!(id.starts_with("mqttsn-gateway-") && id.ends_with("-7"), "{id}");
+        assert!(id.len() > "mqttsn-gateway--7".len(), "the host name is in it: {id}");
+        let c = Config::parse("[broker]\nclient_id = \"gw-east\"\n", "x").unwrap();
+        assert_eq!(c.own_client_id().unwrap(), "gw-east");
+        assert_eq!(c.server_options().unwrap().own_client_id, "gw-east");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod mqtt;
+pub mod multicast;
 pub mod options;
 pub mod peer;
 pub mod server;

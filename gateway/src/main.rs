@@ -40,6 +40,11 @@ struct Args {
     /// (overrides gateway.store).
     #[arg(long, value_name = "FILE")]
     store: Option<String>,
+    /// The discovery group joined for SEARCHGW and sent GWINFO and
+    /// ADVERTISE, IP:PORT; "" joins none (overrides
+    /// discovery.multicast_group).
+    #[arg(long, value_name = "ADDR:PORT")]
+    multicast_group: Option<String>,
     /// Write the man page and shell completions (bash, zsh, fish) into DIR
     /// and exit (for packaging).
     #[arg(long, value_name = "DIR", hide = true)]
@@ -95,6 +100,9 @@ async fn run() -> anyhow::Result<()> {
     }
     if let Some(store) = args.store {
         cfg.gateway.store = store;
+    }
+    if let Some(group) = args.multicast_group {
+        cfg.discovery.multicast_group = group;
     }
     cfg.check()?;
     let listen = cfg.listen_addr()?;

@@ -26,11 +26,16 @@ pub struct ServerOptions {
     pub max_sessions: Option<usize>,
     /// The GwId in ADVERTISE and GWINFO.
     pub gateway_id: u8,
-    /// Answer SEARCHGW with GWINFO (unicast to the searcher).
+    /// Answer SEARCHGW with GWINFO: unicast to a searcher that sent it to
+    /// the gateway's address, to the group when it came via the group.
     pub answer_searchgw: bool,
     /// Send ADVERTISE to this (broadcast or multicast) address at this
     /// interval, while the broker is reachable.
     pub advertise: Option<(SocketAddr, Duration)>,
+    /// The discovery group (spec 5.4): worker 0 joins it, answers SEARCHGW
+    /// sent to it with GWINFO to the group, and sends ADVERTISE to it every
+    /// `advertise_every` (or at the interval of `advertise`, when set).
+    pub multicast: Option<MulticastDiscovery>,
     /// QoS -1 PUBLISH without a connection (spec 6.8): `None` refuses it;
     /// `Some(list)` accepts it from sources in the list (empty: any).
     pub qos_minus_one: Option<Vec<Cidr>>,
@@ -59,6 +64,15 @@ pub struct ServerOptions {
     pub udp_send_buffer: usize,
 }
 
+/// Discovery on a multicast group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MulticastDiscovery {
+    /// The group, its interface and hops.
+    pub group: crate::multicast::Group,
+    /// The interval of ADVERTISE to the group.
+    pub advertise_every: Duration,
+}
+
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
@@ -68,6 +82,7 @@ impl Default for ServerOptions {
             gateway_id: 1,
             answer_searchgw: true,
             advertise: None,
+            multicast: None,
             qos_minus_one: None,
             own_client_id: "mqttsn-gateway".into(),
             auth: Arc::new(AuthTable::open()),

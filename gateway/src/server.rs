@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::control::Controls;
 use crate::endpoint::{Directory, Endpoint, WallClock, WorkerId};
@@ -54,8 +54,33 @@ pub async fn run(
     controls: Arc<Controls>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let opts = Arc::new(opts);
+    let mut opts = opts;
     let workers = listener.workers();
+    let sockets = listener.into_sockets();
+    let mut group = match (opts.multicast, sockets.first()) {
+        (Some(m), Some(first)) => match m.group.prepare_sender(first).and_then(|()| m.group.join())
+        {
+            Ok(socket) => {
+                info!(
+                    group = %m.group.addr,
+                    "discovery on the multicast group: SEARCHGW answered, ADVERTISE every {} s",
+                    m.advertise_every.as_secs()
+                );
+                Some(socket)
+            }
+            Err(e) => {
+                warn!(
+                    "cannot use the discovery group {} ({e}): no SEARCHGW from it, no \
+                     ADVERTISE to it (discovery.multicast_group, discovery.multicast_interface)",
+                    m.group.addr
+                );
+                opts.multicast = None;
+                None
+            }
+        },
+        _ => None,
+    };
+    let opts = Arc::new(opts);
     let (writer, mut store_done, restored) = match &opts.store_path {
         None => (None, Vec::new(), Vec::new()),
         Some(path) => {
@@ -92,7 +117,6 @@ pub async fn run(
     let clock = WallClock::new(now, wall_now());
     let broker = upstream.connector.describe();
     let mut done = Vec::new();
-    let sockets = listener.into_sockets();
     let mut completions: Vec<Option<mpsc::UnboundedReceiver<u64>>> =
         store_done.drain(..).map(Some).collect();
     completions.resize_with(workers, || None);
@@ -121,6 +145,7 @@ pub async fn run(
         let worker = Worker {
             id,
             socket,
+            group: if id == 0 { group.take() } else { None },
             endpoint,
             upstreams: Transparent::new(upstream.opts, broker.clone(), seed),
             connector: upstream.connector.clone(),

@@ -43,6 +43,8 @@ pub struct Worker<U> {
     pub id: WorkerId,
     /// Its socket (non-blocking).
     pub socket: std::net::UdpSocket,
+    /// The discovery group's socket (worker 0's, when there is a group).
+    pub group: Option<std::net::UdpSocket>,
     /// Its sessions.
     pub endpoint: Endpoint,
     /// Their upstream side.
@@ -78,6 +80,8 @@ struct State<U> {
     control: Option<mpsc::Receiver<Control>>,
     writer: Option<StoreWriter>,
     metrics: std::sync::Arc<Metrics>,
+    /// The socket is IPv6 (dual-stack): IPv4 peers are sent to mapped.
+    ipv6: bool,
 }
 
 /// A datagram the kernel did not take at once.
@@ -97,6 +101,7 @@ impl<U: Upstreams> Worker<U> {
         let Worker {
             id,
             socket,
+            group,
             endpoint,
             upstreams,
             connector,
@@ -110,14 +115,26 @@ impl<U: Upstreams> Worker<U> {
             metrics,
         } = self;
         let socket = UdpSocket::from_std(socket)?;
+        let group = group.map(UdpSocket::from_std).transpose()?;
+        let ipv6 = socket.local_addr()?.is_ipv6();
         let driver = Driver::new(connector, close_timeout);
         let (writer, mut store_done) = match store {
             Some((w, rx)) => (Some(w), Some(rx)),
             None => (None, None),
         };
-        let mut me =
-            State { id, endpoint, upstreams, driver, inbox, peers, control, writer, metrics };
-        me.run(socket, &mut shutdown, shutdown_grace, &mut store_done).await
+        let mut me = State {
+            id,
+            endpoint,
+            upstreams,
+            driver,
+            inbox,
+            peers,
+            control,
+            writer,
+            metrics,
+            ipv6,
+        };
+        me.run(socket, group, &mut shutdown, shutdown_grace, &mut store_done).await
     }
 }
 
@@ -125,6 +142,7 @@ impl<U: Upstreams> State<U> {
     async fn run(
         &mut self,
         socket: UdpSocket,
+        group: Option<UdpSocket>,
         shutdown: &mut watch::Receiver<bool>,
         shutdown_grace: Duration,
         store_done: &mut Option<mpsc::UnboundedReceiver<u64>>,
@@ -163,6 +181,16 @@ impl<U: Upstreams> State<U> {
                     if r.is_ok() {
                         let now = Instant::now();
                         self.receive(now, &socket, &mut rx);
+                    }
+                }
+                r = async {
+                    match &group {
+                        Some(g) => g.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let (Ok(()), Some(g)) = (r, &group) {
+                        self.receive_group(Instant::now(), g);
                     }
                 }
                 ready = self.driver.ready() => {
@@ -235,13 +263,32 @@ impl<U: Upstreams> State<U> {
             match socket.try_recv_buf_from(rx) {
                 Ok((_, from)) => {
                     let datagram = rx.split().freeze();
-                    self.endpoint.handle_datagram(now, from, &datagram);
+                    self.endpoint.handle_datagram(now, crate::udp::canonical(from), &datagram);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 // ICMP port unreachable and the like surface here on some
                 // systems; they concern one peer, not the gateway.
                 Err(e) => {
                     debug!("recv_from: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Takes what waits on the discovery group's socket (little: SEARCHGW).
+    fn receive_group(&mut self, now: Instant, group: &UdpSocket) {
+        let mut buf = [0u8; 1500];
+        for _ in 0..64 {
+            match group.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let Some(data) = buf.get(..n) else { continue };
+                    let data = bytes::Bytes::copy_from_slice(data);
+                    self.endpoint.handle_group_datagram(now, crate::udp::canonical(from), &data);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!("recv_from on the group: {e}");
                     break;
                 }
             }
@@ -296,14 +343,15 @@ impl<U: Upstreams> State<U> {
         }
         while let Some(t) = self.endpoint.poll_transmit(tx) {
             let Some(data) = tx.get(..t.len) else { continue };
+            let to = crate::udp::for_socket(t.to, self.ipv6);
             if !unsent.is_empty() {
-                unsent.push_back(Unsent { to: t.to, data: data.to_vec() });
+                unsent.push_back(Unsent { to, data: data.to_vec() });
                 continue;
             }
-            match socket.try_send_to(data, t.to) {
+            match socket.try_send_to(data, to) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    unsent.push_back(Unsent { to: t.to, data: data.to_vec() });
+                    unsent.push_back(Unsent { to, data: data.to_vec() });
                 }
                 Err(e) => debug!(to = %t.to, "send_to: {e}"),
             }

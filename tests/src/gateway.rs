@@ -66,6 +66,24 @@ impl Gateway {
 
     /// A gateway with these session and dispatcher settings.
     pub fn start_full(broker_port: u16, cfg: SessionConfig, opts: ServerOptions) -> Self {
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("addr"),
+            broker_port,
+            cfg,
+            opts,
+            Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(500) },
+        )
+    }
+
+    /// A gateway listening on `listen`, reconnecting to the broker with
+    /// `backoff`.
+    pub fn start_on(
+        listen: SocketAddr,
+        broker_port: u16,
+        cfg: SessionConfig,
+        opts: ServerOptions,
+        backoff: Backoff,
+    ) -> Self {
         // This gateway's own logs, printed if the test fails; RUST_LOG
         // (default mqttsn_gateway=debug) chooses what is kept.
         let logs = LogBuffer::default();
@@ -92,12 +110,7 @@ impl Gateway {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let listener = Listener::bind(
-                    "127.0.0.1:0".parse().expect("addr"),
-                    workers,
-                    Buffers::default(),
-                )
-                .expect("bind");
+                let listener = Listener::bind(listen, workers, Buffers::default()).expect("bind");
                 addr_tx.send(listener.local_addr()).expect("send addr");
                 let upstream = UpstreamSetup {
                     connector: Arc::new(TcpConnector { addr: format!("127.0.0.1:{broker_port}") }),
@@ -106,10 +119,7 @@ impl Gateway {
                             keep_alive: Duration::from_secs(30),
                             response_timeout: Duration::from_secs(5),
                         },
-                        backoff: Backoff {
-                            initial: Duration::from_millis(50),
-                            max: Duration::from_millis(500),
-                        },
+                        backoff,
                         connect_timeout: Duration::from_secs(2),
                         ..UpstreamOptions::default()
                     },
@@ -130,6 +140,11 @@ impl Gateway {
     /// Where sensors send.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its log lines so far.
+    pub fn logs(&self) -> String {
+        self.logs.0.lock().map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default()
     }
 
     /// The gateway's counters now.
@@ -228,6 +243,11 @@ impl GatewayProcess {
         if !args.contains(&"--store") {
             // Nor a shared store file in the working directory.
             cmd.args(["--store", ""]);
+        }
+        if !args.contains(&"--multicast-group") {
+            // Nor the default discovery group, joined on the host's own
+            // network interface: tests stay on loopback.
+            cmd.args(["--multicast-group", ""]);
         }
         let mut child = cmd
             .env("RUST_LOG", "info")

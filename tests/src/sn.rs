@@ -19,7 +19,12 @@ pub struct Sensor {
 impl Sensor {
     /// A sensor on a fresh ephemeral port talking to `gateway`.
     pub fn new(gateway: SocketAddr) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sensor socket");
+        Self::bound("127.0.0.1:0".parse().expect("addr"), gateway)
+    }
+
+    /// A sensor on `local` (`[::1]:0`: over IPv6) talking to `gateway`.
+    pub fn bound(local: SocketAddr, gateway: SocketAddr) -> Self {
+        let sock = UdpSocket::bind(local).expect("bind sensor socket");
         Self { sock, gateway, buf: vec![0u8; 65_536] }
     }
 

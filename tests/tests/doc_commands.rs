@@ -632,7 +632,8 @@ fn run_block(block: &Block, scratch: &Path) -> Vec<String> {
     // block's relay on 1885 too).
     let gateway_up = env == Env::Gateway
         || serving.iter().any(|s| {
-            s.output().contains("listening on udp://0.0.0.0:1884")
+            (s.output().contains("listening on udp://0.0.0.0:1884")
+                || s.output().contains("listening on udp://[::]:1884"))
                 && s.output().contains("MQTT-SN gateway")
         });
     let dump_up = serving.iter().any(|s| {

@@ -17,6 +17,11 @@ use mqttsn_tests::sn::Sensor;
 /// needs it.
 fn wake(s: &mut Sensor, client_id: &str, known: &mut HashSet<u16>) -> Vec<Vec<u8>> {
     s.send(Packet::PingReq(Some(client_id.as_bytes())));
+    flushed(s, known)
+}
+
+/// Answers everything the gateway flushes until PINGRESP.
+fn flushed(s: &mut Sensor, known: &mut HashSet<u16>) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
     loop {
         let d = s.recv();
@@ -83,6 +88,37 @@ fn a_sleeping_sensor_receives_everything_once_in_order_with_pingresp_last() {
     publisher.publish(&format!("{base}/a"), b"later", 2, false);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(wake(&mut s, &id, &mut known), [b"later".to_vec()]);
+}
+
+#[test]
+fn a_pingreq_without_client_id_from_the_sleepers_address_wakes_it() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let topic = unique("anon-wake");
+    let id = unique("sleeper");
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&id, false, 60);
+    let ack = s.subscribe(TopicFilter::Name(topic.as_bytes()), QoS::AtLeastOnce, 1);
+    let mut known = HashSet::from([ack.topic_id]);
+    s.send(Packet::Disconnect(Some(60)));
+    s.expect(Packet::Disconnect(None));
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    publisher.publish(&topic, b"one", 1, false);
+    publisher.publish(&topic, b"two", 1, false);
+    s.expect_silence(Duration::from_millis(300));
+    // Another address without ClientId wakes nobody.
+    let mut stranger = Sensor::new(gw.addr());
+    stranger.send(Packet::PingReq(None));
+    stranger.expect(Packet::Disconnect(None));
+    s.expect_silence(Duration::from_millis(200));
+    // The sleeper's own address without ClientId: the buffer, PINGRESP
+    // last, asleep again (what comes later waits for the next wake-up).
+    s.send(Packet::PingReq(None));
+    assert_eq!(flushed(&mut s, &mut known), [b"one".to_vec(), b"two".to_vec()]);
+    publisher.publish(&topic, b"three", 1, false);
+    s.expect_silence(Duration::from_millis(300));
+    s.send(Packet::PingReq(None));
+    assert_eq!(flushed(&mut s, &mut known), [b"three".to_vec()]);
 }
 
 #[test]

@@ -24,6 +24,7 @@
 //! with virtual time (`tests.rs`).
 
 mod admin;
+mod clash;
 pub mod directory;
 mod housekeeping;
 mod route;
@@ -173,6 +174,14 @@ impl WallClock {
     }
 }
 
+/// The shortest interval between two GWINFO sent to the discovery group.
+const GROUP_GWINFO_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The interval of ADVERTISE, to wherever it goes.
+fn advertise_every(opts: &ServerOptions) -> Option<Duration> {
+    opts.advertise.map(|(_, every)| every).or(opts.multicast.map(|m| m.advertise_every))
+}
+
 /// The sessions of one worker. See the module documentation.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -201,6 +210,7 @@ pub struct Endpoint {
     own: bool,
     own_next_request: u64,
     own_open: bool,
+    own_clash: clash::OwnClash,
 
     next_ticket: u64,
     /// Sessions with held outputs, by ticket, in order.
@@ -208,6 +218,8 @@ pub struct Endpoint {
 
     housekeeping_at: Instant,
     advertise_at: Option<Instant>,
+    /// When GWINFO last went to the discovery group.
+    group_gwinfo_at: Option<Instant>,
     sys_at: Option<Instant>,
     gauges: Gauges,
     local: Local,
@@ -239,7 +251,7 @@ impl Endpoint {
     ) -> Self {
         let own = me == 0;
         let mut e = Self {
-            advertise_at: opts.advertise.filter(|_| own).map(|(_, every)| now + every),
+            advertise_at: advertise_every(&opts).filter(|_| own).map(|every| now + every),
             sys_at: opts.sys_topics.as_ref().filter(|_| own).map(|(_, every)| now + *every),
             cfg,
             opts,
@@ -261,9 +273,11 @@ impl Endpoint {
             own,
             own_next_request: 1,
             own_open: false,
+            own_clash: clash::OwnClash::default(),
             next_ticket: 0,
             held_order: VecDeque::new(),
             housekeeping_at: now + HOUSEKEEPING,
+            group_gwinfo_at: None,
             gauges: Gauges::default(),
             local: Local::default(),
             closing: false,
@@ -333,6 +347,45 @@ impl Endpoint {
         self.datagram(now, from, data, 0);
     }
 
+    /// A datagram from `from` that arrived on the discovery group (worker
+    /// 0's group socket): SEARCHGW is answered with GWINFO to the group
+    /// (spec 5.4.3: GWINFO is broadcast, so every searcher in range hears
+    /// it and stops searching); anything else sent to the group is not for
+    /// the gateway and is dropped (other gateways' ADVERTISE and GWINFO,
+    /// and this one's own, looped back).
+    pub fn handle_group_datagram(&mut self, now: Instant, from: SocketAddr, data: &Bytes) {
+        self.local.datagrams_in += 1;
+        let Some(group) = self.opts.multicast.map(|m| m.group.addr) else { return };
+        match mqttsn_codec::Frame::decode(data).map(|f| f.packet) {
+            Ok(Packet::SearchGw { radius }) => {
+                debug!(%from, radius, "in via the group: SEARCHGW");
+                // One answer on the group reaches every searcher: a burst
+                // of SEARCHGW (many sensors powered up at once) gets one.
+                let recent = self
+                    .group_gwinfo_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < GROUP_GWINFO_INTERVAL);
+                if self.opts.answer_searchgw && !self.closing && !recent {
+                    self.group_gwinfo_at = Some(now);
+                    self.gwinfo(Peer::direct(group));
+                }
+            }
+            Ok(p) => debug!(%from, "{:?} via the group ignored", p.msg_type()),
+            Err(e) => {
+                Metrics::inc(&self.metrics.malformed);
+                if self.may_log(now) {
+                    warn!(%from, len = data.len(), "malformed datagram on the group dropped: {e}");
+                }
+            }
+        }
+    }
+
+    /// Sends GWINFO (without GwAdd: the gateway's own) to `to`.
+    pub(super) fn gwinfo(&mut self, to: Peer) {
+        debug!(%to, gw_id = self.opts.gateway_id, "GWINFO");
+        let info = mqttsn_codec::GwInfo { gw_id: self.opts.gateway_id, gw_addr: &[] };
+        self.reply(Packet::GwInfo(info), to);
+    }
+
     /// Something another worker handed over.
     pub fn handle_forward(&mut self, now: Instant, f: Forward) {
         match f {
@@ -348,7 +401,7 @@ impl Endpoint {
     /// An event from an upstream.
     pub fn handle_upstream(&mut self, now: Instant, key: UpstreamKey, event: Event) {
         if key == OWN_KEY {
-            return self.own_event(event);
+            return self.own_event(event, now);
         }
         let Some(&idx) = self.by_key.get(&key) else {
             debug!(upstream = key, "event from a finished upstream ignored: {event:?}");
@@ -382,15 +435,22 @@ impl Endpoint {
         self.flush(idx, now);
     }
 
-    fn own_event(&mut self, event: Event) {
+    fn own_event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected { .. } => {
+                debug!(client_id = %self.opts.own_client_id, "the gateway's own connection is up");
+                self.own_clash.up(now);
                 if !self.dir.broker_up() {
                     info!("broker reachable");
                 }
                 self.dir.set_broker(true, false);
             }
             Event::Unavailable { reason } => {
+                if self.own_clash.closed_quickly(now, &self.opts.own_client_id, &reason) {
+                    // Taken over: the broker is there, sensors are admitted.
+                    self.dir.set_broker(false, false);
+                    return;
+                }
                 warn!("broker unreachable: {reason}");
                 self.dir.set_broker(false, true);
             }
@@ -454,14 +514,19 @@ impl Endpoint {
                 }
             }
         }
-        if let (Some(at), Some((to, every))) = (self.advertise_at, self.opts.advertise) {
+        if let (Some(at), Some(every)) = (self.advertise_at, advertise_every(&self.opts)) {
             if now >= at {
                 self.advertise_at = Some(now + every);
                 // Paused while the broker is unreachable.
                 if self.dir.broker_up() && !self.closing {
                     let duration = u16::try_from(every.as_secs()).unwrap_or(u16::MAX);
                     let adv = mqttsn_codec::Advertise { gw_id: self.opts.gateway_id, duration };
-                    self.reply(Packet::Advertise(adv), Peer::direct(to));
+                    let to = self.opts.advertise.map(|(to, _)| to);
+                    let group = self.opts.multicast.map(|m| m.group.addr);
+                    for to in [to, group].into_iter().flatten() {
+                        debug!(%to, gw_id = adv.gw_id, duration, "ADVERTISE");
+                        self.reply(Packet::Advertise(adv), Peer::direct(to));
+                    }
                 }
             }
         }

@@ -272,12 +272,9 @@ impl Endpoint {
     pub(super) fn unknown_sender(&mut self, packet: &Packet<'_>, from: Peer, now: Instant) {
         match packet {
             Packet::SearchGw { .. } => {
+                // Sent to the gateway's own address: answered there.
                 if self.opts.answer_searchgw {
-                    let info = Packet::GwInfo(mqttsn_codec::GwInfo {
-                        gw_id: self.opts.gateway_id,
-                        gw_addr: &[],
-                    });
-                    self.reply(info, from);
+                    self.gwinfo(from);
                 }
                 return;
             }

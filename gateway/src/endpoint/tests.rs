@@ -244,6 +244,9 @@ fn bad_connects_are_refused_before_a_session_exists() {
 #[test]
 fn the_broker_being_down_is_congestion_and_it_clears_when_back() {
     let mut h = H::new();
+    // (A close right after CONNACK is a takeover, not an outage: see
+    // the_own_connection_closed_right_after_connack_keeps_sensors_admitted.)
+    h.advance(Duration::from_secs(10));
     h.up(OWN_KEY, Event::Unavailable { reason: "refused".into() });
     h.send(5000, connect("s1", true));
     assert_eq!(h.out(), [(5000, encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec())]);
@@ -526,6 +529,68 @@ fn a_sleeper_wakes_from_a_new_address_by_client_id() {
 }
 
 #[test]
+fn a_pingreq_without_client_id_from_the_sleepers_address_wakes_it() {
+    let mut h = H::new();
+    let key = h.connected("s1", 5000);
+    h.send(5000, encode(Packet::Disconnect(Some(60))));
+    assert_eq!(h.out(), [(5000, encode(Packet::Disconnect(None)).to_vec())]);
+    for (delivery, payload) in [(1, &b"m1"[..]), (2, b"m2")] {
+        h.up(
+            key,
+            Event::Message {
+                delivery: Some(DeliveryId(delivery)),
+                packet_id: delivery as u16,
+                topic: Arc::from("pre/seven"),
+                payload: Bytes::copy_from_slice(payload),
+                qos: crate::mqtt::QoS::AtLeastOnce,
+                retain: false,
+                dup: false,
+            },
+        );
+    }
+    h.cmds();
+    // From another address, a PINGREQ without ClientId is nobody's.
+    h.send(7000, encode(Packet::PingReq(None)));
+    assert_eq!(h.out(), [(7000, encode(Packet::Disconnect(None)).to_vec())]);
+    // From the sleeper's own address, it wakes it: the buffer, then
+    // PINGRESP, then asleep again.
+    for round in 0..2 {
+        h.advance(Duration::from_secs(30));
+        h.send(5000, encode(Packet::PingReq(None)));
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let out = h.out();
+            let [(5000, d)] = &out[..] else { panic!("{out:?}") };
+            match decoded(d) {
+                Packet::Publish(p) => {
+                    got.push(p.data.to_vec());
+                    h.send(
+                        5000,
+                        encode(Packet::PubAck(Ack {
+                            topic_id: p.topic.raw(),
+                            msg_id: p.msg_id,
+                            return_code: ReturnCode::Accepted,
+                        })),
+                    );
+                }
+                Packet::PingResp => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        let want: Vec<Vec<u8>> =
+            if round == 0 { vec![b"m1".to_vec(), b"m2".to_vec()] } else { Vec::new() };
+        assert_eq!(got, want);
+        let acks = h.cmds();
+        assert_eq!(acks.len(), 0, "acknowledged to the broker when buffered: {acks:?}");
+    }
+    // Still asleep: its sleep timer (60 s x 1.1) was restarted by each
+    // wake-up, so it is not lost 61 s after the first one.
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.ep().session_count(), 1);
+    assert_eq!(h.metrics.snapshot().sensors_lost, 0);
+}
+
+#[test]
 fn a_forwarded_sensor_is_answered_through_its_forwarder() {
     let mut h = H::new();
     let frame = |p: Packet<'_>| {
@@ -672,6 +737,81 @@ fn only_worker_zero_has_the_own_connection_and_sends_advertise() {
     h.advance(Duration::from_secs(10));
     assert_eq!(h.out_of(0).len(), 1);
     assert!(h.out_of(1).is_empty());
+}
+
+#[test]
+fn the_own_connection_closed_right_after_connack_keeps_sensors_admitted() {
+    let mut h = H::new();
+    h.advance(100 * MS);
+    // Taken over (the same ClientId elsewhere): the broker answered
+    // moments ago, so a CONNECT is still admitted.
+    h.up(OWN_KEY, Event::Unavailable { reason: "eof".into() });
+    h.send(5000, connect("s1", true));
+    let cmds = h.cmds();
+    assert!(matches!(&cmds[..], [(_, Command::Connect(_))]), "{cmds:?}");
+    // A close after a connection that lasted: the broker is gone.
+    h.up(OWN_KEY, Event::Connected { session_present: false });
+    h.advance(Duration::from_secs(6));
+    h.up(OWN_KEY, Event::Unavailable { reason: "eof".into() });
+    h.send(5001, connect("s2", true));
+    let out = h.out();
+    assert!(
+        out.contains(&(5001, encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec())),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn searchgw_via_the_group_is_answered_to_the_group_and_advertise_goes_there() {
+    let group: SocketAddr = ([239, 1, 2, 3], 1883).into();
+    let opts = ServerOptions {
+        gateway_id: 5,
+        multicast: Some(crate::options::MulticastDiscovery {
+            group: crate::multicast::Group {
+                addr: group,
+                interface: crate::multicast::Interface::Default,
+                hops: 1,
+            },
+            advertise_every: Duration::from_secs(30),
+        }),
+        ..ServerOptions::default()
+    };
+    let mut h = H::with(opts, 1, false);
+    let search = encode(Packet::SearchGw { radius: 1 });
+    let gwinfo = encode(Packet::GwInfo(mqttsn_codec::GwInfo { gw_id: 5, gw_addr: &[] }));
+    let mut buf = [0u8; 64];
+    let mut sent = |h: &mut H| {
+        let mut v = Vec::new();
+        while let Some(t) = h.ep().poll_transmit(&mut buf) {
+            v.push((t.to, buf[..t.len].to_vec()));
+        }
+        v
+    };
+    // Via the group: to the group, once for a burst of searchers.
+    let now = h.now;
+    h.ep().handle_group_datagram(now, addr(5000), &search);
+    h.ep().handle_group_datagram(now, addr(5002), &search);
+    assert_eq!(sent(&mut h), [(group, gwinfo.to_vec())]);
+    h.advance(500 * MS);
+    let now = h.now;
+    h.ep().handle_group_datagram(now, addr(5002), &search);
+    assert_eq!(sent(&mut h), [(group, gwinfo.to_vec())]);
+    // To the gateway's address: back to the searcher.
+    h.send(5000, search.clone());
+    assert_eq!(sent(&mut h), [(addr(5000), gwinfo.to_vec())]);
+    // Other gateways' (and its own looped-back) messages on the group are
+    // not answered.
+    h.ep().handle_group_datagram(now, addr(5001), &gwinfo);
+    let adv = encode(Packet::Advertise(mqttsn_codec::Advertise { gw_id: 5, duration: 30 }));
+    h.ep().handle_group_datagram(now, addr(5001), &adv);
+    assert!(sent(&mut h).is_empty());
+    // ADVERTISE to the group every 30 s.
+    h.advance(Duration::from_secs(30));
+    assert_eq!(sent(&mut h), [(group, adv.to_vec())]);
+    h.advance(Duration::from_secs(29));
+    assert!(sent(&mut h).is_empty());
+    h.advance(Duration::from_secs(1));
+    assert_eq!(sent(&mut h), [(group, adv.to_vec())]);
 }
 
 // ----- the management API -----

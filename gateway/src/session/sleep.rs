@@ -72,9 +72,12 @@ impl Session {
     pub(super) fn in_asleep(&mut self, packet: &Packet<'_>, now: Instant) {
         let Phase::Asleep { duration, .. } = self.phase else { return };
         match packet {
-            // Wake up: flush, PINGRESP last. Only with the sensor's own
-            // ClientId: its old address may belong to someone else now.
-            Packet::PingReq(Some(id)) if *id == self.client_id.as_bytes() => {
+            // Wake up: flush, PINGRESP last. With the sensor's own
+            // ClientId (spec 6.14), or without one, as many field clients
+            // send it: the endpoint routed it here by the address this
+            // sleeping session is bound to, so it is the sensor's own
+            // address (one that moved names itself, see the endpoint).
+            Packet::PingReq(id) if id.is_none_or(|id| id == self.client_id.as_bytes()) => {
                 self.phase = Phase::Awake { duration };
                 self.resend_inflight(now);
             }

@@ -936,17 +936,31 @@ fn sleep_timer_running_out_makes_the_sensor_lost() {
 }
 
 #[test]
-fn wake_needs_the_sensors_own_client_id() {
+fn wake_needs_the_sensors_own_client_id_when_one_is_named() {
     let mut h = H::connected(false, 10);
     h.subscribe("ab", QoS::AtLeastOnce);
     h.sensor(Packet::Disconnect(Some(60)));
     h.tx();
     h.message(1, "ab", MqttQoS::AtLeastOnce);
-    h.sensor(Packet::PingReq(None));
     h.sensor(Packet::PingReq(Some(b"someone-else")));
     assert!(h.tx().is_empty());
+    assert!(h.s.is_sleeping());
     h.sensor(ping_with_id());
     assert_eq!(flush(&mut h), [b"m1".to_vec()]);
+}
+
+#[test]
+fn a_pingreq_without_client_id_wakes_the_sleeper_too() {
+    let mut h = H::connected(false, 10);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    h.message(2, "ab", MqttQoS::AtLeastOnce);
+    h.sensor(Packet::PingReq(None));
+    // Buffered messages first, PINGRESP last, then asleep again.
+    assert_eq!(flush(&mut h), [b"m1".to_vec(), b"m2".to_vec()]);
+    assert!(h.s.is_sleeping());
 }
 
 #[test]

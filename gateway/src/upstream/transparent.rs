@@ -43,6 +43,8 @@ struct Slot {
     link: Link,
     /// The next backoff delay.
     delay: Duration,
+    /// When the broker last accepted the connection.
+    up_since: Option<Instant>,
     /// The deadline the timer heap holds for this slot.
     scheduled: Option<Instant>,
     /// Listed in `dirty`: has octets to write.
@@ -81,6 +83,10 @@ pub struct Transparent {
     /// Upstreams waiting for an open, oldest first.
     queued: VecDeque<UpstreamKey>,
 }
+
+/// How long a connection must have lasted for the reconnect delay after it
+/// to start again from [`Backoff::initial`](super::connection::Backoff).
+pub const STABLE: Duration = Duration::from_secs(10);
 
 /// How often idle clients give back spare memory.
 const SHRINK_EVERY: Duration = Duration::from_secs(5);
@@ -123,7 +129,7 @@ impl Transparent {
         let Some(slot) = self.slots.get_mut(&key) else { return };
         while let Some(ev) = slot.client.poll_event() {
             if matches!(ev, Event::Connected { .. }) {
-                slot.delay = self.opts.backoff.initial;
+                slot.up_since = Some(now);
             }
             self.events.push_back((key, ev));
         }
@@ -178,6 +184,17 @@ impl Transparent {
                 Want::Nothing => {}
                 Want::ConnectNow => self.open(key, now),
                 Want::ConnectAfterBackoff => {
+                    // The delay starts again from the first only after a
+                    // connection that lasted: one the broker closes right
+                    // after accepting it (another client with the same
+                    // ClientId taking it over) backs off further each time.
+                    if slot
+                        .up_since
+                        .take()
+                        .is_some_and(|t| now.saturating_duration_since(t) >= STABLE)
+                    {
+                        slot.delay = self.opts.backoff.initial;
+                    }
                     let delay = slot.delay;
                     slot.delay = (delay * 2).min(self.opts.backoff.max);
                     let wait = self.jitter(delay);
@@ -294,6 +311,7 @@ impl Upstreams for Transparent {
                         client: Client::new(self.opts.client, now),
                         link: Link::Down,
                         delay: self.opts.backoff.initial,
+                        up_since: None,
                         scheduled: None,
                         dirty: false,
                         activity: crate::activity::Activity::default(),
@@ -667,6 +685,49 @@ mod tests {
         assert!(matches!(&t.events()[..], [(1, Event::Unavailable { .. })]));
         t.advance(200 * MS);
         assert!(matches!(t.io()[..], [Io::Open { .. }]));
+    }
+
+    #[test]
+    fn a_connection_closed_right_after_connack_backs_off_further_each_time() {
+        let mut t = T::new();
+        let mut conn = t.up();
+        let mut waited = Vec::new();
+        for _ in 0..4 {
+            // Taken over: the broker closes it at once after CONNACK.
+            t.u.handle_closed(conn, "eof", t.now);
+            assert!(matches!(&t.events()[..], [(1, Event::Unavailable { .. })]));
+            let start = t.now;
+            conn = loop {
+                t.advance(5 * MS);
+                if let [Io::Open { conn, .. }] = t.io()[..] {
+                    waited.push(t.now - start);
+                    break conn;
+                }
+                assert!(t.now - start < Duration::from_secs(2));
+            };
+            t.u.handle_opened(conn, t.now);
+            t.written();
+            t.feed(conn, MqttPacket::ConnAck { session_present: false, code: 0 });
+            assert!(matches!(&t.events()[..], [(1, Event::Connected { .. })]));
+        }
+        // 50-100% of 100, 200, 400, 400 ms: never back to the first delay.
+        for (w, full) in waited.iter().zip([100, 200, 400, 400]) {
+            assert!(*w >= full / 2 * MS && *w <= (full + 5) * MS, "{waited:?}");
+        }
+        // A connection that lasted: the next outage starts from the first
+        // delay again.
+        t.now += STABLE;
+        t.u.handle_closed(conn, "eof", t.now);
+        t.events();
+        let start = t.now;
+        loop {
+            t.advance(5 * MS);
+            if let [Io::Open { .. }] = t.io()[..] {
+                break;
+            }
+            assert!(t.now - start < Duration::from_secs(2));
+        }
+        assert!(t.now - start <= 105 * MS, "{:?}", t.now - start);
     }
 
     #[test]
