@@ -122,18 +122,8 @@ impl<U: Upstreams> Worker<U> {
             Some((w, rx)) => (Some(w), Some(rx)),
             None => (None, None),
         };
-        let mut me = State {
-            id,
-            endpoint,
-            upstreams,
-            driver,
-            inbox,
-            peers,
-            control,
-            writer,
-            metrics,
-            ipv6,
-        };
+        let mut me =
+            State { id, endpoint, upstreams, driver, inbox, peers, control, writer, metrics, ipv6 };
         me.run(socket, group, &mut shutdown, shutdown_grace, &mut store_done).await
     }
 }
