@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::secret::Secret;
 use crate::session::topics::Predefined;
 use crate::session::{SessionConfig, Tolerance};
 
@@ -44,7 +45,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[gateway]`: where sensors reach the gateway.
@@ -72,7 +73,7 @@ pub struct Config {
 }
 
 /// `[gateway]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
     /// The UDP address sensors send to.
@@ -102,7 +103,7 @@ impl Default for GatewaySection {
 }
 
 /// `[broker]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSection {
     /// `mqtt://HOST:PORT`; none means the embedded broker.
@@ -121,7 +122,7 @@ pub struct BrokerSection {
     /// Upstream username for sensors not in `[[clients]]`.
     pub username: Option<String>,
     /// Upstream password for sensors not in `[[clients]]`.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `mqtts://`: CA certificates (PEM) that sign the broker's
     /// certificate; default: the system bundle.
     pub ca_file: Option<PathBuf>,
@@ -150,7 +151,7 @@ impl Default for BrokerSection {
 }
 
 /// `[timers]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimersSection {
     /// Tretry: wait before sending REGISTER, PUBLISH or PUBREL again.
@@ -178,7 +179,7 @@ impl Default for TimersSection {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// QoS 1/2 messages in flight toward one sensor.
@@ -219,7 +220,7 @@ impl Default for LimitsSection {
 }
 
 /// `[discovery]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoverySection {
     /// The GwId in ADVERTISE and GWINFO.
@@ -245,7 +246,7 @@ impl Default for DiscoverySection {
 }
 
 /// `[qos_minus_one]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct QosMinusOneSection {
     /// Accept QoS -1 PUBLISH (to predefined ids and short names) from
@@ -257,7 +258,7 @@ pub struct QosMinusOneSection {
 }
 
 /// `[monitoring]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringSection {
     /// Where `GET /metrics` (Prometheus) is served; empty: nowhere.
@@ -277,7 +278,7 @@ impl Default for MonitoringSection {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     /// `"allow"` (with the `[broker]` identity) or `"refuse"` (CONNACK not
@@ -292,7 +293,7 @@ impl Default for AuthSection {
 }
 
 /// One `[[clients]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSection {
     /// The sensor's ClientId.
@@ -302,7 +303,7 @@ pub struct ClientSection {
     pub username: Option<String>,
     /// Its upstream password.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Source networks it may connect from; empty: anywhere.
     #[serde(default)]
     pub allow_from: Vec<String>,
@@ -315,7 +316,7 @@ pub struct ClientSection {
 }
 
 /// `[sleep]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SleepSection {
     /// Messages buffered for one sleeping sensor.
@@ -359,7 +360,7 @@ pub enum BrokerTarget {
 }
 
 /// One `[[predefined]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredefinedTopic {
     /// Only for this ClientId; unset: for every sensor.
@@ -644,7 +645,11 @@ impl Config {
         table.allow_unknown = allow_unknown;
         table.default_identity = Identity {
             username: self.broker.username.clone(),
-            password: self.broker.password.clone().map(bytes::Bytes::from),
+            password: self
+                .broker
+                .password
+                .as_ref()
+                .map(|p| bytes::Bytes::copy_from_slice(p.expose().as_bytes())),
             client_cert: None,
         };
         let mut seen = std::collections::HashSet::new();
@@ -667,7 +672,10 @@ impl Config {
                 ClientEntry {
                     identity: Identity {
                         username: c.username.clone(),
-                        password: c.password.clone().map(bytes::Bytes::from),
+                        password: c
+                            .password
+                            .as_ref()
+                            .map(|p| bytes::Bytes::copy_from_slice(p.expose().as_bytes())),
                         client_cert: match (&c.cert_file, &c.key_file) {
                             (Some(cert), Some(key)) => Some(
                                 crate::upstream::tls::ClientCert::load(cert, key).map_err(|e| {
@@ -765,6 +773,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("predefined[1]"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = Config::parse(
+            "[broker]\nusername = \"gw\"\npassword = \"broker-secret\"\n\
+             [[clients]]\nclient_id = \"s1\"\nusername = \"u1\"\npassword = \"client-secret\"\n",
+            "x",
+        )
+        .unwrap();
+        let auth = c.auth_table().unwrap();
+        let identity = auth.check("s1", [127, 0, 0, 1].into()).unwrap();
+        let spec = crate::upstream::ConnectSpec {
+            client_id: "s1".into(),
+            clean_session: true,
+            keep_alive: 0,
+            will: None,
+            username: identity.username.clone(),
+            password: identity.password.clone(),
+            client_cert: None,
+        };
+        let shown = format!(
+            "{c:?} {auth:?} {identity:?} {spec:?} {:?} {:?}",
+            c.server_options().unwrap(),
+            crate::upstream::Command::Connect(Box::new(spec.clone()))
+        );
+        for secret in ["broker-secret", "client-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("u1") && shown.contains("***"), "{shown}");
+        assert_eq!(identity.password.as_deref(), Some(&b"client-secret"[..]), "still used");
     }
 
     #[test]
