@@ -91,7 +91,7 @@ fn log_filter(rust_log: Option<&str>, level: Option<&str>) -> tracing_subscriber
 }
 
 /// Logs on stdout, as text (coloured only on a terminal, and never with
-/// NO_COLOR set) or JSON lines.
+/// NO_COLOR set to something) or JSON lines.
 fn init_logs(args: &Args) {
     use std::io::IsTerminal;
     let rust_log = std::env::var("RUST_LOG").ok();
@@ -100,7 +100,8 @@ fn init_logs(args: &Args) {
     if args.log_format == "json" {
         builder.json().with_current_span(false).init();
     } else {
-        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let colour = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         builder.with_ansi(colour).init();
     }
 }

@@ -389,6 +389,9 @@ impl Endpoint {
         use outage::{human, Report};
         match event {
             Event::Connected { .. } => {
+                // The state first: what the log says is then visible.
+                Metrics::set(&self.metrics.broker_up, 1);
+                self.dir.set_broker(true, false);
                 match self.outage.up(now) {
                     Some(Report::Ended(d)) => {
                         info!(
@@ -400,17 +403,15 @@ impl Endpoint {
                     Some(_) => info!("broker reachable"),
                     None => {}
                 }
-                Metrics::set(&self.metrics.broker_up, 1);
-                self.dir.set_broker(true, false);
             }
             Event::Unavailable { reason } => {
-                if self.outage.down(now).is_some() {
-                    warn!("broker unreachable: {reason}");
-                    Metrics::inc(&self.metrics.broker_outages);
-                }
-                self.outage_reason = reason;
                 Metrics::set(&self.metrics.broker_up, 0);
                 self.dir.set_broker(false, true);
+                if self.outage.down(now).is_some() {
+                    Metrics::inc(&self.metrics.broker_outages);
+                    warn!("broker unreachable: {reason}");
+                }
+                self.outage_reason = reason;
             }
             Event::Refused { code } => {
                 warn!("broker refused the gateway's own connection: code {code}");
