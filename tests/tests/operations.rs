@@ -183,6 +183,14 @@ fn a_broker_down_from_the_start_is_one_outage_in_the_metrics_and_the_log() {
     }
     assert!(value(&page, "process_cpu_seconds_total").is_some(), "{page}");
     assert!(value(&page, "mqttsn_store_commit_seconds_total").is_some(), "{page}");
+    // docs/monitoring.md lists every metric.
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/monitoring.md"),
+    )
+    .unwrap();
+    for name in page.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()) {
+        assert!(docs.contains(&format!("`{name}")), "{name} is not in docs/monitoring.md");
+    }
     // Reconnect attempts go on (backoff) without more outage lines.
     std::thread::sleep(Duration::from_millis(1500));
     let more: Vec<String> =
