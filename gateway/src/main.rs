@@ -163,6 +163,7 @@ async fn run() -> anyhow::Result<()> {
     let live = Arc::new(Live::new(Current { session: session.clone(), auth: opts.auth.clone() }));
     opts.live = Some(live.clone());
     // From here SIGHUP reloads instead of ending the process.
+    #[cfg(unix)]
     let hangups = hangup_signal();
 
     let metrics = Arc::new(Metrics::default());
@@ -206,7 +207,10 @@ async fn run() -> anyhow::Result<()> {
             ..UpstreamOptions::default()
         },
     };
-    tokio::spawn(reload_on_hangup(hangups, args, cfg, live));
+    #[cfg(unix)]
+    if let Some(hangups) = hangups {
+        tokio::spawn(reload_on_hangup(hangups, args, cfg, live));
+    }
     server::run(listener, upstream, session, opts, metrics, shutdown_signal()).await?;
     info!("stopped");
     Ok(())
@@ -231,83 +235,72 @@ fn start_embedded(_: std::net::SocketAddr) -> anyhow::Result<String> {
     anyhow::bail!("no broker configured: set broker.url or --broker mqtt://HOST:PORT")
 }
 
+/// SIGHUP, registered (from here it no longer ends the process).
 #[cfg(unix)]
-type Hangups = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangups = Option<()>;
-
-/// SIGHUP, registered (so that it no longer ends the process).
-fn hangup_signal() -> Hangups {
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!("cannot catch SIGHUP (no reloads): {e}");
-                None
-            }
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot catch SIGHUP (no reloads): {e}");
+            None
         }
     }
-    #[cfg(not(unix))]
-    None
 }
 
-/// On each SIGHUP: re-reads the configuration file; a valid one gives new
-/// connections its reloadable settings (credentials, policy, predefined
-/// topics, per-sensor timers and limits), the others are named as needing
-/// a restart; an invalid one changes nothing.
-async fn reload_on_hangup(mut hangups: Hangups, args: Args, mut cfg: Config, live: Arc<Live>) {
-    #[cfg(unix)]
-    let Some(signal) = hangups.as_mut() else {
+/// Reloads on each SIGHUP.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    args: Args,
+    mut cfg: Config,
+    live: Arc<Live>,
+) {
+    while hangups.recv().await.is_some() {
+        reload(&args, &mut cfg, &live);
+    }
+}
+
+/// Re-reads the configuration file; a valid one gives new connections its
+/// reloadable settings (credentials, policy, predefined topics, per-sensor
+/// timers and limits) and the others are named as needing a restart; an
+/// invalid one changes nothing.
+fn reload(args: &Args, cfg: &mut Config, live: &Live) {
+    let Some(path) = &args.config else {
+        tracing::warn!("SIGHUP: no configuration file (-c) to reload");
         return;
     };
-    #[cfg(not(unix))]
-    let _ = (&mut hangups, &args, &mut cfg, &live);
-    #[cfg(unix)]
-    while signal.recv().await.is_some() {
-        let Some(path) = &args.config else {
-            tracing::warn!("SIGHUP: no configuration file (-c) to reload");
-            continue;
-        };
-        let next = match load_config(&args) {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(
-                    "SIGHUP: {} not reloaded, the settings stay as they were: {e:#}",
-                    path.display()
-                );
-                continue;
-            }
-        };
-        let reload = mqttsn_gateway::reload::merge(&cfg, &next);
-        let Some((_, before)) = live.get() else { continue };
-        match mqttsn_gateway::reload::settings(&reload.config, &before) {
-            Ok(current) => live.replace(current),
-            Err(e) => {
-                tracing::error!(
-                    "SIGHUP: {} not reloaded, the settings stay as they were: {e}",
-                    path.display()
-                );
-                continue;
-            }
-        }
-        if reload.applied.is_empty() {
-            info!("SIGHUP: {} reloaded, nothing reloadable changed", path.display());
-        } else {
-            info!(
-                "SIGHUP: {} reloaded: {} (for new connections)",
-                path.display(),
-                reload.applied.join(", ")
-            );
-        }
-        if !reload.restart_needed.is_empty() {
-            tracing::warn!(
-                "SIGHUP: changed but only applied by a restart: {}",
-                reload.restart_needed.join(", ")
-            );
-        }
-        cfg = reload.config;
+    let not_reloaded = |e: &dyn std::fmt::Display| {
+        tracing::error!(
+            "SIGHUP: {} not reloaded, the settings stay as they were: {e}",
+            path.display()
+        );
+    };
+    let next = match load_config(args) {
+        Ok(next) => next,
+        Err(e) => return not_reloaded(&format!("{e:#}")),
+    };
+    let reload = mqttsn_gateway::reload::merge(cfg, &next);
+    let Some((_, before)) = live.get() else { return };
+    match mqttsn_gateway::reload::settings(&reload.config, &before) {
+        Ok(current) => live.replace(current),
+        Err(e) => return not_reloaded(&e),
     }
+    if reload.applied.is_empty() {
+        info!("SIGHUP: {} reloaded, nothing reloadable changed", path.display());
+    } else {
+        info!(
+            "SIGHUP: {} reloaded: {} (for new connections)",
+            path.display(),
+            reload.applied.join(", ")
+        );
+    }
+    if !reload.restart_needed.is_empty() {
+        tracing::warn!(
+            "SIGHUP: changed but only applied by a restart: {}",
+            reload.restart_needed.join(", ")
+        );
+    }
+    *cfg = reload.config;
 }
 
 /// Completes on SIGINT or SIGTERM.
