@@ -673,3 +673,49 @@ fn only_worker_zero_has_the_own_connection_and_sends_advertise() {
     assert_eq!(h.out_of(0).len(), 1);
     assert!(h.out_of(1).is_empty());
 }
+
+#[test]
+fn broker_outages_are_counted_once_each_with_the_up_gauge() {
+    let mut h = H::new();
+    let get = |m: &Metrics| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (m.broker_up.load(Relaxed), m.broker_outages.load(Relaxed))
+    };
+    assert_eq!(get(&h.metrics), (1, 0));
+    // Every failed reconnect says Unavailable again: still one outage.
+    for _ in 0..3 {
+        h.up(OWN_KEY, Event::Unavailable { reason: "refused".into() });
+        h.advance(Duration::from_secs(30));
+    }
+    assert_eq!(get(&h.metrics), (0, 1));
+    h.up(OWN_KEY, Event::Connected { session_present: false });
+    assert_eq!(get(&h.metrics), (1, 1));
+    h.up(OWN_KEY, Event::Unavailable { reason: "closed".into() });
+    assert_eq!(get(&h.metrics), (0, 2));
+}
+
+#[test]
+fn reloaded_settings_apply_to_the_next_connect_on_every_worker() {
+    let cfg = Arc::new(SessionConfig::default());
+    let live = Arc::new(crate::reload::Live::new(crate::reload::Current {
+        session: cfg.clone(),
+        auth: Arc::new(AuthTable::open()),
+    }));
+    let opts = ServerOptions { live: Some(live.clone()), ..ServerOptions::default() };
+    let mut h = H::with(opts, 2, false);
+    h.connected("s1", 5000);
+    let mut refuse = AuthTable::open();
+    refuse.allow_unknown = false;
+    live.replace(crate::reload::Current { session: cfg, auth: Arc::new(refuse) });
+    for w in 0..2 {
+        h.dgram(w, 5001 + w as u16, connect(&format!("new-{w}"), true));
+        let out = h.out_of(w);
+        assert_eq!(
+            out,
+            [(5001 + w as u16, encode(Packet::ConnAck(ReturnCode::NotSupported)).to_vec())]
+        );
+    }
+    // The session already connected goes on.
+    h.send(5000, encode(Packet::PingReq(None)));
+    assert_eq!(h.out(), [(5000, encode(Packet::PingResp).to_vec())]);
+}
