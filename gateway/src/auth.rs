@@ -12,8 +12,8 @@ use bytes::Bytes;
 
 use crate::cidr::Cidr;
 
-/// The upstream identity of a sensor.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The upstream identity of a sensor. Its `Debug` hides the password.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     /// MQTT username, if any.
     pub username: Option<String>,
@@ -21,6 +21,16 @@ pub struct Identity {
     pub password: Option<Bytes>,
     /// TLS client certificate (`mqtts://`), if any.
     pub client_cert: Option<crate::upstream::tls::ClientCert>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
 }
 
 /// One known sensor.

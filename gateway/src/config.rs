@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::secret::Secret;
 use crate::session::topics::Predefined;
 use crate::session::{SessionConfig, Tolerance};
 
@@ -44,7 +45,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[gateway]`: where sensors reach the gateway.
@@ -72,7 +73,7 @@ pub struct Config {
 }
 
 /// `[gateway]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
     /// The UDP address sensors send to; `[::]` is dual-stack (IPv4 too),
@@ -103,7 +104,7 @@ impl Default for GatewaySection {
 }
 
 /// `[broker]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSection {
     /// `mqtt://HOST:PORT`; none means the embedded broker.
@@ -125,7 +126,7 @@ pub struct BrokerSection {
     /// Upstream username for sensors not in `[[clients]]`.
     pub username: Option<String>,
     /// Upstream password for sensors not in `[[clients]]`.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `mqtts://`: CA certificates (PEM) that sign the broker's
     /// certificate; default: the system bundle.
     pub ca_file: Option<PathBuf>,
@@ -155,7 +156,7 @@ impl Default for BrokerSection {
 }
 
 /// `[timers]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimersSection {
     /// Tretry: wait before sending REGISTER, PUBLISH or PUBREL again.
@@ -183,7 +184,7 @@ impl Default for TimersSection {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// QoS 1/2 messages in flight toward one sensor.
@@ -228,7 +229,7 @@ impl Default for LimitsSection {
 pub const DEFAULT_GROUP: &str = "225.1.1.1:1883";
 
 /// `[discovery]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoverySection {
     /// The GwId in ADVERTISE and GWINFO.
@@ -265,7 +266,7 @@ impl Default for DiscoverySection {
 }
 
 /// `[qos_minus_one]`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct QosMinusOneSection {
     /// Accept QoS -1 PUBLISH (to predefined ids and short names) from
@@ -277,7 +278,7 @@ pub struct QosMinusOneSection {
 }
 
 /// `[monitoring]`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringSection {
     /// Where `GET /metrics` (Prometheus) is served; empty: nowhere.
@@ -317,7 +318,7 @@ impl Default for MonitoringSection {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     /// `"allow"` (with the `[broker]` identity) or `"refuse"` (CONNACK not
@@ -332,7 +333,7 @@ impl Default for AuthSection {
 }
 
 /// One `[[clients]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSection {
     /// The sensor's ClientId.
@@ -342,7 +343,7 @@ pub struct ClientSection {
     pub username: Option<String>,
     /// Its upstream password.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Source networks it may connect from; empty: anywhere.
     #[serde(default)]
     pub allow_from: Vec<String>,
@@ -355,7 +356,7 @@ pub struct ClientSection {
 }
 
 /// `[sleep]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SleepSection {
     /// Messages buffered for one sleeping sensor.
@@ -399,7 +400,7 @@ pub enum BrokerTarget {
 }
 
 /// One `[[predefined]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredefinedTopic {
     /// Only for this ClientId; unset: for every sensor.
@@ -805,7 +806,11 @@ impl Config {
         table.allow_unknown = allow_unknown;
         table.default_identity = Identity {
             username: self.broker.username.clone(),
-            password: self.broker.password.clone().map(bytes::Bytes::from),
+            password: self
+                .broker
+                .password
+                .as_ref()
+                .map(|p| bytes::Bytes::copy_from_slice(p.expose().as_bytes())),
             client_cert: None,
         };
         let mut seen = std::collections::HashSet::new();
@@ -828,7 +833,10 @@ impl Config {
                 ClientEntry {
                     identity: Identity {
                         username: c.username.clone(),
-                        password: c.password.clone().map(bytes::Bytes::from),
+                        password: c
+                            .password
+                            .as_ref()
+                            .map(|p| bytes::Bytes::copy_from_slice(p.expose().as_bytes())),
                         client_cert: match (&c.cert_file, &c.key_file) {
                             (Some(cert), Some(key)) => Some(
                                 crate::upstream::tls::ClientCert::load(cert, key).map_err(|e| {
@@ -969,6 +977,37 @@ mod tests {
         let c = Config::parse("[broker]\nclient_id = \"gw-east\"\n", "x").unwrap();
         assert_eq!(c.own_client_id().unwrap(), "gw-east");
         assert_eq!(c.server_options().unwrap().own_client_id, "gw-east");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = Config::parse(
+            "[broker]\nusername = \"gw\"\npassword = \"broker-secret\"\n\
+             [[clients]]\nclient_id = \"s1\"\nusername = \"u1\"\npassword = \"client-secret\"\n",
+            "x",
+        )
+        .unwrap();
+        let auth = c.auth_table().unwrap();
+        let identity = auth.check("s1", [127, 0, 0, 1].into()).unwrap();
+        let spec = crate::upstream::ConnectSpec {
+            client_id: "s1".into(),
+            clean_session: true,
+            keep_alive: 0,
+            will: None,
+            username: identity.username.clone(),
+            password: identity.password.clone(),
+            client_cert: None,
+        };
+        let shown = format!(
+            "{c:?} {auth:?} {identity:?} {spec:?} {:?} {:?}",
+            c.server_options().unwrap(),
+            crate::upstream::Command::Connect(Box::new(spec.clone()))
+        );
+        for secret in ["broker-secret", "client-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("u1") && shown.contains("***"), "{shown}");
+        assert_eq!(identity.password.as_deref(), Some(&b"client-secret"[..]), "still used");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use mqttsn_gateway::control::Controls;
 use mqttsn_gateway::metrics::Metrics;
 use mqttsn_gateway::monitor::{GatewayInfo, Monitor};
 use mqttsn_gateway::mqtt::client::ClientOptions;
+use mqttsn_gateway::reload::{Current, Live};
 use mqttsn_gateway::server::{self, UpstreamSetup};
 use mqttsn_gateway::udp::{Buffers, Listener};
 use mqttsn_gateway::upstream::connection::{Backoff, Connector, TcpConnector, UpstreamOptions};
@@ -45,6 +46,17 @@ struct Args {
     /// discovery.multicast_group).
     #[arg(long, value_name = "ADDR:PORT")]
     multicast_group: Option<String>,
+    /// The log level: error, warn, info, debug or trace (default: info;
+    /// RUST_LOG, when set, wins).
+    #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: Option<String>,
+    /// The log format: text, or json (one object a line).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Check the configuration file (-c FILE) and exit: 0 and
+    /// "config OK: FILE", or the error naming the key.
+    #[arg(long, requires = "config")]
+    check_config: bool,
     /// Write the man page and shell completions (bash, zsh, fish) into DIR
     /// and exit (for packaging).
     #[arg(long, value_name = "DIR", hide = true)]
@@ -74,37 +86,79 @@ fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run())
 }
 
-async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off")),
-        )
-        .init();
-    let args = Args::parse();
-    if let Some(dir) = &args.generate_docs {
-        return generate_docs(dir);
+/// The log filter: RUST_LOG when set (and not empty), else `--log-level`,
+/// else info; the embedded broker's own logs stay off unless asked for.
+fn log_filter(rust_log: Option<&str>, level: Option<&str>) -> tracing_subscriber::EnvFilter {
+    if let Some(directives) = rust_log.filter(|d| !d.trim().is_empty()) {
+        if let Ok(f) = tracing_subscriber::EnvFilter::try_new(directives) {
+            return f;
+        }
     }
+    tracing_subscriber::EnvFilter::new(format!("{},rumqttd=off", level.unwrap_or("info")))
+}
+
+/// Logs on stdout, as text (coloured only on a terminal, and never with
+/// NO_COLOR set to something) or JSON lines.
+fn init_logs(args: &Args) {
+    use std::io::IsTerminal;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = log_filter(rust_log.as_deref(), args.log_level.as_deref());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        builder.json().with_current_span(false).init();
+    } else {
+        let colour = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        builder.with_ansi(colour).init();
+    }
+}
+
+/// What the command line sets over the file.
+fn apply_overrides(cfg: &mut Config, args: &Args) {
+    if let Some(listen) = &args.listen {
+        cfg.gateway.listen = listen.clone();
+    }
+    if let Some(broker) = &args.broker {
+        cfg.broker.url = Some(broker.clone());
+    }
+    if let Some(metrics) = &args.metrics_listen {
+        cfg.monitoring.listen = metrics.clone();
+    }
+    if let Some(store) = &args.store {
+        cfg.gateway.store = store.clone();
+    }
+    if let Some(group) = &args.multicast_group {
+        cfg.discovery.multicast_group = group.clone();
+    }
+}
+
+/// The configuration file with the command line over it, checked.
+fn load_config(args: &Args) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(listen) = args.listen {
-        cfg.gateway.listen = listen;
-    }
-    if let Some(broker) = args.broker {
-        cfg.broker.url = Some(broker);
-    }
-    if let Some(metrics) = args.metrics_listen {
-        cfg.monitoring.listen = metrics;
-    }
-    if let Some(store) = args.store {
-        cfg.gateway.store = store;
-    }
-    if let Some(group) = args.multicast_group {
-        cfg.discovery.multicast_group = group;
-    }
+    apply_overrides(&mut cfg, args);
     cfg.check()?;
+    Ok(cfg)
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(dir) = &args.generate_docs {
+        return generate_docs(dir);
+    }
+    if args.check_config {
+        // Parse and check, build the tables (predefined topics,
+        // credentials and their certificate files): nothing is bound.
+        let path = args.config.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+        let cfg = load_config(&args)?;
+        cfg.session_config()?;
+        println!("config OK: {path}");
+        return Ok(());
+    }
+    init_logs(&args);
+    let cfg = load_config(&args)?;
     let listen = cfg.listen_addr()?;
     let connector: Arc<dyn Connector> = match cfg.broker_target()? {
         BrokerTarget::Remote(addr) => Arc::new(TcpConnector { addr }),
@@ -115,6 +169,12 @@ async fn run() -> anyhow::Result<()> {
     };
     let broker = connector.describe();
     let session = Arc::new(cfg.session_config()?);
+    let mut opts = cfg.server_options()?;
+    let live = Arc::new(Live::new(Current { session: session.clone(), auth: opts.auth.clone() }));
+    opts.live = Some(live.clone());
+    // From here SIGHUP reloads instead of ending the process.
+    #[cfg(unix)]
+    let hangups = hangup_signal();
 
     let metrics = Arc::new(Metrics::default());
     let controls = Arc::new(Controls::new());
@@ -138,7 +198,6 @@ async fn run() -> anyhow::Result<()> {
         Ok(n) => info!("open files limit: {n}"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
-    let opts = cfg.server_options()?;
     let workers = match opts.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -164,6 +223,10 @@ async fn run() -> anyhow::Result<()> {
             ..UpstreamOptions::default()
         },
     };
+    #[cfg(unix)]
+    if let Some(hangups) = hangups {
+        tokio::spawn(reload_on_hangup(hangups, args, cfg, live));
+    }
     server::run(listener, upstream, session, opts, metrics, controls, shutdown_signal()).await?;
     info!("stopped");
     Ok(())
@@ -186,6 +249,74 @@ fn start_embedded(addr: std::net::SocketAddr) -> anyhow::Result<String> {
 #[cfg(not(feature = "embedded-broker"))]
 fn start_embedded(_: std::net::SocketAddr) -> anyhow::Result<String> {
     anyhow::bail!("no broker configured: set broker.url or --broker mqtt://HOST:PORT")
+}
+
+/// SIGHUP, registered (from here it no longer ends the process).
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot catch SIGHUP (no reloads): {e}");
+            None
+        }
+    }
+}
+
+/// Reloads on each SIGHUP.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    args: Args,
+    mut cfg: Config,
+    live: Arc<Live>,
+) {
+    while hangups.recv().await.is_some() {
+        reload(&args, &mut cfg, &live);
+    }
+}
+
+/// Re-reads the configuration file; a valid one gives new connections its
+/// reloadable settings (credentials, policy, predefined topics, per-sensor
+/// timers and limits) and the others are named as needing a restart; an
+/// invalid one changes nothing.
+fn reload(args: &Args, cfg: &mut Config, live: &Live) {
+    let Some(path) = &args.config else {
+        tracing::warn!("SIGHUP: no configuration file (-c) to reload");
+        return;
+    };
+    let not_reloaded = |e: &dyn std::fmt::Display| {
+        tracing::error!(
+            "SIGHUP: {} not reloaded, the settings stay as they were: {e}",
+            path.display()
+        );
+    };
+    let next = match load_config(args) {
+        Ok(next) => next,
+        Err(e) => return not_reloaded(&format!("{e:#}")),
+    };
+    let reload = mqttsn_gateway::reload::merge(cfg, &next);
+    let Some((_, before)) = live.get() else { return };
+    match mqttsn_gateway::reload::settings(&reload.config, &before) {
+        Ok(current) => live.replace(current),
+        Err(e) => return not_reloaded(&e),
+    }
+    if reload.applied.is_empty() {
+        info!("SIGHUP: {} reloaded, nothing reloadable changed", path.display());
+    } else {
+        info!(
+            "SIGHUP: {} reloaded: {} (for new connections)",
+            path.display(),
+            reload.applied.join(", ")
+        );
+    }
+    if !reload.restart_needed.is_empty() {
+        tracing::warn!(
+            "SIGHUP: changed but only applied by a restart: {}",
+            reload.restart_needed.join(", ")
+        );
+    }
+    *cfg = reload.config;
 }
 
 /// Completes on SIGINT or SIGTERM.

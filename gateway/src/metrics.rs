@@ -56,6 +56,11 @@ pub struct Metrics {
     pub upstream_connects: AtomicU64,
     /// Upstream connections lost or not made.
     pub upstream_outages: AtomicU64,
+    /// 1 while the gateway's own connection reaches the broker, else 0.
+    pub broker_up: AtomicU64,
+    /// Broker outages seen by the gateway's own connection (one from the
+    /// start counts).
+    pub broker_outages: AtomicU64,
     /// Messages waiting for sensors (queued, in flight, buffered).
     pub buffered_messages: AtomicU64,
     /// Octets of those messages (payloads and topic names).
@@ -291,6 +296,18 @@ impl Metrics {
             &[("", get(&self.upstream_outages))],
         );
         metric(
+            "broker_up",
+            "gauge",
+            "1 while the gateway's own connection reaches the broker, else 0.",
+            &[("", get(&self.broker_up))],
+        );
+        metric(
+            "broker_outages_total",
+            "counter",
+            "Broker outages (unreachable from the start counts as one).",
+            &[("", get(&self.broker_outages))],
+        );
+        metric(
             "store_commits_total",
             "counter",
             "Session store transactions committed, each a group of writes.",
@@ -301,12 +318,6 @@ impl Metrics {
             "counter",
             "Session writes committed to the store.",
             &[("", get(&self.store_writes))],
-        );
-        metric(
-            "store_commit_microseconds_total",
-            "counter",
-            "Time spent committing to the store.",
-            &[("", get(&self.store_commit_us))],
         );
         metric(
             "store_errors_total",
@@ -332,6 +343,13 @@ impl Metrics {
             "Octets of messages waiting for sensors.",
             &[("", get(&self.buffered_bytes))],
         );
+        let _ = writeln!(
+            out,
+            "# HELP mqttsn_store_commit_seconds_total Time spent committing to the store.\n\
+             # TYPE mqttsn_store_commit_seconds_total counter\n\
+             mqttsn_store_commit_seconds_total {}",
+            get(&self.store_commit_us) as f64 / 1e6
+        );
         let _ = writeln!(out, "# HELP mqttsn_publish_latency_seconds Sensor PUBLISH (QoS 1, 2) to broker acknowledgement.\n# TYPE mqttsn_publish_latency_seconds histogram");
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
@@ -350,6 +368,36 @@ impl Metrics {
             get(&self.latency_sum_us) as f64 / 1e6
         );
         let _ = writeln!(out, "mqttsn_publish_latency_seconds_count {cumulative}");
+        let _ = writeln!(
+            out,
+            "# HELP mqttsn_build_info The gateway's version.\n# TYPE mqttsn_build_info gauge\n\
+             mqttsn_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(p) = crate::process::figures() {
+            let mut process = |name: &str, kind: &str, help: &str, v: f64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            };
+            process(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+                p.start_time_seconds,
+            );
+            process(
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent, in seconds.",
+                p.cpu_seconds,
+            );
+            process(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size, in bytes.",
+                p.resident_memory_bytes as f64,
+            );
+            process("process_open_fds", "gauge", "Open file descriptors.", p.open_fds as f64);
+        }
         out
     }
 

@@ -62,6 +62,9 @@ pub struct ServerOptions {
     pub udp_receive_buffer: usize,
     /// The UDP send buffer (SO_SNDBUF), in octets; 0 keeps the default.
     pub udp_send_buffer: usize,
+    /// Settings replaced while the gateway runs (SIGHUP): each worker
+    /// takes them for the connections that follow. `None`: fixed.
+    pub live: Option<Arc<crate::reload::Live>>,
 }
 
 /// Discovery on a multicast group.
@@ -92,6 +95,7 @@ impl Default for ServerOptions {
             workers: 0,
             udp_receive_buffer: 4 << 20,
             udp_send_buffer: 1 << 20,
+            live: None,
         }
     }
 }

@@ -43,8 +43,8 @@ pub struct LastWill {
     pub retain: bool,
 }
 
-/// CONNECT.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// CONNECT. Its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConnectPacket {
     /// ClientId.
     pub client_id: String,
@@ -58,6 +58,19 @@ pub struct ConnectPacket {
     pub username: Option<String>,
     /// Password.
     pub password: Option<Bytes>,
+}
+
+impl core::fmt::Debug for ConnectPacket {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ConnectPacket")
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field("keep_alive", &self.keep_alive)
+            .field("will", &self.will)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// PUBLISH.

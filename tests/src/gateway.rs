@@ -236,6 +236,8 @@ impl GatewayProcess {
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(gateway_binary());
+        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        // The caller's environment over those defaults.
         cmd.envs(env.iter().copied());
         cmd.args(args)
             // Tests run in parallel: never the fixed default metrics port.
@@ -250,8 +252,6 @@ impl GatewayProcess {
             cmd.args(["--multicast-group", ""]);
         }
         let mut child = cmd
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -286,6 +286,27 @@ impl GatewayProcess {
                 return me;
             }
         }
+    }
+
+    /// Waits (bounded) for a log line containing `text`; the lines before
+    /// it are passed over.
+    pub fn wait_for_line(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no log line with {text:?} within the wait"),
+            }
+        }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{name} failed");
     }
 
     /// Sends SIGTERM and waits (bounded) for a clean exit.

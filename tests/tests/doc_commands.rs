@@ -89,6 +89,12 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
     ("README.md", "cargo run --release -p mqttsn-gateway", Env::Bare, Serve(LISTENING, File("mqttsn-sessions.redb"))),
     ("README.md", "scripts/test", Env::Bare, Skip("the test command itself, which runs this test")),
     (
+        "docs/operations.md",
+        "mqttsn-gateway --check-config -c /etc/mqttsn/gateway.toml",
+        Env::Bare,
+        Skip("reads the installed configuration; tests/tests/operations.rs runs --check-config on good and bad files"),
+    ),
+    (
         "README.md",
         "cargo run --release -p mqttsn-gateway -- --listen 0.0.0.0:1884 --broker mqtt://192.168.1.10:1883",
         Env::Broker,

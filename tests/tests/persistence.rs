@@ -303,14 +303,14 @@ fn killed_at_random_moments_under_traffic() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0)
         };
-        let (commits, writes, us) = (
+        let (commits, writes, secs) = (
             get("store_commits_total"),
             get("store_writes_total"),
-            get("store_commit_microseconds_total"),
+            get("store_commit_seconds_total"),
         );
         println!(
             "store: {commits} commits, {writes} writes, mean commit {:.2} ms",
-            us / commits.max(1.0) / 1000.0
+            secs / commits.max(1.0) * 1000.0
         );
     }
     let mut count: HashMap<Vec<u8>, u32> = HashMap::new();

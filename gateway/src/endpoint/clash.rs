@@ -25,12 +25,30 @@ pub(super) struct OwnClash {
     quick_closes: u32,
     /// The clash was reported (once).
     warned: bool,
+    /// When the last quick close happened and why, until the broker
+    /// accepts again (a takeover) or [`QUICK_CLOSE`] passes without that
+    /// (the broker went away moments after accepting: an outage since
+    /// then).
+    suspect: Option<(Instant, String)>,
 }
 
 impl OwnClash {
     /// The broker accepted the connection.
     pub(super) fn up(&mut self, now: Instant) {
         self.up_since = Some(now);
+        self.suspect = None;
+    }
+
+    /// A quick close the broker did not follow by accepting again within
+    /// [`QUICK_CLOSE`]: an outage since the close, with its reason. Once
+    /// the clash is established (reported), quick closes stay takeovers:
+    /// the reconnect delay then outgrows that window.
+    pub(super) fn suspect_expired(&mut self, now: Instant) -> Option<(Instant, String)> {
+        let (at, _) = self.suspect.as_ref()?;
+        if now.saturating_duration_since(*at) < QUICK_CLOSE || self.quick_closes >= CLASH_AFTER {
+            return None;
+        }
+        self.suspect.take()
     }
 
     /// The connection is gone. True when it went right after the broker
@@ -44,6 +62,7 @@ impl OwnClash {
             return false;
         }
         self.quick_closes += 1;
+        self.suspect = Some((now, reason.to_owned()));
         let n = self.quick_closes;
         if n >= CLASH_AFTER && !self.warned {
             self.warned = true;

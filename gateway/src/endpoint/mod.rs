@@ -27,6 +27,7 @@ mod admin;
 mod clash;
 pub mod directory;
 mod housekeeping;
+pub mod outage;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -182,6 +183,18 @@ fn advertise_every(opts: &ServerOptions) -> Option<Duration> {
     opts.advertise.map(|(_, every)| every).or(opts.multicast.map(|m| m.advertise_every))
 }
 
+/// A session's address in logs: `-` while it has none.
+struct DisplayAddr<'a>(&'a Option<Peer>);
+
+impl std::fmt::Display for DisplayAddr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(p) => p.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// The sessions of one worker. See the module documentation.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -193,6 +206,8 @@ pub struct Endpoint {
     clock: WallClock,
     started: Instant,
     persistent_store: bool,
+    /// The generation of the live settings in `cfg` and `opts.auth`.
+    live_generation: u64,
 
     /// Boxed: the table grows by doubling, and a slot then costs a
     /// pointer, not a whole session.
@@ -211,6 +226,10 @@ pub struct Endpoint {
     own_next_request: u64,
     own_open: bool,
     own_clash: clash::OwnClash,
+    /// The broker's outages as the own connection sees them.
+    outage: outage::Outage,
+    /// Why the broker is unreachable, as last heard.
+    outage_reason: String,
 
     next_ticket: u64,
     /// Sessions with held outputs, by ticket, in order.
@@ -261,6 +280,7 @@ impl Endpoint {
             clock,
             started: now,
             persistent_store,
+            live_generation: 0,
             entries: slab::Slab::new(),
             by_cid: HashMap::new(),
             by_addr: HashMap::new(),
@@ -274,6 +294,8 @@ impl Endpoint {
             own_next_request: 1,
             own_open: false,
             own_clash: clash::OwnClash::default(),
+            outage: outage::Outage::default(),
+            outage_reason: String::new(),
             next_ticket: 0,
             held_order: VecDeque::new(),
             housekeeping_at: now + HOUSEKEEPING,
@@ -418,7 +440,8 @@ impl Endpoint {
             Event::Unavailable { reason } => {
                 e.upstream_down = true;
                 Metrics::inc(&self.metrics.upstream_outages);
-                warn!(client_id = %cid, "broker unavailable: {reason}");
+                // The outage itself is reported once, by the own connection.
+                debug!(client_id = %cid, "broker unavailable: {reason}");
             }
             Event::Refused { code } => {
                 warn!(client_id = %cid, "broker refused the connection: code {code}")
@@ -436,14 +459,25 @@ impl Endpoint {
     }
 
     fn own_event(&mut self, event: Event, now: Instant) {
+        use outage::{human, Report};
         match event {
             Event::Connected { .. } => {
                 debug!(client_id = %self.opts.own_client_id, "the gateway's own connection is up");
                 self.own_clash.up(now);
-                if !self.dir.broker_up() {
-                    info!("broker reachable");
-                }
+                // The state first: what the log says is then visible.
+                Metrics::set(&self.metrics.broker_up, 1);
                 self.dir.set_broker(true, false);
+                match self.outage.up(now) {
+                    Some(Report::Ended(d)) => {
+                        info!(
+                            outage_secs = d.as_secs(),
+                            "broker reachable again after {}",
+                            human(d)
+                        )
+                    }
+                    Some(_) => info!("broker reachable"),
+                    None => {}
+                }
             }
             Event::Unavailable { reason } => {
                 if self.own_clash.closed_quickly(now, &self.opts.own_client_id, &reason) {
@@ -451,16 +485,42 @@ impl Endpoint {
                     self.dir.set_broker(false, false);
                     return;
                 }
-                warn!("broker unreachable: {reason}");
-                self.dir.set_broker(false, true);
+                self.broker_unreachable(now, reason);
             }
             Event::Refused { code } => {
                 warn!("broker refused the gateway's own connection: code {code}");
+                Metrics::set(&self.metrics.broker_up, 0);
                 self.dir.set_broker(false, self.dir.broker_down());
                 self.own_open = false;
             }
             Event::Closed => self.own_open = false,
             _ => {}
+        }
+    }
+
+    /// The own connection says the broker is unreachable since `since`.
+    fn broker_unreachable(&mut self, since: Instant, reason: String) {
+        Metrics::set(&self.metrics.broker_up, 0);
+        self.dir.set_broker(false, true);
+        if self.outage.down(since).is_some() {
+            Metrics::inc(&self.metrics.broker_outages);
+            warn!("broker unreachable: {reason}");
+        }
+        self.outage_reason = reason;
+    }
+
+    /// Once a minute while the broker is unreachable: how long so far.
+    fn report_outage(&mut self, now: Instant) {
+        if let Some((since, reason)) = self.own_clash.suspect_expired(now) {
+            self.broker_unreachable(since, reason);
+        }
+        if let Some(outage::Report::Ongoing(d)) = self.outage.tick(now) {
+            warn!(
+                outage_secs = d.as_secs(),
+                "broker still unreachable after {}: {}",
+                outage::human(d),
+                self.outage_reason
+            );
         }
     }
 
@@ -505,6 +565,9 @@ impl Endpoint {
             self.housekeeping_at = now + HOUSEKEEPING;
             self.expire_sessions(now);
             self.refresh_gauges();
+            if self.own {
+                self.report_outage(now);
+            }
             for (_, e) in self.entries.iter_mut() {
                 if e.held.is_empty() {
                     e.session.shrink_idle();
@@ -634,6 +697,21 @@ impl Endpoint {
 
     // ----- internals -----
 
+    /// Takes reloaded settings (SIGHUP) for the connections that follow.
+    fn refresh_settings(&mut self) {
+        let Some(live) = &self.opts.live else { return };
+        if live.generation() == self.live_generation {
+            return;
+        }
+        let Some((generation, current)) = live.get() else { return };
+        self.live_generation = generation;
+        self.cfg = current.session;
+        let mut opts = (*self.opts).clone();
+        opts.auth = current.auth;
+        self.opts = Arc::new(opts);
+        debug!(worker = self.me, generation, "reloaded settings taken");
+    }
+
     fn reply(&mut self, p: Packet<'static>, to: Peer) {
         self.transmits.push_back((to, Outgoing::Packet(p)));
     }
@@ -664,13 +742,35 @@ impl Endpoint {
                         e.counted_active = true;
                         Metrics::inc(&self.metrics.sessions_active);
                     }
-                    debug!(client_id = %e.cid, "connected");
+                    info!(
+                        client_id = %e.cid,
+                        addr = %DisplayAddr(&e.addr),
+                        clean_session = !e.session.persistent(),
+                        keepalive_secs = e.session.keepalive().as_secs(),
+                        "sensor connected"
+                    );
                 }
                 SessionEvent::Dropped(reason) => self.metrics.dropped(reason),
-                SessionEvent::Lost => {
+                SessionEvent::Lost(why) => {
                     Metrics::inc(&self.metrics.sensors_lost);
-                    info!(client_id = %e.cid, "sensor lost: keepalive expired, will published");
+                    info!(
+                        client_id = %e.cid,
+                        reason = why.as_str(),
+                        "sensor lost ({}): will published",
+                        why.as_str()
+                    );
                 }
+                SessionEvent::Asleep { duration } => {
+                    info!(client_id = %e.cid, sleep_secs = duration.as_secs(), "sensor asleep")
+                }
+                SessionEvent::Awake => {
+                    info!(client_id = %e.cid, addr = %DisplayAddr(&e.addr), "sensor awake")
+                }
+                SessionEvent::Disconnected => info!(client_id = %e.cid, "sensor disconnected"),
+                SessionEvent::Stalled => info!(
+                    client_id = %e.cid,
+                    "retransmissions to the sensor exhausted: paused until it is heard from"
+                ),
                 SessionEvent::Ended => ended = true,
                 SessionEvent::Published { qos, latency } => self.metrics.published(qos, latency),
                 SessionEvent::Delivered { qos } => self.metrics.delivered(qos),

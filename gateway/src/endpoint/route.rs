@@ -23,6 +23,7 @@ impl Endpoint {
         if hops == 0 {
             self.local.datagrams_in += 1;
         }
+        self.refresh_settings();
         let frame = match Frame::decode(data) {
             Ok(f) => f,
             Err(e) => {

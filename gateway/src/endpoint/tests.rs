@@ -1057,3 +1057,76 @@ fn a_sensor_disconnected_in_its_will_handshake_is_over_at_once() {
     assert_eq!(h.ep().session_count(), 0);
     assert_eq!(h.ep().upstreams_open(), 1, "only the gateway's own");
 }
+
+#[test]
+fn broker_outages_are_counted_once_each_with_the_up_gauge() {
+    let mut h = H::new();
+    let get = |m: &Metrics| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (m.broker_up.load(Relaxed), m.broker_outages.load(Relaxed))
+    };
+    assert_eq!(get(&h.metrics), (1, 0));
+    // Every failed reconnect says Unavailable again: still one outage.
+    for _ in 0..3 {
+        h.up(OWN_KEY, Event::Unavailable { reason: "refused".into() });
+        h.advance(Duration::from_secs(30));
+    }
+    assert_eq!(get(&h.metrics), (0, 1));
+    h.up(OWN_KEY, Event::Connected { session_present: false });
+    assert_eq!(get(&h.metrics), (1, 1));
+    // (A close right after CONNACK would be a takeover, not an outage.)
+    h.advance(Duration::from_secs(10));
+    h.up(OWN_KEY, Event::Unavailable { reason: "closed".into() });
+    assert_eq!(get(&h.metrics), (0, 2));
+}
+
+#[test]
+fn a_broker_gone_right_after_connack_is_an_outage_unless_it_accepts_again() {
+    let mut h = H::new();
+    let get = |m: &Metrics| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (m.broker_up.load(Relaxed), m.broker_outages.load(Relaxed))
+    };
+    h.up(OWN_KEY, Event::Connected { session_present: false });
+    h.advance(Duration::from_secs(1));
+    // Closed moments after CONNACK: a takeover, or a broker going away.
+    h.up(OWN_KEY, Event::Unavailable { reason: "eof".into() });
+    assert_eq!(get(&h.metrics), (1, 0), "not an outage yet");
+    h.advance(Duration::from_secs(3));
+    assert_eq!(get(&h.metrics), (1, 0), "not an outage yet");
+    // Not accepted again within 5 s: it was the broker, gone since.
+    h.advance(Duration::from_secs(3));
+    assert_eq!(get(&h.metrics), (0, 1));
+    h.send(5000, connect("s1", true));
+    let out = h.out();
+    assert!(
+        out.contains(&(5000, encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec())),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn reloaded_settings_apply_to_the_next_connect_on_every_worker() {
+    let cfg = Arc::new(SessionConfig::default());
+    let live = Arc::new(crate::reload::Live::new(crate::reload::Current {
+        session: cfg.clone(),
+        auth: Arc::new(AuthTable::open()),
+    }));
+    let opts = ServerOptions { live: Some(live.clone()), ..ServerOptions::default() };
+    let mut h = H::with(opts, 2, false);
+    h.connected("s1", 5000);
+    let mut refuse = AuthTable::open();
+    refuse.allow_unknown = false;
+    live.replace(crate::reload::Current { session: cfg, auth: Arc::new(refuse) });
+    for w in 0..2 {
+        h.dgram(w, 5001 + w as u16, connect(&format!("new-{w}"), true));
+        let out = h.out_of(w);
+        assert_eq!(
+            out,
+            [(5001 + w as u16, encode(Packet::ConnAck(ReturnCode::NotSupported)).to_vec())]
+        );
+    }
+    // The session already connected goes on.
+    h.send(5000, encode(Packet::PingReq(None)));
+    assert_eq!(h.out(), [(5000, encode(Packet::PingResp).to_vec())]);
+}

@@ -38,6 +38,7 @@ impl Session {
             }
             Packet::Disconnect(None) => {
                 self.send(Packet::Disconnect(None));
+                self.events.push_back(SessionEvent::Disconnected);
                 self.close(false, now);
             }
             Packet::WillTopicUpd(w) => self.will_topic_update(w.as_ref()),

@@ -100,8 +100,22 @@ pub enum SessionEvent {
     Connected,
     /// A message or request was dropped.
     Dropped(DropReason),
-    /// The sensor went silent past its keepalive; its will is published.
-    Lost,
+    /// The sensor went silent past its keepalive or its sleep; its will
+    /// is published.
+    Lost(LostReason),
+    /// The sensor went to sleep for this long (DISCONNECT with a
+    /// Duration, or back to sleep after a wake).
+    Asleep {
+        /// The Duration it gave.
+        duration: Duration,
+    },
+    /// A sleeping sensor woke up (PINGREQ with its ClientId).
+    Awake,
+    /// The sensor disconnected cleanly (DISCONNECT without a Duration).
+    Disconnected,
+    /// Retransmissions to the sensor gave up; they resume when it is heard
+    /// from.
+    Stalled,
     /// The session is over and its upstream closed. A session with
     /// `persistent()` may be kept for the sensor's next CONNECT.
     Ended,
@@ -121,6 +135,25 @@ pub enum SessionEvent {
     },
     /// A REGISTER, PUBLISH or PUBREL was sent to the sensor again.
     Retransmitted,
+}
+
+/// Why a sensor was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostReason {
+    /// Nothing heard within its keepalive (with the tolerance).
+    KeepaliveTimeout,
+    /// Asleep past its Duration (with the tolerance).
+    SleepTimeout,
+}
+
+impl LostReason {
+    /// For logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::KeepaliveTimeout => "keepalive timeout",
+            Self::SleepTimeout => "sleep timeout",
+        }
+    }
 }
 
 /// Where the sensor is in its connection.
@@ -607,13 +640,15 @@ impl Session {
             Phase::Active => {
                 if let Some(deadline) = self.keepalive_deadline() {
                     if now >= deadline {
-                        self.lost(now);
+                        self.lost(LostReason::KeepaliveTimeout, now);
                         return;
                     }
                 }
                 self.retransmit(now);
             }
-            Phase::Asleep { deadline, .. } if now >= deadline => self.lost(now),
+            Phase::Asleep { deadline, .. } if now >= deadline => {
+                self.lost(LostReason::SleepTimeout, now)
+            }
             Phase::Awake { duration } => {
                 self.retransmit(now);
                 if self.stalled {
@@ -860,9 +895,9 @@ impl Session {
         }
     }
 
-    fn lost(&mut self, now: Instant) {
+    fn lost(&mut self, why: LostReason, now: Instant) {
         self.lost = true;
-        self.events.push_back(SessionEvent::Lost);
+        self.events.push_back(SessionEvent::Lost(why));
         self.close(true, now);
     }
 

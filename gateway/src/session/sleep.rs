@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mqttsn_codec::Packet;
 
 use super::to_sensor::Delivery;
-use super::{DropReason, Phase, Session};
+use super::{DropReason, Phase, Session, SessionEvent};
 use crate::mqtt::QoS as MqttQoS;
 use crate::upstream::Command;
 
@@ -19,6 +19,7 @@ impl Session {
         let deadline = now + self.cfg.keepalive_tolerance.deadline(duration);
         self.phase = Phase::Asleep { deadline, duration };
         self.stalled = false;
+        self.events.push_back(SessionEvent::Asleep { duration });
         // What waits for the sensor is now in the gateway's buffer: the
         // broker is acknowledged, in the order the messages arrived.
         let mut acks = Vec::new();
@@ -79,6 +80,7 @@ impl Session {
             // address (one that moved names itself, see the endpoint).
             Packet::PingReq(id) if id.is_none_or(|id| id == self.client_id.as_bytes()) => {
                 self.phase = Phase::Awake { duration };
+                self.events.push_back(SessionEvent::Awake);
                 self.resend_inflight(now);
             }
             Packet::PingReq(_) => self.dropped(DropReason::Unexpected),

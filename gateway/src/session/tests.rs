@@ -76,8 +76,15 @@ impl H {
         std::iter::from_fn(|| self.s.poll_upstream()).collect()
     }
 
+    /// The events but the lifecycle ones (sleep, wake, disconnect,
+    /// stall), which [`H::lifecycle`] reads.
     fn events(&mut self) -> Vec<SessionEvent> {
-        std::iter::from_fn(|| self.s.poll_event()).collect()
+        std::iter::from_fn(|| self.s.poll_event()).filter(|e| !lifecycle(e)).collect()
+    }
+
+    /// Only the lifecycle events.
+    fn lifecycle(&mut self) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| self.s.poll_event()).filter(lifecycle).collect()
     }
 
     fn expect_tx(&mut self, expected: &[Packet<'_>]) {
@@ -620,7 +627,7 @@ fn keepalive_loses_a_silent_sensor_and_fires_the_will() {
     assert!(h.s.is_active());
     h.advance(Duration::from_millis(200));
     assert!(!h.s.is_active());
-    assert_eq!(h.events(), [SessionEvent::Lost]);
+    assert_eq!(h.events(), [SessionEvent::Lost(LostReason::KeepaliveTimeout)]);
     assert_eq!(h.cmds(), [Command::Abort], "no DISCONNECT upstream: the will fires");
     h.up(Event::Closed);
     assert!(h.s.is_ended());
@@ -931,7 +938,7 @@ fn sleep_timer_running_out_makes_the_sensor_lost() {
     assert!(h.s.is_sleeping());
     h.advance(Duration::from_secs(10));
     assert!(!h.s.is_active());
-    assert_eq!(h.events(), [SessionEvent::Lost]);
+    assert_eq!(h.events(), [SessionEvent::Lost(LostReason::SleepTimeout)]);
     assert_eq!(h.cmds(), [Command::Abort], "the will fires");
 }
 
@@ -1101,4 +1108,31 @@ fn the_total_bound_across_sensors_applies_with_the_same_policy() {
     assert_eq!(h.events(), [SessionEvent::Dropped(DropReason::QueueFull)]);
     h.sensor(ping_with_id());
     assert_eq!(flush(&mut h), [b"m3".to_vec()]);
+}
+
+/// Events an operator reads in the log, not counted.
+fn lifecycle(e: &SessionEvent) -> bool {
+    matches!(
+        e,
+        SessionEvent::Asleep { .. }
+            | SessionEvent::Awake
+            | SessionEvent::Disconnected
+            | SessionEvent::Stalled
+    )
+}
+
+#[test]
+fn sleep_wake_and_disconnect_are_reported() {
+    let mut h = H::connected(false, 10);
+    h.lifecycle();
+    h.sensor(Packet::Disconnect(Some(30)));
+    assert_eq!(h.lifecycle(), [SessionEvent::Asleep { duration: Duration::from_secs(30) }]);
+    h.sensor(Packet::PingReq(Some(b"sensor-1")));
+    // Nothing buffered: awake, PINGRESP, and asleep again.
+    assert_eq!(
+        h.lifecycle(),
+        [SessionEvent::Awake, SessionEvent::Asleep { duration: Duration::from_secs(30) }]
+    );
+    h.sensor(Packet::Disconnect(None));
+    assert_eq!(h.lifecycle(), [SessionEvent::Disconnected]);
 }

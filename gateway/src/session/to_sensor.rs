@@ -348,8 +348,9 @@ impl Session {
                 Stage::Released => Outgoing::Packet(Packet::PubRel(i.msg_id)),
             });
         }
-        if give_up {
+        if give_up && !self.stalled {
             self.stalled = true;
+            self.events.push_back(SessionEvent::Stalled);
         }
     }
 

@@ -147,8 +147,9 @@ pub struct Will {
     pub retain: bool,
 }
 
-/// How to open (or re-open) the upstream session of a sensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to open (or re-open) the upstream session of a sensor. Its `Debug`
+/// hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConnectSpec {
     /// The MQTT ClientId on the broker (prefix applied already).
     pub client_id: String,
@@ -166,6 +167,20 @@ pub struct ConnectSpec {
     /// TLS client certificate for this sensor (`mqtts://` only), instead
     /// of the connector's default.
     pub client_cert: Option<tls::ClientCert>,
+}
+
+impl std::fmt::Debug for ConnectSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectSpec")
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field("keep_alive", &self.keep_alive)
+            .field("will", &self.will)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("client_cert", &self.client_cert)
+            .finish()
+    }
 }
 
 /// What a session asks of its upstream.
