@@ -29,6 +29,9 @@ pub enum InvalidName {
     Wildcard,
     /// A wildcard that does not fill a whole level, or `#` not last.
     BadWildcard,
+    /// A control character (U+0001 to U+001F, U+007F to U+009F) or a
+    /// non-character (U+FDD0 to U+FDEF, U+xxFFFE, U+xxFFFF) in a topic.
+    ForbiddenChar,
 }
 
 impl InvalidName {
@@ -41,6 +44,7 @@ impl InvalidName {
             Self::ContainsNul => "contains_nul",
             Self::Wildcard => "wildcard",
             Self::BadWildcard => "bad_wildcard",
+            Self::ForbiddenChar => "forbidden_char",
         }
     }
 }
@@ -54,6 +58,7 @@ impl fmt::Display for InvalidName {
             Self::ContainsNul => "contains U+0000",
             Self::Wildcard => "wildcards are not allowed in a topic name",
             Self::BadWildcard => "a wildcard must fill a whole level, and # must be last",
+            Self::ForbiddenChar => "contains a control character or a non-character",
         })
     }
 }
@@ -71,6 +76,25 @@ fn utf8(bytes: &[u8]) -> Result<&str, InvalidName> {
     Ok(s)
 }
 
+/// True for the characters MQTT 3.1.1 (sections 1.5.3 and 4.7) forbids or
+/// warns against in topics, which brokers drop the connection for: the
+/// control characters U+0001 to U+001F and U+007F to U+009F, and the
+/// non-characters U+FDD0 to U+FDEF and those ending in FFFE or FFFF.
+fn forbidden_in_topic(c: char) -> bool {
+    let c = u32::from(c);
+    matches!(c, 0x01..=0x1f | 0x7f..=0x9f | 0xfdd0..=0xfdef) || c & 0xfffe == 0xfffe
+}
+
+/// The text of a topic name or filter: non-empty UTF-8 without U+0000 and
+/// without the characters of [`forbidden_in_topic`].
+fn topic_text(bytes: &[u8]) -> Result<&str, InvalidName> {
+    let s = utf8(bytes)?;
+    if s.chars().any(forbidden_in_topic) {
+        return Err(InvalidName::ForbiddenChar);
+    }
+    Ok(s)
+}
+
 /// A ClientId of 1 to `max_len` octets of UTF-8 without U+0000.
 pub fn client_id(bytes: &[u8], max_len: usize) -> Result<&str, InvalidName> {
     if bytes.len() > max_len {
@@ -79,9 +103,10 @@ pub fn client_id(bytes: &[u8], max_len: usize) -> Result<&str, InvalidName> {
     utf8(bytes)
 }
 
-/// A topic name to publish to: non-empty UTF-8, no U+0000, no wildcard.
+/// A topic name to publish to: non-empty UTF-8, no U+0000, no control
+/// character or non-character, no wildcard.
 pub fn topic_name(bytes: &[u8]) -> Result<&str, InvalidName> {
-    let s = utf8(bytes)?;
+    let s = topic_text(bytes)?;
     if s.contains(['+', '#']) {
         return Err(InvalidName::Wildcard);
     }
@@ -91,7 +116,7 @@ pub fn topic_name(bytes: &[u8]) -> Result<&str, InvalidName> {
 /// A topic filter to subscribe to: a topic name in which `+` may fill a
 /// level and `#` may fill the last level.
 pub fn topic_filter(bytes: &[u8]) -> Result<&str, InvalidName> {
-    let s = utf8(bytes)?;
+    let s = topic_text(bytes)?;
     let mut levels = s.split('/').peekable();
     while let Some(level) = levels.next() {
         let last = levels.peek().is_none();
@@ -153,6 +178,33 @@ mod tests {
         assert_eq!(topic_filter(b"a/#/c"), Err(InvalidName::BadWildcard));
         assert_eq!(topic_filter(b"a/b+"), Err(InvalidName::BadWildcard));
         assert_eq!(topic_filter(b"a#"), Err(InvalidName::BadWildcard));
+    }
+
+    #[test]
+    fn forbidden_characters_in_topics() {
+        for bad in [
+            "a\u{1}b",
+            "a\u{1f}",
+            "\u{7f}",
+            "x\u{85}",
+            "\u{9f}",
+            "a\u{fdd0}",
+            "\u{ffff}",
+            "\u{fffe}",
+            "\u{10ffff}",
+            "\u{1fffe}",
+        ] {
+            assert_eq!(topic_name(bad.as_bytes()), Err(InvalidName::ForbiddenChar), "{bad:?}");
+            assert_eq!(topic_filter(bad.as_bytes()), Err(InvalidName::ForbiddenChar), "{bad:?}");
+        }
+        assert_eq!(topic_name(b"a\0b"), Err(InvalidName::ContainsNul));
+        assert_eq!(topic_filter(&[b'a', 0xc3]), Err(InvalidName::NotUtf8));
+        for good in
+            ["Z\u{fc}rich/\u{6e29}\u{5ea6}", "a b/~", "\u{a0}", "\u{fdcf}", "\u{fdf0}", "\u{fffd}"]
+        {
+            assert_eq!(topic_name(good.as_bytes()), Ok(good));
+        }
+        assert_eq!(topic_filter("Z\u{fc}rich/+".as_bytes()), Ok("Z\u{fc}rich/+"));
     }
 
     #[test]

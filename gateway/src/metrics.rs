@@ -44,6 +44,10 @@ pub struct Metrics {
     pub dropped_unexpected: AtomicU64,
     /// See [`DropReason::RateLimited`].
     pub dropped_rate_limited: AtomicU64,
+    /// See [`DropReason::ForbiddenChar`].
+    pub dropped_forbidden_char: AtomicU64,
+    /// See [`DropReason::Asleep`].
+    pub dropped_asleep: AtomicU64,
     /// Sensors asleep now.
     pub sessions_asleep: AtomicU64,
     /// Sensor PUBLISHes acknowledged by the broker, by QoS 0, 1, 2, -1.
@@ -257,6 +261,8 @@ impl Metrics {
                 ("{reason=\"rejected_by_sensor\"}", get(&self.dropped_rejected_by_sensor)),
                 ("{reason=\"unexpected\"}", get(&self.dropped_unexpected)),
                 ("{reason=\"rate_limited\"}", get(&self.dropped_rate_limited)),
+                ("{reason=\"forbidden_char\"}", get(&self.dropped_forbidden_char)),
+                ("{reason=\"asleep\"}", get(&self.dropped_asleep)),
                 ("{reason=\"qos_minus_one_refused\"}", get(&self.qos_minus_one_refused)),
             ],
         );
@@ -412,6 +418,8 @@ impl Metrics {
             DropReason::RejectedBySensor => &self.dropped_rejected_by_sensor,
             DropReason::Unexpected => &self.dropped_unexpected,
             DropReason::RateLimited => &self.dropped_rate_limited,
+            DropReason::ForbiddenChar => &self.dropped_forbidden_char,
+            DropReason::Asleep => &self.dropped_asleep,
         });
     }
 
@@ -438,7 +446,9 @@ impl Metrics {
                 + get(&self.dropped_queue_full)
                 + get(&self.dropped_rejected_by_sensor)
                 + get(&self.dropped_unexpected)
-                + get(&self.dropped_rate_limited),
+                + get(&self.dropped_rate_limited)
+                + get(&self.dropped_forbidden_char)
+                + get(&self.dropped_asleep),
         }
     }
 }

@@ -60,6 +60,36 @@ fn register_gives_one_id_per_name_and_refuses_wildcards() {
 }
 
 #[test]
+fn register_of_a_control_character_is_refused_and_the_sensor_goes_on() {
+    let broker = Mosquitto::start();
+    let base = unique("ctl");
+    let gw = Gateway::start(broker.port());
+    let mut sub = MqttClient::connect(broker.port(), &unique("sub"));
+    sub.subscribe(&format!("{base}/#"), 1);
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&unique("s"), true, 60);
+    let bad = format!("{base}/a\u{1}b");
+    s.send(Packet::Register(mqttsn_codec::Register {
+        topic_id: 0,
+        msg_id: 1,
+        topic_name: bad.as_bytes(),
+    }));
+    s.expect(Packet::RegAck(Ack {
+        topic_id: 0,
+        msg_id: 1,
+        return_code: ReturnCode::InvalidTopicId,
+    }));
+    // The upstream connection is untouched: a good topic, beyond ASCII too,
+    // registers and its messages arrive.
+    let good = format!("{base}/Zürich/温度");
+    let id = s.register(&good, 2);
+    s.publish(TopicId::Normal(id), QoS::AtLeastOnce, 3, b"21.5", false);
+    s.expect(Packet::PubAck(Ack { topic_id: id, msg_id: 3, return_code: ReturnCode::Accepted }));
+    let m = sub.recv();
+    assert_eq!((m.topic.as_str(), m.payload.as_slice()), (good.as_str(), &b"21.5"[..]));
+}
+
+#[test]
 fn publish_from_the_sensor_at_every_qos_and_topic_type() {
     let broker = Mosquitto::start();
     let base = unique("up");

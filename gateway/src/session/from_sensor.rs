@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mqttsn_codec::validate;
+use mqttsn_codec::validate::{self, InvalidName};
 use mqttsn_codec::{
     Ack, Packet, Publish, QoS, ReturnCode, SubAck, Subscribe, TopicFilter, TopicId, Unsubscribe,
 };
@@ -50,7 +50,7 @@ impl Session {
 
     fn register_from_sensor(&mut self, msg_id: u16, name: &[u8]) {
         let (topic_id, rc) = match validate::topic_name(name) {
-            Err(_) => (0, ReturnCode::NotSupported),
+            Err(e) => (0, self.topic_refused(e)),
             Ok(name) => match self.regs.register(name) {
                 Ok(id) => (id, ReturnCode::Accepted),
                 Err(RegisterError::Full) => (0, ReturnCode::Congestion),
@@ -59,17 +59,30 @@ impl Session {
         self.send(Packet::RegAck(Ack { topic_id, msg_id, return_code: rc }));
     }
 
+    /// The return code refusing a topic name or filter: `0x02` (invalid
+    /// topic) for forbidden characters, counted, and `0x03` (not
+    /// supported) for the other reasons.
+    pub(super) fn topic_refused(&mut self, e: InvalidName) -> ReturnCode {
+        if e == InvalidName::ForbiddenChar {
+            self.dropped(DropReason::ForbiddenChar);
+            ReturnCode::InvalidTopicId
+        } else {
+            ReturnCode::NotSupported
+        }
+    }
+
     /// The topic name a PUBLISH from the sensor goes to, or the return code
     /// refusing it.
-    fn resolve(&self, topic: TopicId) -> Result<Arc<str>, ReturnCode> {
+    fn resolve(&mut self, topic: TopicId) -> Result<Arc<str>, ReturnCode> {
         match topic {
             TopicId::Normal(id) => self.regs.name(id).cloned().ok_or(ReturnCode::InvalidTopicId),
             TopicId::Predefined(id) => {
                 self.regs.predefined().name(id).cloned().ok_or(ReturnCode::InvalidTopicId)
             }
-            TopicId::Short(s) => {
-                validate::topic_name(&s).map(Arc::from).map_err(|_| ReturnCode::NotSupported)
-            }
+            TopicId::Short(s) => match validate::topic_name(&s) {
+                Ok(name) => Ok(Arc::from(name)),
+                Err(e) => Err(self.topic_refused(e)),
+            },
             TopicId::Reserved(_) => Err(ReturnCode::InvalidTopicId),
         }
     }
@@ -223,7 +236,10 @@ impl Session {
         }
         let (filter, topic_id): (Arc<str>, u16) = match s.topic {
             TopicFilter::Name(name) => match validate::topic_filter(name) {
-                Err(_) => return answer(self, 0, ReturnCode::NotSupported),
+                Err(e) => {
+                    let rc = self.topic_refused(e);
+                    return answer(self, 0, rc);
+                }
                 Ok(f) if validate::has_wildcard(f) => (Arc::from(f), 0),
                 Ok(f) => match self.regs.register(f) {
                     Ok(id) => (Arc::from(f), id),
@@ -236,7 +252,10 @@ impl Session {
             },
             TopicFilter::Short(chars) => match validate::topic_filter(&chars) {
                 Ok(f) => (Arc::from(f), 0),
-                Err(_) => return answer(self, 0, ReturnCode::NotSupported),
+                Err(e) => {
+                    let rc = self.topic_refused(e);
+                    return answer(self, 0, rc);
+                }
             },
             TopicFilter::Reserved(_) => return answer(self, 0, ReturnCode::InvalidTopicId),
         };
@@ -257,10 +276,17 @@ impl Session {
         if self.pending_msg_ids.contains_key(&u.msg_id) {
             return;
         }
+        let checked = |s: &mut Self, f: Result<&str, InvalidName>| match f {
+            Ok(f) => Some(Arc::from(f)),
+            Err(e) => {
+                s.topic_refused(e);
+                None
+            }
+        };
         let filter: Option<Arc<str>> = match u.topic {
-            TopicFilter::Name(name) => validate::topic_filter(name).ok().map(Arc::from),
+            TopicFilter::Name(name) => checked(self, validate::topic_filter(name)),
             TopicFilter::Predefined(id) => self.regs.predefined().name(id).cloned(),
-            TopicFilter::Short(chars) => validate::topic_filter(&chars).ok().map(Arc::from),
+            TopicFilter::Short(chars) => checked(self, validate::topic_filter(&chars)),
             TopicFilter::Reserved(_) => None,
         };
         let Some(filter) = filter else {
@@ -280,14 +306,15 @@ impl Session {
         let new = match w {
             None => None,
             Some(w) => match super::will_draft(w) {
-                Some(d) => Some(Will {
+                Ok(d) => Some(Will {
                     topic: d.topic,
                     payload: self.will.as_ref().map(|w| w.payload.clone()).unwrap_or_default(),
                     qos: d.qos,
                     retain: d.retain,
                 }),
-                None => {
-                    self.send(Packet::WillTopicResp(ReturnCode::NotSupported));
+                Err(e) => {
+                    let rc = self.topic_refused(e);
+                    self.send(Packet::WillTopicResp(rc));
                     return;
                 }
             },

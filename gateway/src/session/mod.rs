@@ -75,6 +75,12 @@ pub enum DropReason {
     Unexpected,
     /// The sensor published faster than its allowed rate.
     RateLimited,
+    /// A topic name or filter from the sensor with a control character or
+    /// a non-character, which the broker would drop the connection for.
+    ForbiddenChar,
+    /// A packet from an asleep sensor other than PINGREQ, CONNECT or
+    /// DISCONNECT.
+    Asleep,
 }
 
 impl DropReason {
@@ -89,6 +95,8 @@ impl DropReason {
             Self::RejectedBySensor => "rejected_by_sensor",
             Self::Unexpected => "unexpected",
             Self::RateLimited => "rate_limited",
+            Self::ForbiddenChar => "forbidden_char",
+            Self::Asleep => "asleep",
         }
     }
 }
@@ -739,12 +747,15 @@ impl Session {
     /// that cannot be a will topic.
     fn will_topic(&mut self, w: &mqttsn_codec::WillTopic<'_>, now: Instant) {
         match will_draft(w) {
-            Some(topic) => {
+            Ok(topic) => {
                 let deadline = now + self.cfg.retry_interval;
                 self.phase = Phase::WillMsg { topic, deadline, retries: 0 };
                 self.send(Packet::WillMsgReq);
             }
-            None => self.refuse_connect(ReturnCode::NotSupported),
+            Err(e) => {
+                let rc = self.topic_refused(e);
+                self.refuse_connect(rc);
+            }
         }
     }
 
@@ -953,10 +964,12 @@ impl Session {
     }
 }
 
-/// The will topic of a WILLTOPIC, if it is a valid topic name.
-fn will_draft(w: &mqttsn_codec::WillTopic<'_>) -> Option<WillDraft> {
-    let topic = mqttsn_codec::validate::topic_name(w.topic).ok()?;
-    Some(WillDraft { topic: topic.to_owned(), qos: mqtt_qos(w.qos), retain: w.retain })
+/// The will topic of a WILLTOPIC, or why it is not a valid topic name.
+fn will_draft(
+    w: &mqttsn_codec::WillTopic<'_>,
+) -> Result<WillDraft, mqttsn_codec::validate::InvalidName> {
+    let topic = mqttsn_codec::validate::topic_name(w.topic)?;
+    Ok(WillDraft { topic: topic.to_owned(), qos: mqtt_qos(w.qos), retain: w.retain })
 }
 
 /// The upstream QoS for an MQTT-SN QoS (-1 travels as 0).

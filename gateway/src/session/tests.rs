@@ -1136,3 +1136,137 @@ fn sleep_wake_and_disconnect_are_reported() {
     h.sensor(Packet::Disconnect(None));
     assert_eq!(h.lifecycle(), [SessionEvent::Disconnected]);
 }
+
+/// Topics with characters the broker drops the connection for.
+const FORBIDDEN: [&str; 5] = ["a\u{1}b", "a\u{7f}", "\u{85}x", "a/\u{ffff}", "a\u{0}b"];
+
+/// The return codes of the packets sent, and the forbidden-character drops.
+fn codes_and_drops(h: &mut H) -> (Vec<ReturnCode>, usize) {
+    let codes = h
+        .tx()
+        .iter()
+        .map(|o| match o.packet() {
+            Packet::RegAck(a) | Packet::PubAck(a) => a.return_code,
+            Packet::SubAck(s) => s.return_code,
+            Packet::WillTopicResp(rc) | Packet::ConnAck(rc) => rc,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let drops = h
+        .events()
+        .iter()
+        .filter(|e| **e == SessionEvent::Dropped(DropReason::ForbiddenChar))
+        .count();
+    (codes, drops)
+}
+
+#[test]
+fn register_refuses_forbidden_characters_with_invalid_topic_id() {
+    let mut h = H::connected(false, 0);
+    for (i, bad) in FORBIDDEN.iter().enumerate() {
+        let msg_id = i as u16 + 1;
+        h.sensor(Packet::Register(Register { topic_id: 0, msg_id, topic_name: bad.as_bytes() }));
+    }
+    let (codes, drops) = codes_and_drops(&mut h);
+    // U+0000 keeps its own code (not supported), as before.
+    assert_eq!(
+        codes,
+        [[ReturnCode::InvalidTopicId; 4].as_slice(), &[ReturnCode::NotSupported]].concat()
+    );
+    assert_eq!(drops, 4);
+    // Good names, also beyond ASCII, still register.
+    h.sensor(Packet::Register(Register {
+        topic_id: 0,
+        msg_id: 9,
+        topic_name: "Zürich/温度".as_bytes(),
+    }));
+    h.expect_tx(&[Packet::RegAck(Ack {
+        topic_id: 1,
+        msg_id: 9,
+        return_code: ReturnCode::Accepted,
+    })]);
+    assert!(h.cmds().is_empty());
+}
+
+#[test]
+fn subscribe_and_unsubscribe_refuse_forbidden_characters() {
+    let mut h = H::connected(true, 0);
+    for (i, bad) in FORBIDDEN[..4].iter().enumerate() {
+        h.sensor(Packet::Subscribe(Subscribe {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            msg_id: i as u16 + 1,
+            topic: TopicFilter::Name(bad.as_bytes()),
+        }));
+    }
+    h.sensor(Packet::Subscribe(Subscribe {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        msg_id: 5,
+        topic: TopicFilter::Short(*b"a\x7f"),
+    }));
+    assert!(h.cmds().is_empty(), "nothing goes to the broker");
+    assert_eq!(codes_and_drops(&mut h), (vec![ReturnCode::InvalidTopicId; 5], 5));
+    // UNSUBSCRIBE: answered, not forwarded, counted.
+    h.sensor(Packet::Unsubscribe(Unsubscribe { msg_id: 6, topic: TopicFilter::Name(b"a\x01/#") }));
+    h.sensor(Packet::Unsubscribe(Unsubscribe { msg_id: 7, topic: TopicFilter::Short(*b"\x01b") }));
+    assert!(h.cmds().is_empty());
+    h.expect_tx(&[Packet::UnsubAck(6), Packet::UnsubAck(7)]);
+    let drop = SessionEvent::Dropped(DropReason::ForbiddenChar);
+    assert_eq!(h.events(), [drop.clone(), drop]);
+    // A good filter beyond ASCII still goes to the broker.
+    h.subscribe("Zürich/+/温度", QoS::AtMostOnce);
+    assert!(h.events().is_empty());
+}
+
+#[test]
+fn short_topic_publish_with_a_forbidden_character_is_refused() {
+    let mut h = H::connected(false, 0);
+    for (i, short) in [*b"a\x01", *b"\x7fb", *b"\x00a"].into_iter().enumerate() {
+        h.sensor(publish(QoS::AtLeastOnce, TopicId::Short(short), i as u16 + 1, b"x"));
+    }
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"\x1fz"), 4, b"x"));
+    assert!(h.cmds().is_empty(), "nothing goes to the broker");
+    let (codes, drops) = codes_and_drops(&mut h);
+    assert_eq!(
+        codes,
+        [
+            ReturnCode::InvalidTopicId,
+            ReturnCode::InvalidTopicId,
+            ReturnCode::NotSupported,
+            ReturnCode::InvalidTopicId
+        ]
+    );
+    assert_eq!(drops, 3);
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"ok"), 5, b"x"));
+    assert!(matches!(&h.cmds()[..], [Command::Publish { topic, .. }] if &**topic == "ok"));
+}
+
+#[test]
+fn will_topics_with_forbidden_characters_are_refused() {
+    // At CONNECT: CONNACK refusing the topic, nothing asked of the broker.
+    let mut h = H::new();
+    h.connect(false, true, 0);
+    h.tx();
+    h.sensor(Packet::WillTopic(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "w\u{85}".as_bytes(),
+    })));
+    assert!(h.cmds().is_empty());
+    assert_eq!(codes_and_drops(&mut h), (vec![ReturnCode::InvalidTopicId], 1));
+    // WILLTOPICUPD: refused, the will and the upstream connection kept.
+    let mut h = H::with_will(false, 0, b"one");
+    h.cmds();
+    h.up(Event::Connected { session_present: false });
+    h.tx();
+    h.events();
+    h.sensor(Packet::WillTopicUpd(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "w/\u{ffff}".as_bytes(),
+    })));
+    assert!(h.cmds().is_empty(), "no new connection");
+    assert_eq!(codes_and_drops(&mut h), (vec![ReturnCode::InvalidTopicId], 1));
+    assert_eq!(h.s.will.as_ref().map(|w| w.topic.as_str()), Some("w"));
+}
