@@ -78,9 +78,6 @@ pub enum DropReason {
     /// A topic name or filter from the sensor with a control character or
     /// a non-character, which the broker would drop the connection for.
     ForbiddenChar,
-    /// A packet from an asleep sensor other than PINGREQ, CONNECT or
-    /// DISCONNECT.
-    Asleep,
 }
 
 impl DropReason {
@@ -96,7 +93,6 @@ impl DropReason {
             Self::Unexpected => "unexpected",
             Self::RateLimited => "rate_limited",
             Self::ForbiddenChar => "forbidden_char",
-            Self::Asleep => "asleep",
         }
     }
 }
