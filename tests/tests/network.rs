@@ -129,18 +129,24 @@ fn searchgw_on_the_group_gets_gwinfo_on_the_group_and_advertise_arrives_there() 
     let gwinfo = encode(Packet::GwInfo(GwInfo { gw_id: 23, gw_addr: &[] }));
     let advertise = encode(Packet::Advertise(Advertise { gw_id: 23, duration: 1 }));
     // The client's socket is bound to the group address: what it hears
-    // was sent to the group.
-    client.send_to(&search, group).unwrap();
+    // was sent to the group. The gateway joins the group once it runs,
+    // a little after its socket is bound, so the client searches again
+    // when no answer comes, as a sensor does (spec 6.1).
     let mut got_gwinfo = None;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while got_gwinfo.is_none() && Instant::now() < deadline {
-        let Some((d, from)) = next_on_group(&client, &search, Duration::from_secs(5)) else {
-            break;
-        };
-        if d == gwinfo {
-            got_gwinfo = Some(from);
-        } else {
-            assert_eq!(d, advertise, "only GWINFO and ADVERTISE on the group");
+        client.send_to(&search, group).unwrap();
+        let wait = Instant::now() + Duration::from_millis(500);
+        while got_gwinfo.is_none() {
+            let left = wait.saturating_duration_since(Instant::now());
+            let Some((d, from)) = next_on_group(&client, &search, left) else {
+                break;
+            };
+            if d == gwinfo {
+                got_gwinfo = Some(from);
+            } else {
+                assert_eq!(d, advertise, "only GWINFO and ADVERTISE on the group");
+            }
         }
     }
     let from = got_gwinfo.expect("GWINFO on the group");
