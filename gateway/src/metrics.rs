@@ -46,6 +46,8 @@ pub struct Metrics {
     pub dropped_rate_limited: AtomicU64,
     /// See [`DropReason::ForbiddenChar`].
     pub dropped_forbidden_char: AtomicU64,
+    /// See [`DropReason::Asleep`].
+    pub dropped_asleep: AtomicU64,
     /// Sensors asleep now.
     pub sessions_asleep: AtomicU64,
     /// Sensor PUBLISHes acknowledged by the broker, by QoS 0, 1, 2, -1.
@@ -260,6 +262,7 @@ impl Metrics {
                 ("{reason=\"unexpected\"}", get(&self.dropped_unexpected)),
                 ("{reason=\"rate_limited\"}", get(&self.dropped_rate_limited)),
                 ("{reason=\"forbidden_char\"}", get(&self.dropped_forbidden_char)),
+                ("{reason=\"asleep\"}", get(&self.dropped_asleep)),
                 ("{reason=\"qos_minus_one_refused\"}", get(&self.qos_minus_one_refused)),
             ],
         );
@@ -416,6 +419,7 @@ impl Metrics {
             DropReason::Unexpected => &self.dropped_unexpected,
             DropReason::RateLimited => &self.dropped_rate_limited,
             DropReason::ForbiddenChar => &self.dropped_forbidden_char,
+            DropReason::Asleep => &self.dropped_asleep,
         });
     }
 
@@ -443,7 +447,8 @@ impl Metrics {
                 + get(&self.dropped_rejected_by_sensor)
                 + get(&self.dropped_unexpected)
                 + get(&self.dropped_rate_limited)
-                + get(&self.dropped_forbidden_char),
+                + get(&self.dropped_forbidden_char)
+                + get(&self.dropped_asleep),
         }
     }
 }

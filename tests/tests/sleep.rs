@@ -179,3 +179,58 @@ fn a_sleeper_waking_from_a_new_address_gets_its_messages_and_nobody_else_does() 
     let mut new = Sensor::new(gw.addr());
     assert_eq!(wake(&mut new, &id, &mut known), [b"for the sleeper".to_vec()]);
 }
+
+#[test]
+fn an_asleep_sensors_address_gets_only_what_spec_6_14_allows() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let topic = unique("asleep");
+    let id = unique("sleeper");
+    let mut watcher = MqttClient::connect(broker.port(), &unique("watch"));
+    watcher.subscribe(&format!("{topic}/#"), 1);
+    let mut s = Sensor::new(gw.addr());
+    s.connect(&id, false, 60);
+    let inbox = format!("{topic}/in");
+    let ack = s.subscribe(TopicFilter::Name(inbox.as_bytes()), QoS::AtLeastOnce, 1);
+    let mut known = HashSet::from([ack.topic_id]);
+    let out = s.register(&format!("{topic}/out"), 2);
+    s.send(Packet::Disconnect(Some(60)));
+    s.expect(Packet::Disconnect(None));
+    let dropped = gw.metrics().dropped;
+
+    // From the sleeper's address while it sleeps: a PUBLISH (QoS 1 and 0),
+    // a SUBSCRIBE and a REGISTER get no answer and reach nothing.
+    let publish = |qos, msg_id| {
+        Packet::Publish(mqttsn_codec::Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: TopicId::Normal(out),
+            msg_id,
+            data: b"forged",
+        })
+    };
+    s.send(publish(QoS::AtLeastOnce, 3));
+    s.send(publish(QoS::AtMostOnce, 0));
+    s.send(Packet::Subscribe(mqttsn_codec::Subscribe {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        msg_id: 4,
+        topic: TopicFilter::Name(b"#"),
+    }));
+    s.send(Packet::Register(mqttsn_codec::Register { topic_id: 0, msg_id: 5, topic_name: b"x/y" }));
+    s.expect_silence(Duration::from_millis(300));
+    assert!(watcher.recv_within(Duration::from_millis(300)).is_none(), "forwarded");
+    assert_eq!(gw.metrics().dropped, dropped + 4);
+
+    // The sensor wakes as usual and gets what came for it meanwhile.
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    publisher.publish(&inbox, b"while asleep", 1, false);
+    // Past the broker and into the buffer before the wake-up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw.metrics().buffered_messages == 0 {
+        assert!(std::time::Instant::now() < deadline, "not buffered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(wake(&mut s, &id, &mut known), [b"while asleep".to_vec()]);
+}

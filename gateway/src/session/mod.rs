@@ -78,6 +78,9 @@ pub enum DropReason {
     /// A topic name or filter from the sensor with a control character or
     /// a non-character, which the broker would drop the connection for.
     ForbiddenChar,
+    /// A packet from an asleep sensor other than PINGREQ, CONNECT or
+    /// DISCONNECT.
+    Asleep,
 }
 
 impl DropReason {
@@ -93,6 +96,7 @@ impl DropReason {
             Self::Unexpected => "unexpected",
             Self::RateLimited => "rate_limited",
             Self::ForbiddenChar => "forbidden_char",
+            Self::Asleep => "asleep",
         }
     }
 }
@@ -508,6 +512,14 @@ impl Session {
     /// A decoded datagram from the sensor (anything but CONNECT, which goes
     /// to [`Session::handle_connect`]).
     pub fn handle_packet(&mut self, packet: &Packet<'_>, now: Instant) {
+        // An asleep sensor sends only PINGREQ, CONNECT or DISCONNECT (spec
+        // 6.14): anything else from its address is not the sensor's, or
+        // not meant for this state, and changes nothing.
+        if matches!(self.phase, Phase::Asleep { .. })
+            && !matches!(packet, Packet::PingReq(_) | Packet::Disconnect(_))
+        {
+            return self.dropped(DropReason::Asleep);
+        }
         self.last_heard = now;
         if self.stalled {
             self.stalled = false;

@@ -84,8 +84,8 @@ impl Session {
                 self.resend_inflight(now);
             }
             Packet::PingReq(_) => self.dropped(DropReason::Unexpected),
-            // Anything else is handled as from a connected sensor (a
-            // DISCONNECT with a new Duration replaces the old one).
+            // A DISCONNECT, with a new Duration or without (handle_packet
+            // drops everything else).
             other => self.in_active(other, now),
         }
     }

@@ -1007,6 +1007,53 @@ fn connect_false_from_asleep_delivers_the_buffer() {
 }
 
 #[test]
+fn an_asleep_sensor_sends_only_pingreq_connect_or_disconnect() {
+    let mut h = H::connected(false, 10);
+    h.subscribe("ab", QoS::AtLeastOnce);
+    let tid = TopicId::Short(*b"ab");
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.events();
+    h.message(1, "ab", MqttQoS::AtLeastOnce);
+    h.cmds();
+    // 50 s in: from the sleeper's address, everything but PINGREQ and
+    // DISCONNECT is dropped, counted, and changes nothing.
+    h.advance(Duration::from_secs(50));
+    let data = b"forged";
+    let others = [
+        publish(QoS::AtLeastOnce, tid, 7, data),
+        publish(QoS::AtMostOnce, tid, 0, data),
+        Packet::Subscribe(Subscribe {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            msg_id: 8,
+            topic: TopicFilter::Name(b"secret/#"),
+        }),
+        Packet::Register(Register { topic_id: 0, msg_id: 9, topic_name: b"x/y" }),
+        Packet::PubAck(Ack { topic_id: 0, msg_id: 1, return_code: ReturnCode::Accepted }),
+        Packet::WillTopicUpd(None),
+    ];
+    for p in others {
+        h.sensor(p);
+        assert_eq!(h.events(), [SessionEvent::Dropped(DropReason::Asleep)], "{p:?}");
+        assert!(h.tx().is_empty() && h.cmds().is_empty(), "{p:?}");
+        assert!(h.s.is_sleeping());
+    }
+    // Not a sign of life: the sleep timer still runs from the DISCONNECT
+    // (60 s + 10 % would end at 66 s; 20 s more is past it).
+    let mut h2 = H::connected(false, 10);
+    h2.sensor(Packet::Disconnect(Some(60)));
+    h2.tx();
+    h2.advance(Duration::from_secs(50));
+    h2.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"ab"), 0, data));
+    h2.advance(Duration::from_secs(20));
+    assert!(!h2.s.is_active(), "the forged datagram did not keep the sleeper alive");
+    // The real sensor wakes and gets its message.
+    h.sensor(ping_with_id());
+    assert_eq!(flush(&mut h), [b"m1".to_vec()]);
+}
+
+#[test]
 fn disconnect_without_duration_from_asleep_ends_the_session() {
     let mut h = H::connected(false, 10);
     h.sensor(Packet::Disconnect(Some(60)));
