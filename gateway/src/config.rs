@@ -56,6 +56,8 @@ pub struct Config {
     pub timers: TimersSection,
     /// `[limits]`: bounds per sensor.
     pub limits: LimitsSection,
+    /// `[admission]`: bounds per source address and in all, under a flood.
+    pub admission: AdmissionSection,
     /// `[sleep]`: sleeping sensors.
     pub sleep: SleepSection,
     /// `[discovery]`: SEARCHGW, GWINFO and ADVERTISE.
@@ -221,6 +223,108 @@ impl Default for LimitsSection {
             publish_burst: 10,
             session_expiry_secs: 86_400,
         }
+    }
+}
+
+/// `[admission]`: what one source address (an IPv4 address, an IPv6 /64)
+/// and all of them together may make the gateway do before proving
+/// anything (see [`crate::admission`]). Rates are per second; 0 is no
+/// bound.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSection {
+    /// Networks bounded by none of this (`127.0.0.0/8`, `10.0.0.0/8`).
+    pub exempt: Vec<String>,
+    /// Sessions one source address may hold at once.
+    pub max_sessions_per_address: u32,
+    /// CONNECTs per second from one source address, and the burst.
+    pub connect_rate_per_address: f64,
+    /// See `connect_rate_per_address`.
+    pub connect_burst_per_address: u32,
+    /// CONNECTs per second from all addresses together, and the burst.
+    pub connect_rate: f64,
+    /// See `connect_rate`.
+    pub connect_burst: u32,
+    /// Sessions waiting for their broker connection at once.
+    pub max_connecting: usize,
+    /// Replies per second to one address without a session, and the burst.
+    pub reply_rate_per_address: f64,
+    /// See `reply_rate_per_address`.
+    pub reply_burst_per_address: u32,
+    /// Replies per second to all addresses without a session, and the
+    /// burst.
+    pub reply_rate: f64,
+    /// See `reply_rate`.
+    pub reply_burst: u32,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        let l = crate::admission::Limits::exposed();
+        let rate = |r: Option<crate::admission::Rate>| r.map_or((0.0, 0), |r| (r.per_sec, r.burst));
+        let (connect_rate_per_address, connect_burst_per_address) = rate(l.connect_per_source);
+        let (connect_rate, connect_burst) = rate(l.connect);
+        let (reply_rate_per_address, reply_burst_per_address) = rate(l.reply_per_source);
+        let (reply_rate, reply_burst) = rate(l.reply);
+        Self {
+            exempt: l.exempt.iter().map(ToString::to_string).collect(),
+            max_sessions_per_address: l.sessions_per_source.unwrap_or(0),
+            connect_rate_per_address,
+            connect_burst_per_address,
+            connect_rate,
+            connect_burst,
+            max_connecting: l.connecting.unwrap_or(0),
+            reply_rate_per_address,
+            reply_burst_per_address,
+            reply_rate,
+            reply_burst,
+        }
+    }
+}
+
+impl AdmissionSection {
+    /// The bounds, or the first key that cannot be used.
+    pub fn limits(&self) -> Result<crate::admission::Limits, ConfigError> {
+        let rate = |key: &str, per_sec: f64, burst_key: &str, burst: u32| {
+            if !per_sec.is_finite() || per_sec < 0.0 {
+                return Err(invalid(&format!("admission.{key}"), per_sec, "must be 0 or more"));
+            }
+            if per_sec > 0.0 && burst == 0 {
+                return Err(invalid(
+                    &format!("admission.{burst_key}"),
+                    0,
+                    &format!("must be at least 1 while admission.{key} is set"),
+                ));
+            }
+            Ok((per_sec > 0.0).then_some(crate::admission::Rate { per_sec, burst }))
+        };
+        let mut exempt = Vec::new();
+        for (i, net) in self.exempt.iter().enumerate() {
+            exempt
+                .push(net.parse::<crate::cidr::Cidr>().map_err(|e| {
+                    invalid(&format!("admission.exempt[{i}]"), net, &e.to_string())
+                })?);
+        }
+        Ok(crate::admission::Limits {
+            exempt,
+            sessions_per_source: (self.max_sessions_per_address > 0)
+                .then_some(self.max_sessions_per_address),
+            connect_per_source: rate(
+                "connect_rate_per_address",
+                self.connect_rate_per_address,
+                "connect_burst_per_address",
+                self.connect_burst_per_address,
+            )?,
+            connect: rate("connect_rate", self.connect_rate, "connect_burst", self.connect_burst)?,
+            connecting: (self.max_connecting > 0).then_some(self.max_connecting),
+            reply_per_source: rate(
+                "reply_rate_per_address",
+                self.reply_rate_per_address,
+                "reply_burst_per_address",
+                self.reply_burst_per_address,
+            )?,
+            reply: rate("reply_rate", self.reply_rate, "reply_burst", self.reply_burst)?,
+        })
     }
 }
 
@@ -685,6 +789,7 @@ impl Config {
             session_expiry: (self.limits.session_expiry_secs > 0)
                 .then(|| Duration::from_secs(self.limits.session_expiry_secs)),
             max_sessions: (self.limits.max_sessions > 0).then_some(self.limits.max_sessions),
+            admission: self.admission.limits()?,
             gateway_id: d.gateway_id,
             answer_searchgw: d.answer_searchgw,
             advertise,

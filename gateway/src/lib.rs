@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activity;
+pub mod admission;
 pub mod auth;
 pub mod cidr;
 pub mod config;

@@ -170,7 +170,11 @@ async fn run() -> anyhow::Result<()> {
     let broker = connector.describe();
     let session = Arc::new(cfg.session_config()?);
     let mut opts = cfg.server_options()?;
-    let live = Arc::new(Live::new(Current { session: session.clone(), auth: opts.auth.clone() }));
+    let live = Arc::new(Live::new(Current {
+        session: session.clone(),
+        auth: opts.auth.clone(),
+        admission: opts.admission.clone(),
+    }));
     opts.live = Some(live.clone());
     // From here SIGHUP reloads instead of ending the process.
     #[cfg(unix)]

@@ -86,6 +86,12 @@ pub struct Metrics {
     /// Datagrams one worker could not hand to another (its queue was
     /// full), dropped.
     pub forwards_dropped: AtomicU64,
+    /// CONNECTs refused by an admission bound, by
+    /// [`crate::admission::Refusal::index`].
+    pub admission_refused: [AtomicU64; crate::admission::Refusal::ALL.len()],
+    /// Replies to unverified sources not sent (over their budget, or
+    /// longer than the request).
+    pub replies_suppressed: AtomicU64,
 }
 
 /// Upper bounds of the latency histogram buckets, in milliseconds.
@@ -122,6 +128,10 @@ pub struct Snapshot {
     pub retransmissions: u64,
     /// Messages waiting for sensors.
     pub buffered_messages: u64,
+    /// CONNECTs refused by admission bounds, all reasons together.
+    pub admission_refused: u64,
+    /// Replies to unverified sources not sent.
+    pub replies_suppressed: u64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -235,6 +245,25 @@ impl Metrics {
             "counter",
             "CONNECTs refused.",
             &[("", get(&self.connects_refused))],
+        );
+        let refused: Vec<(String, u64)> = crate::admission::Refusal::ALL
+            .iter()
+            .map(|r| {
+                (format!("{{reason=\"{}\"}}", r.as_str()), get(&self.admission_refused[r.index()]))
+            })
+            .collect();
+        let refused: Vec<(&str, u64)> = refused.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "admission_refused_total",
+            "counter",
+            "CONNECTs refused by an admission bound, by bound.",
+            &refused,
+        );
+        metric(
+            "replies_suppressed_total",
+            "counter",
+            "Replies to unverified sources not sent (over the reply budget or longer than the request).",
+            &[("", get(&self.replies_suppressed))],
         );
         metric(
             "sensors_lost_total",
@@ -439,6 +468,8 @@ impl Metrics {
             sessions_asleep: get(&self.sessions_asleep),
             retransmissions: get(&self.retransmissions),
             buffered_messages: get(&self.buffered_messages),
+            admission_refused: self.admission_refused.iter().map(get).sum(),
+            replies_suppressed: get(&self.replies_suppressed),
             dropped: get(&self.dropped_not_subscribed)
                 + get(&self.dropped_topic_refused)
                 + get(&self.dropped_topics_full)

@@ -24,6 +24,9 @@ pub struct ServerOptions {
     /// for a new ClientId beyond it gets CONNACK congestion. `None`: no
     /// limit but memory.
     pub max_sessions: Option<usize>,
+    /// Bounds on CONNECTs, sessions and replies per source address and in
+    /// all (see [`crate::admission`]).
+    pub admission: crate::admission::Limits,
     /// The GwId in ADVERTISE and GWINFO.
     pub gateway_id: u8,
     /// Answer SEARCHGW with GWINFO: unicast to a searcher that sent it to
@@ -82,6 +85,7 @@ impl Default for ServerOptions {
             unknown_disconnect_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
             max_sessions: None,
+            admission: crate::admission::Limits::default(),
             gateway_id: 1,
             answer_searchgw: true,
             advertise: None,

@@ -1,6 +1,6 @@
 //! Settings that change while the gateway runs (SIGHUP re-reads the
 //! configuration file): the credentials table and policy, the predefined
-//! topics and the per-sensor timers and limits. New connections get them;
+//! topics, the per-sensor timers and limits, and the admission bounds. New connections get them;
 //! sessions already there keep what they started with. What can only
 //! change with a restart (addresses, the broker, workers, the store, ...)
 //! is named, and left as it was.
@@ -19,6 +19,8 @@ pub struct Current {
     pub session: Arc<SessionConfig>,
     /// Who may connect, and as whom upstream.
     pub auth: Arc<AuthTable>,
+    /// The admission bounds (gateway-wide; what was counted stays).
+    pub admission: crate::admission::Limits,
 }
 
 /// The live settings shared by every worker: a generation number read on
@@ -88,6 +90,8 @@ pub fn merge(old: &Config, new: &Config) -> Reload {
     );
     config.broker.username = new.broker.username.clone();
     config.broker.password = new.broker.password.clone();
+    take(old.admission != new.admission, "admission");
+    config.admission = new.admission.clone();
     take(old.timers != new.timers, "timers");
     config.timers = new.timers.clone();
     // Per-sensor limits; the session limit and expiry are the gateway's.
@@ -136,7 +140,11 @@ pub fn merge(old: &Config, new: &Config) -> Reload {
 pub fn settings(config: &Config, before: &Current) -> Result<Current, ConfigError> {
     let mut session = config.session_config()?;
     session.buffer_total = before.session.buffer_total.clone();
-    Ok(Current { session: Arc::new(session), auth: Arc::new(config.auth_table()?) })
+    Ok(Current {
+        session: Arc::new(session),
+        auth: Arc::new(config.auth_table()?),
+        admission: config.admission.limits()?,
+    })
 }
 
 #[cfg(test)]
@@ -181,6 +189,7 @@ mod tests {
             &Current {
                 session: Arc::new(c.session_config().unwrap()),
                 auth: Arc::new(c.auth_table().unwrap()),
+                admission: c.admission.limits().unwrap(),
             },
         )
         .unwrap();

@@ -39,3 +39,32 @@ fn a_weak_api_token_is_refused_without_showing_it() {
     assert_eq!(Config::default().api_token().unwrap(), None);
     assert!(!format!("{ok:?}").contains("0123456789abcdef"), "the token shows in Debug");
 }
+
+#[test]
+fn admission_bounds_default_to_a_gateway_exposed_to_any_network() {
+    let l = Config::default().server_options().unwrap().admission;
+    assert_eq!(l, mqttsn_gateway::admission::Limits::exposed());
+    assert!(l.exempt.iter().any(|n| n.contains("127.0.0.1".parse().unwrap())));
+    assert!(!l.exempt.iter().any(|n| n.contains("192.168.1.5".parse().unwrap())));
+    let off = Config::parse(
+        "[admission]\nexempt = []\nmax_sessions_per_address = 0\nconnect_rate = 0.0\n",
+        "f.toml",
+    )
+    .unwrap();
+    let l = off.server_options().unwrap().admission;
+    assert!(l.exempt.is_empty() && l.sessions_per_source.is_none() && l.connect.is_none());
+    assert!(l.connect_per_source.is_some(), "the other bounds stay");
+}
+
+#[test]
+fn bad_admission_values_name_the_key() {
+    for (text, key) in [
+        ("connect_rate = 5.0\nconnect_burst = 0\n", "admission.connect_burst"),
+        ("reply_rate_per_address = -1.0\n", "admission.reply_rate_per_address"),
+        ("exempt = [\"10.0.0.0/33\"]\n", "admission.exempt[0]"),
+        ("exempt = [\"127.0.0.0/8\", \"nowhere\"]\n", "admission.exempt[1]"),
+    ] {
+        let e = Config::parse(&format!("[admission]\n{text}"), "f.toml").unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}

@@ -12,8 +12,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use crate::admission::{Admission, Limits};
 use crate::peer::Peer;
 
 /// Identifies a worker of the gateway (0 holds the gateway's own broker
@@ -27,8 +28,10 @@ pub struct Directory {
     clients: RwLock<HashMap<Arc<str>, WorkerId>>,
     addrs: RwLock<HashMap<Peer, WorkerId>>,
     sessions: AtomicUsize,
+    connecting: AtomicUsize,
     broker_up: AtomicBool,
     broker_down: AtomicBool,
+    admission: Mutex<Admission>,
 }
 
 impl Directory {
@@ -39,9 +42,19 @@ impl Directory {
             clients: RwLock::new(HashMap::new()),
             addrs: RwLock::new(HashMap::new()),
             sessions: AtomicUsize::new(0),
+            connecting: AtomicUsize::new(0),
             broker_up: AtomicBool::new(false),
             broker_down: AtomicBool::new(false),
+            admission: Mutex::new(Admission::new(Limits::default())),
         }
+    }
+
+    /// The admission state all workers share (CONNECTs and replies to
+    /// unknown senders only: never on a connected sensor's path).
+    pub fn admission(&self) -> MutexGuard<'_, Admission> {
+        // A worker that panicked while holding it left counts, not a
+        // broken invariant: go on with them.
+        self.admission.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How many workers there are.
@@ -125,6 +138,23 @@ impl Directory {
     /// One session more.
     pub fn session_added(&self) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sessions waiting for their broker connection or their sensor's
+    /// will handshake, on all workers.
+    pub fn connecting(&self) -> usize {
+        self.connecting.load(Ordering::Relaxed)
+    }
+
+    /// A session started (`true`) or stopped (`false`) waiting.
+    pub fn set_connecting(&self, waiting: bool) {
+        if waiting {
+            self.connecting.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .connecting
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+        }
     }
 
     /// One session fewer.

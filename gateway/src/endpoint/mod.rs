@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 
 pub use directory::{Directory, WorkerId};
 
+use crate::admission::Source;
 use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
@@ -126,6 +127,10 @@ struct Entry {
     /// Deleted by the operator: forgotten, store included, as soon as
     /// its broker connection is closed.
     forget: bool,
+    /// The source its CONNECT came from, where that source's sessions are
+    /// counted (see [`crate::admission`]); `None`: not counted (exempt,
+    /// or restored from the store).
+    source: Option<Source>,
 }
 
 /// A session's outputs held until the store committed `ticket`.
@@ -311,6 +316,7 @@ impl Endpoint {
             scratch_cmd: Vec::new(),
         };
         if own {
+            e.dir.admission().set_limits(e.opts.admission.clone());
             let id = &e.opts.auth.default_identity;
             let spec = ConnectSpec {
                 client_id: e.opts.own_client_id.clone(),
@@ -706,14 +712,41 @@ impl Endpoint {
         let Some((generation, current)) = live.get() else { return };
         self.live_generation = generation;
         self.cfg = current.session;
+        if self.own {
+            // One worker swaps the shared bounds.
+            self.dir.admission().set_limits(current.admission.clone());
+        }
         let mut opts = (*self.opts).clone();
         opts.auth = current.auth;
+        opts.admission = current.admission;
         self.opts = Arc::new(opts);
         debug!(worker = self.me, generation, "reloaded settings taken");
     }
 
     fn reply(&mut self, p: Packet<'static>, to: Peer) {
         self.transmits.push_back((to, Outgoing::Packet(p)));
+    }
+
+    /// A reply to a source that has not proven it receives at its address
+    /// (GWINFO, a refusing CONNACK, DISCONNECT to an unknown sender): sent
+    /// only if it is no longer than the `request_len` octets that caused
+    /// it and the source's and the gateway's reply budgets allow (see
+    /// [`crate::admission`]); else dropped and counted. Exempt sources are
+    /// always answered.
+    fn reply_unverified(&mut self, now: Instant, p: Packet<'static>, to: Peer, request_len: usize) {
+        let mut dir = self.dir.admission();
+        if !dir.is_exempt(to.addr.ip()) {
+            let mut buf = [0u8; 512];
+            let fits = to.encode(p, &mut buf).is_ok_and(|len| len <= request_len);
+            if !fits || !dir.reply(Source::of(to.addr.ip()), now) {
+                drop(dir);
+                Metrics::inc(&self.metrics.replies_suppressed);
+                debug!(%to, "{} not sent: reply budget spent", p.msg_type());
+                return;
+            }
+        }
+        drop(dir);
+        self.reply(p, to);
     }
 
     /// At most [`LOG_BUDGET`] warnings a second about bad input.
@@ -827,6 +860,10 @@ impl Endpoint {
         let Some(e) = self.entries.get_mut(idx) else { return };
         let state = e.session.state();
         if state != e.state {
+            let connecting = SessionState::Connecting;
+            if (state == connecting) != (e.state == connecting) {
+                self.dir.set_connecting(state == connecting);
+            }
             e.state = state;
             e.since = now;
         }

@@ -12,6 +12,7 @@ use mqttsn_codec::{Frame, Packet, ReturnCode};
 use tracing::{debug, info, warn};
 
 use super::{Activity, Endpoint, Entry, Forward, WorkerId, MAX_HOPS, OWN_KEY};
+use crate::admission::{Refusal, Source};
 use crate::failpoint;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
@@ -58,7 +59,7 @@ impl Endpoint {
                             return;
                         }
                     }
-                    return self.unknown_sender(&packet, peer, now);
+                    return self.unknown_sender(&packet, peer, data.len(), now);
                 };
                 if let Some(e) = self.entries.get_mut(idx) {
                     e.session.handle_datagram(&packet, data, now);
@@ -114,12 +115,29 @@ impl Endpoint {
         data: &Bytes,
         hops: u8,
     ) {
+        let len = data.len();
+        let ip = peer.addr.ip();
+        let source = {
+            let mut adm = self.dir.admission();
+            if adm.is_exempt(ip) {
+                None
+            } else {
+                // Counted once, where the datagram arrived.
+                let rate = if hops == 0 { adm.connect(Source::of(ip), now) } else { Ok(()) };
+                let busy = adm.limits().connecting.is_some_and(|max| self.dir.connecting() >= max);
+                drop(adm);
+                match rate.and(if busy { Err(Refusal::Connecting) } else { Ok(()) }) {
+                    Ok(()) => Some(Source::of(ip)),
+                    Err(why) => return self.refuse_admission(now, why, peer, len),
+                }
+            }
+        };
         if let Err(rc) = check_connect(c, &self.cfg) {
             Metrics::inc(&self.metrics.connects_refused);
             if self.may_log(now) {
                 warn!(from = %peer, "CONNECT refused: {rc}");
             }
-            return self.reply(Packet::ConnAck(rc), peer);
+            return self.reply_unverified(now, Packet::ConnAck(rc), peer, len);
         }
         let Ok(client_id) = std::str::from_utf8(c.client_id) else { return };
         let identity = match self.opts.auth.check(client_id, peer.addr.ip()) {
@@ -129,12 +147,17 @@ impl Endpoint {
                 if self.may_log(now) {
                     warn!(from = %peer, client_id, "CONNECT refused: {}", why.as_str());
                 }
-                return self.reply(Packet::ConnAck(ReturnCode::NotSupported), peer);
+                return self.reply_unverified(
+                    now,
+                    Packet::ConnAck(ReturnCode::NotSupported),
+                    peer,
+                    len,
+                );
             }
         };
         if self.dir.broker_down() {
             // Try again later: the broker is unreachable.
-            return self.reply(Packet::ConnAck(ReturnCode::Congestion), peer);
+            return self.reply_unverified(now, Packet::ConnAck(ReturnCode::Congestion), peer, len);
         }
         let idx = match self.by_cid.get(client_id) {
             Some(&idx) => idx,
@@ -148,13 +171,31 @@ impl Endpoint {
                     if self.may_log(now) {
                         warn!(from = %peer, client_id, "CONNECT refused: session limit reached");
                     }
-                    return self.reply(Packet::ConnAck(ReturnCode::Congestion), peer);
+                    return self.reply_unverified(
+                        now,
+                        Packet::ConnAck(ReturnCode::Congestion),
+                        peer,
+                        len,
+                    );
+                }
+                if let Some(src) = source {
+                    let started = self.dir.admission().session_started(src, now);
+                    if let Err(why) = started {
+                        return self.refuse_admission(now, why, peer, len);
+                    }
                 }
                 let cid: Arc<str> = Arc::from(client_id);
                 if let Some(w) = self.dir.claim(&cid, self.me) {
+                    if let Some(src) = source {
+                        self.dir.admission().session_ended(src);
+                    }
                     return self.forward_connect(w, peer, data, hops, now);
                 }
-                self.insert(cid, Session::new(self.cfg.clone(), client_id, now), now)
+                let idx = self.insert(cid, Session::new(self.cfg.clone(), client_id, now), now);
+                if let Some(e) = self.entries.get_mut(idx) {
+                    e.source = source;
+                }
+                idx
             }
         };
         if let Some(e) = self.entries.get_mut(idx) {
@@ -170,6 +211,17 @@ impl Endpoint {
         self.flush(idx, now);
     }
 
+    /// A CONNECT over an admission bound: CONNACK congestion (the sensor
+    /// tries again later), counted by reason.
+    fn refuse_admission(&mut self, now: Instant, why: Refusal, peer: Peer, len: usize) {
+        Metrics::inc(&self.metrics.connects_refused);
+        Metrics::inc(&self.metrics.admission_refused[why.index()]);
+        if self.may_log(now) {
+            warn!(from = %peer, "CONNECT refused: admission limit ({})", why.as_str());
+        }
+        self.reply_unverified(now, Packet::ConnAck(ReturnCode::Congestion), peer, len);
+    }
+
     pub(super) fn forward_connect(
         &mut self,
         w: WorkerId,
@@ -182,7 +234,8 @@ impl Endpoint {
             if self.may_log(now) {
                 warn!(from = %peer, "CONNECT refused: its session is moving between workers");
             }
-            return self.reply(Packet::ConnAck(ReturnCode::Congestion), peer);
+            let len = data.len();
+            return self.reply_unverified(now, Packet::ConnAck(ReturnCode::Congestion), peer, len);
         }
         let f = Forward::Datagram { from: peer.addr, data: data.clone(), hops: hops + 1 };
         self.forwards.push_back((w, f));
@@ -209,7 +262,11 @@ impl Endpoint {
             since: now,
             upstream_down: false,
             forget: false,
+            source: None,
         }));
+        if state == crate::session::SessionState::Connecting {
+            self.dir.set_connecting(true);
+        }
         self.by_cid.insert(cid, idx);
         self.dir.session_added();
         idx
@@ -230,6 +287,12 @@ impl Endpoint {
         }
         if e.counted_active {
             Metrics::dec(&self.metrics.sessions_active);
+        }
+        if e.state == crate::session::SessionState::Connecting {
+            self.dir.set_connecting(false);
+        }
+        if let Some(src) = e.source {
+            self.dir.admission().session_ended(src);
         }
         self.cfg.buffer_total.update(e.buffered, (0, 0));
         self.dir.release(&e.cid, self.me);
@@ -270,12 +333,20 @@ impl Endpoint {
     /// A datagram from an address without a session: an unsolicited
     /// DISCONNECT (rate-limited per address) tells a sensor that missed a
     /// gateway restart or a NAT rebinding to connect again.
-    pub(super) fn unknown_sender(&mut self, packet: &Packet<'_>, from: Peer, now: Instant) {
+    pub(super) fn unknown_sender(
+        &mut self,
+        packet: &Packet<'_>,
+        from: Peer,
+        len: usize,
+        now: Instant,
+    ) {
         match packet {
             Packet::SearchGw { .. } => {
                 // Sent to the gateway's own address: answered there.
                 if self.opts.answer_searchgw {
-                    self.gwinfo(from);
+                    debug!(to = %from, gw_id = self.opts.gateway_id, "GWINFO");
+                    let info = mqttsn_codec::GwInfo { gw_id: self.opts.gateway_id, gw_addr: &[] };
+                    self.reply_unverified(now, Packet::GwInfo(info), from, len);
                 }
                 return;
             }
@@ -297,7 +368,7 @@ impl Endpoint {
         }
         debug!(%from, "{} from an address without a session: DISCONNECT", packet.msg_type());
         self.unknown_sent.insert(from.clone(), now);
-        self.reply(Packet::Disconnect(None), from);
+        self.reply_unverified(now, Packet::Disconnect(None), from, len);
     }
 
     /// A QoS -1 PUBLISH (spec 6.8): to a predefined id or a short name,

@@ -1111,13 +1111,18 @@ fn reloaded_settings_apply_to_the_next_connect_on_every_worker() {
     let live = Arc::new(crate::reload::Live::new(crate::reload::Current {
         session: cfg.clone(),
         auth: Arc::new(AuthTable::open()),
+        admission: Default::default(),
     }));
     let opts = ServerOptions { live: Some(live.clone()), ..ServerOptions::default() };
     let mut h = H::with(opts, 2, false);
     h.connected("s1", 5000);
     let mut refuse = AuthTable::open();
     refuse.allow_unknown = false;
-    live.replace(crate::reload::Current { session: cfg, auth: Arc::new(refuse) });
+    live.replace(crate::reload::Current {
+        session: cfg,
+        auth: Arc::new(refuse),
+        admission: Default::default(),
+    });
     for w in 0..2 {
         h.dgram(w, 5001 + w as u16, connect(&format!("new-{w}"), true));
         let out = h.out_of(w);
@@ -1129,4 +1134,250 @@ fn reloaded_settings_apply_to_the_next_connect_on_every_worker() {
     // The session already connected goes on.
     h.send(5000, encode(Packet::PingReq(None)));
     assert_eq!(h.out(), [(5000, encode(Packet::PingResp).to_vec())]);
+}
+
+// ----- admission under a flood (see crate::admission) -----
+
+use crate::admission::{Limits, Rate, Refusal, Source};
+
+fn at(ip: [u8; 4], port: u16) -> SocketAddr {
+    (ip, port).into()
+}
+
+impl H {
+    fn dgram_at(&mut self, w: usize, from: SocketAddr, d: Bytes) {
+        let now = self.now;
+        self.eps[w].handle_datagram(now, from, &d);
+    }
+
+    /// Datagrams out of endpoint `w` with their whole destination.
+    fn out_at(&mut self, w: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut buf = [0u8; 2048];
+        let mut v = Vec::new();
+        while let Some(t) = self.eps[w].poll_transmit(&mut buf) {
+            v.push((t.to, buf[..t.len].to_vec()));
+        }
+        v
+    }
+
+    /// Answers every upstream command of worker 0 as a working broker
+    /// would, until none is left; returns the Connects seen.
+    fn settle(&mut self) -> usize {
+        let mut connects = 0;
+        for _ in 0..100 {
+            let cmds = self.cmds();
+            if cmds.is_empty() {
+                break;
+            }
+            for (key, cmd) in cmds {
+                match cmd {
+                    Command::Connect(_) => {
+                        connects += 1;
+                        self.up(key, Event::Connected { session_present: false });
+                    }
+                    Command::Disconnect | Command::Abort => self.up(key, Event::Closed),
+                    _ => {}
+                }
+            }
+        }
+        connects
+    }
+
+    fn refused(&self, why: Refusal) -> u64 {
+        self.metrics.admission_refused[why.index()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn connects_in(cmds: &[(UpstreamKey, Command)]) -> usize {
+    cmds.iter().filter(|(_, c)| matches!(c, Command::Connect(_))).count()
+}
+
+#[test]
+fn a_connect_flood_from_one_address_is_bounded_while_established_sensors_are_served() {
+    let admission = Limits {
+        sessions_per_source: Some(3),
+        connect_per_source: Some(Rate { per_sec: 10.0, burst: 5 }),
+        ..Limits::default()
+    };
+    let mut h = H::with(ServerOptions { admission, ..ServerOptions::default() }, 1, false);
+    h.connected("real", 5000);
+    let flood = [192, 0, 2, 1];
+    for i in 0..100u16 {
+        h.dgram_at(0, at(flood, 6000 + i), connect(&format!("spoof-{i}"), true));
+    }
+    // Three sessions (the per-address bound), two more CONNECTs within the
+    // rate refused for the session bound, the other 95 for the rate.
+    assert_eq!(connects_in(&h.cmds()), 3);
+    assert_eq!(h.ep().session_count(), 4);
+    let congestion = encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec();
+    let out = h.out_at(0);
+    assert_eq!(out.len(), 97);
+    assert!(out.iter().all(|(to, d)| to.ip() == std::net::IpAddr::from(flood) && *d == congestion));
+    assert_eq!(h.refused(Refusal::SourceSessions), 2);
+    assert_eq!(h.refused(Refusal::SourceConnectRate), 95);
+    assert_eq!(h.metrics.snapshot().admission_refused, 97);
+    // The established sensor is served as before.
+    h.send(5000, register(1, "a/b"));
+    let out = h.out();
+    assert!(
+        matches!(decoded(&out[0].1), Packet::RegAck(a) if a.return_code == ReturnCode::Accepted)
+    );
+    h.send(5000, encode(Packet::PingReq(None)));
+    assert_eq!(h.out(), [(5000, encode(Packet::PingResp).to_vec())]);
+    // Another address is admitted at once.
+    h.dgram_at(0, at([198, 51, 100, 7], 7000), connect("other", true));
+    assert_eq!(connects_in(&h.cmds()), 1);
+
+    // The spoofed sessions never hear from their sensors again: their
+    // upstreams come up, then they are lost and forgotten, and their
+    // address's count comes back down.
+    let flood_src = Source::of(flood.into());
+    assert_eq!(h.eps[0].dir.admission().sessions_of(flood_src), 3);
+    // (The broker answers the three spoofed sessions' and "other"'s
+    // connects here; those are in the queue already taken above, so the
+    // CONNACKs go out as each key is answered.)
+    for key in 2..=5 {
+        h.up(key, Event::Connected { session_present: false });
+    }
+    h.out_at(0);
+    for _ in 0..2 {
+        h.advance(Duration::from_secs(8));
+        h.send(5000, encode(Packet::PingReq(None)));
+        h.settle();
+        h.out_at(0);
+    }
+    assert_eq!(h.eps[0].dir.admission().sessions_of(flood_src), 0);
+    assert_eq!(h.ep().session_count(), 1, "only the real sensor is left");
+    assert_eq!(h.eps[0].dir.sessions(), 1);
+    // And the address may connect again.
+    h.dgram_at(0, at(flood, 6000), connect("spoof-0", true));
+    assert_eq!(connects_in(&h.cmds()), 1);
+}
+
+#[test]
+fn connects_from_many_addresses_are_bounded_in_all_and_in_progress() {
+    let admission = Limits {
+        connect: Some(Rate { per_sec: 2.0, burst: 4 }),
+        connecting: Some(3),
+        ..Limits::default()
+    };
+    let mut h = H::with(ServerOptions { admission, ..ServerOptions::default() }, 1, false);
+    for i in 0..4u8 {
+        h.dgram_at(0, at([10, 0, 0, i], 6000), connect(&format!("s{i}"), true));
+    }
+    // Three wait for the broker; the fourth is over the bound in progress.
+    let cmds = h.cmds();
+    assert_eq!(connects_in(&cmds), 3);
+    assert_eq!(h.refused(Refusal::Connecting), 1);
+    assert_eq!(h.eps[0].dir.connecting(), 3);
+    // The broker accepts them: none is in progress any more.
+    for (key, _) in &cmds {
+        h.up(*key, Event::Connected { session_present: false });
+    }
+    assert_eq!(h.eps[0].dir.connecting(), 0);
+    h.out_at(0);
+    // The overall rate: 4 at once, used up; 2 a second after that.
+    h.dgram_at(0, at([10, 0, 1, 1], 6000), connect("late", true));
+    assert_eq!(h.refused(Refusal::ConnectRate), 1);
+    assert!(h.cmds().is_empty());
+    h.advance(Duration::from_millis(500));
+    h.dgram_at(0, at([10, 0, 1, 1], 6000), connect("late", true));
+    let cmds = h.cmds();
+    assert_eq!(connects_in(&cmds), 1);
+    assert_eq!(h.eps[0].dir.connecting(), 1);
+    // A session the broker refuses is not in progress either.
+    h.up(cmds[0].0, Event::Refused { code: 5 });
+    assert_eq!(h.eps[0].dir.connecting(), 0);
+    h.settle();
+    assert_eq!(h.eps[0].dir.connecting(), 0);
+}
+
+#[test]
+fn replies_to_unknown_addresses_are_rate_bounded_and_never_larger_than_the_request() {
+    let admission = Limits {
+        reply_per_source: Some(Rate { per_sec: 1.0, burst: 3 }),
+        reply: Some(Rate { per_sec: 100.0, burst: 10 }),
+        ..Limits::default()
+    };
+    let opts = ServerOptions {
+        admission,
+        unknown_disconnect_interval: Duration::ZERO,
+        ..ServerOptions::default()
+    };
+    let mut h = H::with(opts, 1, false);
+    let victim = [203, 0, 113, 5];
+    let search = encode(Packet::SearchGw { radius: 1 });
+    for i in 0..20 {
+        h.dgram_at(0, at(victim, 6000 + i), search.clone());
+    }
+    let out = h.out_at(0);
+    assert_eq!(out.len(), 3, "the address's burst");
+    assert!(out.iter().all(|(_, d)| d.len() <= search.len()));
+    // A PINGREQ of 2 octets from nobody: DISCONNECT, 2 octets, within the
+    // address's budget only.
+    h.dgram_at(0, at(victim, 7000), encode(Packet::PingReq(None)));
+    assert!(h.out_at(0).is_empty(), "budget spent");
+    assert_eq!(h.metrics.snapshot().replies_suppressed, 18);
+    // Many addresses: the overall burst (10, 3 used) bounds them.
+    for i in 0..12u8 {
+        h.dgram_at(0, at([203, 0, 114, i], 6000), encode(Packet::PingReq(None)));
+    }
+    let out = h.out_at(0);
+    assert_eq!(out.len(), 7);
+    assert!(out.iter().all(|(_, d)| *d == encode(Packet::Disconnect(None)).to_vec()));
+    // A refusing CONNACK is a reply like the others.
+    let bad = encode(Packet::Connect(Connect {
+        will: false,
+        clean_session: true,
+        protocol_id: 9,
+        duration: 10,
+        client_id: b"x",
+    }));
+    h.dgram_at(0, at(victim, 8000), bad.clone());
+    assert!(h.out_at(0).is_empty());
+    // A second later the address has one more token.
+    h.advance(Duration::from_secs(1));
+    h.dgram_at(0, at(victim, 8000), bad.clone());
+    let out = h.out_at(0);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].1.len() <= bad.len());
+}
+
+#[test]
+fn exempt_networks_and_the_default_options_bound_nothing() {
+    let tight = Rate { per_sec: 0.001, burst: 1 };
+    let admission = Limits {
+        exempt: vec!["127.0.0.0/8".parse().unwrap()],
+        sessions_per_source: Some(1),
+        connect_per_source: Some(tight),
+        connect: Some(tight),
+        connecting: Some(1),
+        reply_per_source: Some(tight),
+        reply: Some(tight),
+    };
+    let mut h = H::with(ServerOptions { admission, ..ServerOptions::default() }, 1, false);
+    for i in 0..5u16 {
+        h.connected(&format!("s{i}"), 5000 + i);
+    }
+    for i in 0..5u16 {
+        h.send(6000 + i, encode(Packet::SearchGw { radius: 1 }));
+    }
+    assert_eq!(h.out().len(), 5);
+    assert_eq!(h.metrics.snapshot().admission_refused, 0);
+    assert_eq!(h.metrics.snapshot().replies_suppressed, 0);
+}
+
+#[test]
+fn admission_bounds_are_shared_by_the_workers() {
+    let admission = Limits { sessions_per_source: Some(2), ..Limits::default() };
+    let mut h = H::with(ServerOptions { admission, ..ServerOptions::default() }, 2, false);
+    let src = [192, 0, 2, 44];
+    // Sessions of one address made on both workers count together.
+    for i in 0..6u16 {
+        h.dgram_at(usize::from(i % 2), at(src, 6000 + i), connect(&format!("w-{i}"), true));
+    }
+    assert_eq!(h.eps[0].session_count(), 1);
+    assert_eq!(h.eps[1].session_count(), 1);
+    assert_eq!(h.refused(Refusal::SourceSessions), 4);
+    assert_eq!(h.eps[1].dir.admission().sessions_of(Source::of(src.into())), 2);
 }
