@@ -130,6 +130,8 @@ async fn status(s: &Shared) -> Value {
             "malformed": snap.malformed,
             "unknown_sender": snap.unknown_sender,
             "connects_refused": snap.connects_refused,
+            "admission_refused": snap.admission_refused,
+            "replies_suppressed": snap.replies_suppressed,
             "takeovers": snap.takeovers,
             "dropped": snap.dropped,
             "retransmissions": snap.retransmissions,
