@@ -51,6 +51,11 @@ pub struct Limits {
     /// Sessions waiting for their broker connection (or for the sensor's
     /// will handshake) at once, all sources together.
     pub connecting: Option<usize>,
+    /// A session that moves to a new address (a wake-up PINGREQ with its
+    /// ClientId, a CONNECT with CleanSession false) gets nothing the
+    /// gateway originates there until that address has proven it receives
+    /// (see `endpoint::moved`).
+    pub verify_moves: bool,
 }
 
 impl Limits {
@@ -65,6 +70,7 @@ impl Limits {
             reply_per_source: Some(Rate { per_sec: 10.0, burst: 20 }),
             reply: Some(Rate { per_sec: 1000.0, burst: 2000 }),
             connecting: Some(500),
+            verify_moves: true,
         }
     }
 }
@@ -159,6 +165,43 @@ impl Refusal {
             Self::ConnectRate => 1,
             Self::SourceSessions => 2,
             Self::Connecting => 3,
+        }
+    }
+}
+
+/// The outcome of a moved session's return-routability check (see
+/// `endpoint::moved`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The new address echoed the probe: what was withheld went there.
+    Verified,
+    /// The session moved on, or back, or ended before the new address
+    /// echoed the probe: what was withheld was discarded.
+    Failed,
+    /// The session has no topic name a probe could carry (only predefined
+    /// and short topics): its datagrams went to the new address unchecked.
+    Unverifiable,
+}
+
+impl Check {
+    /// A short, stable name for metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Failed => "failed",
+            Self::Unverifiable => "unverifiable",
+        }
+    }
+
+    /// Every outcome, in the order of [`Check::index`].
+    pub const ALL: [Check; 3] = [Self::Verified, Self::Failed, Self::Unverifiable];
+
+    /// Its place in [`Check::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Verified => 0,
+            Self::Failed => 1,
+            Self::Unverifiable => 2,
         }
     }
 }

@@ -256,6 +256,9 @@ pub struct AdmissionSection {
     pub reply_rate: f64,
     /// See `reply_rate`.
     pub reply_burst: u32,
+    /// A session moving to a new address gets its messages there only
+    /// once that address has echoed a probe (a REGISTER).
+    pub verify_new_address: bool,
 }
 
 impl Default for AdmissionSection {
@@ -278,6 +281,7 @@ impl Default for AdmissionSection {
             reply_burst_per_address,
             reply_rate,
             reply_burst,
+            verify_new_address: l.verify_moves,
         }
     }
 }
@@ -324,6 +328,7 @@ impl AdmissionSection {
                 self.reply_burst_per_address,
             )?,
             reply: rate("reply_rate", self.reply_rate, "reply_burst", self.reply_burst)?,
+            verify_moves: self.verify_new_address,
         })
     }
 }

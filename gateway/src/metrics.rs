@@ -92,6 +92,12 @@ pub struct Metrics {
     /// Replies to unverified sources not sent (over their budget, or
     /// longer than the request).
     pub replies_suppressed: AtomicU64,
+    /// Sessions that moved to a new address, by the outcome of its
+    /// return-routability check ([`crate::admission::Check::index`]).
+    pub address_checks: [AtomicU64; crate::admission::Check::ALL.len()],
+    /// Datagrams for a session withheld from a new address that never
+    /// proved it receives there (discarded when the check failed).
+    pub address_withheld: AtomicU64,
 }
 
 /// Upper bounds of the latency histogram buckets, in milliseconds.
@@ -264,6 +270,25 @@ impl Metrics {
             "counter",
             "Replies to unverified sources not sent (over the reply budget or longer than the request).",
             &[("", get(&self.replies_suppressed))],
+        );
+        let checks: Vec<(String, u64)> = crate::admission::Check::ALL
+            .iter()
+            .map(|c| {
+                (format!("{{result=\"{}\"}}", c.as_str()), get(&self.address_checks[c.index()]))
+            })
+            .collect();
+        let checks: Vec<(&str, u64)> = checks.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "address_checks_total",
+            "counter",
+            "Sessions moved to a new address, by the outcome of its return-routability check.",
+            &checks,
+        );
+        metric(
+            "address_withheld_total",
+            "counter",
+            "Datagrams withheld from a new address that never proved it receives there.",
+            &[("", get(&self.address_withheld))],
         );
         metric(
             "sensors_lost_total",

@@ -10,7 +10,7 @@ use mqttsn_codec::{Ack, Connect, Packet, QoS, ReturnCode, TopicFilter, TopicId, 
 use mqttsn_tests::broker::{unique, Mosquitto};
 use mqttsn_tests::gateway::Gateway;
 use mqttsn_tests::mqtt_client::MqttClient;
-use mqttsn_tests::sn::Sensor;
+use mqttsn_tests::sn::{describe, Sensor};
 
 /// Wakes the sensor and answers everything until PINGRESP; returns the
 /// payloads in order, and checks REGISTER comes before the PUBLISH that
@@ -233,4 +233,63 @@ fn an_asleep_sensors_address_gets_only_what_spec_6_14_allows() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(wake(&mut s, &id, &mut known), [b"while asleep".to_vec()]);
+}
+
+#[test]
+fn a_forged_wake_up_gets_only_a_probe_and_a_sensor_that_moved_proves_its_new_address() {
+    use mqttsn_gateway::admission::{Check, Limits};
+    use mqttsn_gateway::server::ServerOptions;
+    use std::sync::atomic::Ordering;
+
+    let broker = Mosquitto::start();
+    // Nothing is exempt: loopback stands in for a network.
+    let admission = Limits { verify_moves: true, ..Limits::default() };
+    let gw = Gateway::start_full(
+        broker.port(),
+        mqttsn_tests::gateway::fast_config(),
+        ServerOptions { admission, ..ServerOptions::default() },
+    );
+    let metrics = gw.metrics_handle();
+    let checks = |c: Check| metrics.address_checks[c.index()].load(Ordering::Relaxed);
+    let topic = unique("probe");
+    let id = unique("sleeper");
+    let to = gw.addr();
+    let mut s = Sensor::bound("127.0.0.1:0".parse().unwrap(), to);
+    s.connect(&id, false, 60);
+    s.register(&topic, 1);
+    let ack = s.subscribe(TopicFilter::Name(topic.as_bytes()), QoS::AtLeastOnce, 2);
+    let mut known = HashSet::from([ack.topic_id]);
+    s.send(Packet::Disconnect(Some(60)));
+    s.expect(Packet::Disconnect(None));
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    publisher.publish(&topic, b"first", 1, false);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A wake-up forged with the sleeper's ClientId from 127.0.0.7: what
+    // reaches that address is one REGISTER probe, never the message.
+    let mut forger = Sensor::bound("127.0.0.7:0".parse().unwrap(), to);
+    let wake_up = Packet::PingReq(Some(id.as_bytes()));
+    forger.send(wake_up);
+    let probe = forger.recv();
+    assert!(matches!(Packet::decode(&probe), Ok(Packet::Register(_))), "{}", describe(&probe));
+    let mut wake_len = [0u8; 128];
+    let wake_len = wake_up.encode(&mut wake_len).unwrap();
+    assert!(probe.len() <= 3 * wake_len, "amplification within 3");
+    forger.expect_silence(Duration::from_millis(500));
+
+    // The sleeper wakes from its own address and gets its message there.
+    assert_eq!(wake(&mut s, &id, &mut known), [b"first".to_vec()]);
+    forger.expect_silence(Duration::from_millis(100));
+    assert_eq!(checks(Check::Failed), 1);
+
+    // It sleeps, and wakes from a new address (NAT rebinding): it answers
+    // the probe (a REGISTER, as every client does) and gets its message.
+    s.send(Packet::Disconnect(Some(60)));
+    s.expect(Packet::Disconnect(None));
+    publisher.publish(&topic, b"second", 1, false);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut moved = Sensor::bound("127.0.0.8:0".parse().unwrap(), to);
+    assert_eq!(wake(&mut moved, &id, &mut known), [b"second".to_vec()]);
+    assert_eq!(checks(Check::Verified), 1);
+    assert_eq!(metrics.address_withheld.load(Ordering::Relaxed), 0, "nothing discarded");
 }

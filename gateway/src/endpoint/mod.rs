@@ -27,6 +27,7 @@ mod admin;
 mod clash;
 pub mod directory;
 mod housekeeping;
+pub mod moved;
 pub mod outage;
 mod route;
 #[cfg(test)]
@@ -131,6 +132,9 @@ struct Entry {
     /// counted (see [`crate::admission`]); `None`: not counted (exempt,
     /// or restored from the store).
     source: Option<Source>,
+    /// The check of a new address it moved to, until that address proved
+    /// it receives there (see [`moved`]).
+    gate: Option<Box<moved::Gate>>,
 }
 
 /// A session's outputs held until the store committed `ticket`.
@@ -222,6 +226,9 @@ pub struct Endpoint {
     by_key: HashMap<UpstreamKey, usize>,
     next_key: UpstreamKey,
     next_uid: u64,
+    /// Keys for the unpredictable MsgIds of address probes (see [`moved`]).
+    probe_keys: std::collections::hash_map::RandomState,
+    probe_count: u64,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     unknown_sent: HashMap<Peer, Instant>,
     log_budget: (Instant, u32),
@@ -292,6 +299,8 @@ impl Endpoint {
             by_key: HashMap::new(),
             next_key: 1,
             next_uid: 1,
+            probe_keys: std::collections::hash_map::RandomState::new(),
+            probe_count: 0,
             timers: BinaryHeap::new(),
             unknown_sent: HashMap::new(),
             log_budget: (now, 0),
@@ -876,6 +885,8 @@ impl Endpoint {
         self.cfg.buffer_total.update(before, buffered);
         if ended || e.session.is_ended() {
             // The session is over: its address no longer reaches it.
+            self.end_check(idx);
+            let Some(e) = self.entries.get_mut(idx) else { return };
             if let Some(addr) = e.addr.take() {
                 e.addr_bytes.clear();
                 if self.by_addr.get(&addr) == Some(&idx) {
@@ -947,12 +958,14 @@ impl Endpoint {
             commands.clear();
             return;
         };
-        match &e.addr {
-            Some(peer) => {
-                self.transmits.extend(transmits.drain(..).map(|o| (peer.clone(), o)));
-            }
-            None => transmits.clear(),
+        if e.gate.is_some() {
+            self.deliver_checked(idx, transmits);
+        } else if let Some(peer) = &e.addr {
+            self.transmits.extend(transmits.drain(..).map(|o| (peer.clone(), o)));
+        } else {
+            transmits.clear();
         }
+        let Some(e) = self.entries.get_mut(idx) else { return commands.clear() };
         for cmd in commands.drain(..) {
             let key = match e.upstream {
                 Some(key) => key,

@@ -61,6 +61,9 @@ impl Endpoint {
                     }
                     return self.unknown_sender(&packet, peer, data.len(), now);
                 };
+                if self.check_heard(idx, &packet, data.len()) {
+                    return self.flush(idx, now);
+                }
                 if let Some(e) = self.entries.get_mut(idx) {
                     e.session.handle_datagram(&packet, data, now);
                     if e.session.is_sleeping()
@@ -70,6 +73,7 @@ impl Endpoint {
                     }
                 }
                 self.flush(idx, now);
+                self.probe(idx);
             }
         }
     }
@@ -89,8 +93,13 @@ impl Endpoint {
             return false;
         }
         if let Some(&idx) = self.by_cid.get(id) {
-            if self.entries.get(idx).is_some_and(|e| e.session.is_sleeping()) {
-                self.bind(idx, peer.clone());
+            // Asleep, or awake at an address still unverified: the
+            // sensor may be back where it was.
+            let asleep = self.entries.get(idx).is_some_and(|e| e.session.is_sleeping());
+            if asleep || self.is_checking(idx) {
+                if let Some(old) = self.bind(idx, peer.clone()) {
+                    self.moved(idx, old, peer, 0);
+                }
             }
             return false;
         }
@@ -203,7 +212,12 @@ impl Endpoint {
             // The sensor's return wins over a deletion still under way.
             e.forget = false;
         }
-        self.bind(idx, peer);
+        match self.bind(idx, peer.clone()) {
+            // A clean start takes nothing of the old session along.
+            _ if c.clean_session => self.end_check(idx),
+            Some(old) => self.moved(idx, old, &peer, len),
+            None => {}
+        }
         if let Some(e) = self.entries.get_mut(idx) {
             e.session.set_identity(identity);
             e.session.handle_connect(c, now);
@@ -263,6 +277,7 @@ impl Endpoint {
             upstream_down: false,
             forget: false,
             source: None,
+            gate: None,
         }));
         if state == crate::session::SessionState::Connecting {
             self.dir.set_connecting(true);
@@ -301,8 +316,9 @@ impl Endpoint {
     }
 
     /// Binds `peer` to the session `idx`: a session has one address, an
-    /// address one session.
-    pub(super) fn bind(&mut self, idx: usize, peer: Peer) {
+    /// address one session. Returns the address it moved from, if it
+    /// moved.
+    pub(super) fn bind(&mut self, idx: usize, peer: Peer) -> Option<Peer> {
         // The address may belong to another session (a NAT reused it).
         if let Some(other) = self.by_addr.insert(peer.clone(), idx) {
             if other != idx {
@@ -313,7 +329,7 @@ impl Endpoint {
             }
         }
         self.dir.bind_addr(&peer, self.me);
-        let Some(e) = self.entries.get_mut(idx) else { return };
+        let e = self.entries.get_mut(idx)?;
         let old = e.addr.replace(peer.clone());
         e.addr_bytes = peer.to_bytes();
         if let Some(old) = old {
@@ -326,8 +342,10 @@ impl Endpoint {
                 }
                 Metrics::inc(&self.metrics.takeovers);
                 info!(client_id = %cid, %old, new = %peer, "session moved to a new address");
+                return Some(old);
             }
         }
+        None
     }
 
     /// A datagram from an address without a session: an unsolicited

@@ -1354,6 +1354,7 @@ fn exempt_networks_and_the_default_options_bound_nothing() {
         connecting: Some(1),
         reply_per_source: Some(tight),
         reply: Some(tight),
+        verify_moves: true,
     };
     let mut h = H::with(ServerOptions { admission, ..ServerOptions::default() }, 1, false);
     for i in 0..5u16 {
@@ -1380,4 +1381,238 @@ fn admission_bounds_are_shared_by_the_workers() {
     assert_eq!(h.eps[1].session_count(), 1);
     assert_eq!(h.refused(Refusal::SourceSessions), 4);
     assert_eq!(h.eps[1].dir.admission().sessions_of(Source::of(src.into())), 2);
+}
+
+// ----- a session moving to a new address: the return-routability check -----
+
+use crate::admission::Check;
+
+fn checked() -> H {
+    let opts = ServerOptions {
+        admission: Limits { verify_moves: true, ..Limits::default() },
+        ..ServerOptions::default()
+    };
+    H::with(opts, 1, false)
+}
+
+impl H {
+    fn checks(&self, c: Check) -> u64 {
+        self.metrics.address_checks[c.index()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `s1` connected from 5000, with "t/a" registered, asleep, and one
+    /// QoS 1 message on "t/a" buffered for it.
+    fn asleep_with_a_message(&mut self, topic: &str) -> UpstreamKey {
+        let key = self.connected("s1", 5000);
+        if topic != "pre/seven" {
+            self.send(5000, register(1, topic));
+            let out = self.out();
+            assert!(
+                matches!(decoded(&out[0].1), Packet::RegAck(a) if a.return_code == ReturnCode::Accepted)
+            );
+        }
+        self.send(5000, encode(Packet::Disconnect(Some(60))));
+        assert_eq!(self.out(), [(5000, encode(Packet::Disconnect(None)).to_vec())]);
+        self.up(
+            key,
+            Event::Message {
+                delivery: Some(DeliveryId(1)),
+                packet_id: 1,
+                topic: Arc::from(topic),
+                payload: Bytes::from_static(b"secret"),
+                qos: crate::mqtt::QoS::AtLeastOnce,
+                retain: false,
+                dup: false,
+            },
+        );
+        assert_eq!(self.cmds(), [(key, Command::Ack(DeliveryId(1)))]);
+        key
+    }
+
+    /// Acknowledges a PUBLISH from the gateway at `port`.
+    fn puback(&mut self, port: u16, d: &[u8]) {
+        let Packet::Publish(p) = decoded(d) else { panic!("{:?}", decoded(d)) };
+        let ack =
+            Ack { topic_id: p.topic.raw(), msg_id: p.msg_id, return_code: ReturnCode::Accepted };
+        self.send(port, encode(Packet::PubAck(ack)));
+    }
+}
+
+fn is_publish(d: &[u8]) -> bool {
+    matches!(decoded(d), Packet::Publish(_))
+}
+
+#[test]
+fn a_forged_wake_up_gets_only_a_probe_and_the_sensor_gets_its_messages_from_its_own_address() {
+    let mut h = checked();
+    h.asleep_with_a_message("t/a");
+    // A forged PINGREQ(ClientId) "from" 7000: only a REGISTER probe,
+    // within three times the octets received, goes there.
+    let wake = encode(Packet::PingReq(Some(b"s1")));
+    h.send(7000, wake.clone());
+    let out = h.out();
+    let [(7000, probe)] = &out[..] else { panic!("{out:?}") };
+    let Packet::Register(r) = decoded(probe) else { panic!("{:?}", decoded(probe)) };
+    assert_eq!(r.topic_name, b"t/a");
+    assert!(probe.len() <= 3 * wake.len());
+    let probe_id = r.msg_id;
+    // A REGACK with a guessed MsgId proves nothing.
+    let guess = Ack {
+        topic_id: r.topic_id,
+        msg_id: probe_id.wrapping_add(1),
+        return_code: ReturnCode::Accepted,
+    };
+    h.send(7000, encode(Packet::RegAck(guess)));
+    assert!(h.out().iter().all(|(_, d)| !is_publish(d)), "nothing but probes");
+    h.advance(Duration::from_secs(1));
+    assert!(h.out().iter().all(|(_, d)| !is_publish(d)), "retransmissions are withheld too");
+    // The sensor wakes from its own address: its message goes there.
+    h.send(5000, wake);
+    let out = h.out();
+    assert!(!out.is_empty() && out.iter().all(|(p, _)| *p == 5000), "{out:?}");
+    let publish = out.iter().find(|(_, d)| is_publish(d)).expect("the buffered message");
+    let Packet::Publish(p) = decoded(&publish.1) else { unreachable!() };
+    assert_eq!(p.data, b"secret");
+    let publish = publish.1.clone();
+    h.puback(5000, &publish);
+    let out = h.out();
+    assert!(out.contains(&(5000, encode(Packet::PingResp).to_vec())), "{out:?}");
+    assert_eq!(h.checks(Check::Failed), 1);
+    assert_eq!(h.checks(Check::Verified), 0);
+}
+
+#[test]
+fn a_sensor_that_really_moved_echoes_the_probe_and_gets_its_messages_there() {
+    let mut h = checked();
+    h.asleep_with_a_message("t/a");
+    h.send(7000, encode(Packet::PingReq(Some(b"s1"))));
+    let out = h.out();
+    let [(7000, probe)] = &out[..] else { panic!("{out:?}") };
+    let Packet::Register(r) = decoded(probe) else { panic!() };
+    let echo = Ack { topic_id: r.topic_id, msg_id: r.msg_id, return_code: ReturnCode::Accepted };
+    h.send(7000, encode(Packet::RegAck(echo)));
+    let out = h.out();
+    let [(7000, publish)] = &out[..] else { panic!("{out:?}") };
+    assert!(is_publish(publish));
+    let publish = publish.clone();
+    h.puback(7000, &publish);
+    assert_eq!(h.out(), [(7000, encode(Packet::PingResp).to_vec())]);
+    assert_eq!(h.checks(Check::Verified), 1);
+    // Verified: the next wake-up there is not checked again.
+    h.send(7000, encode(Packet::PingReq(Some(b"s1"))));
+    assert_eq!(h.out(), [(7000, encode(Packet::PingResp).to_vec())]);
+}
+
+#[test]
+fn a_probe_longer_than_the_budget_waits_for_more_from_the_new_address() {
+    let mut h = checked();
+    let long = "sensors/a-rather-long-topic-name/temperature";
+    h.asleep_with_a_message(long);
+    let wake = encode(Packet::PingReq(Some(b"s1")));
+    let register_len = 6 + long.len();
+    let mut wakes = 0;
+    let probe = loop {
+        h.send(7000, wake.clone());
+        wakes += 1;
+        let out = h.out();
+        assert!(out.iter().all(|(_, d)| !is_publish(d)));
+        if let Some((_, d)) = out.iter().find(|(_, d)| matches!(decoded(d), Packet::Register(_))) {
+            break d.clone();
+        }
+        assert!(wakes < 20, "no probe after {wakes} wake-ups");
+    };
+    assert_eq!(probe.len(), register_len);
+    assert!(probe.len() <= 3 * wakes * wake.len(), "amplification within 3");
+    assert!(probe.len() > 3 * (wakes - 1) * wake.len(), "sent as soon as the budget allowed");
+}
+
+#[test]
+fn a_session_without_topic_names_cannot_be_checked_and_is_counted() {
+    let mut h = checked();
+    h.asleep_with_a_message("pre/seven");
+    h.send(7000, encode(Packet::PingReq(Some(b"s1"))));
+    let out = h.out();
+    let [(7000, publish)] = &out[..] else { panic!("{out:?}") };
+    assert!(is_publish(publish));
+    assert_eq!(h.checks(Check::Unverifiable), 1);
+}
+
+#[test]
+fn a_takeover_by_connect_is_checked_and_a_clean_start_is_not() {
+    let mut h = checked();
+    // A persistent session at 5000 with "t/a" registered.
+    h.send(5000, connect("p1", false));
+    let cmds = h.cmds();
+    let [(key, Command::Connect(_))] = &cmds[..] else { panic!("{cmds:?}") };
+    let key = *key;
+    h.up(key, Event::Connected { session_present: false });
+    assert_eq!(h.out(), [(5000, encode(Packet::ConnAck(ReturnCode::Accepted)).to_vec())]);
+    h.send(5000, register(1, "t/a"));
+    let _ = h.out();
+    // CONNECT(CleanSession false) from 7000: CONNACK goes there (a reply),
+    // a message from the broker waits for the probe's echo.
+    h.send(7000, connect("p1", false));
+    let out = h.out();
+    assert!(out.iter().all(|(p, d)| *p == 7000 && !is_publish(d)), "{out:?}");
+    for (key, cmd) in h.cmds() {
+        if matches!(cmd, Command::Connect(_)) {
+            h.up(key, Event::Connected { session_present: true });
+        }
+    }
+    let mut out = h.out();
+    let message = Event::Message {
+        delivery: Some(DeliveryId(1)),
+        packet_id: 1,
+        topic: Arc::from("t/a"),
+        payload: Bytes::from_static(b"secret"),
+        qos: crate::mqtt::QoS::AtLeastOnce,
+        retain: false,
+        dup: false,
+    };
+    let ep = h.ep();
+    let key =
+        ep.by_cid.get("p1").and_then(|&i| ep.entries.get(i)).and_then(|e| e.upstream).unwrap();
+    h.up(key, message.clone());
+    out.extend(h.out());
+    assert!(out.iter().all(|(_, d)| !is_publish(d)), "{out:?}");
+    let probe = out.iter().find_map(|(_, d)| match decoded(d) {
+        Packet::Register(r) => {
+            Some(Ack { topic_id: r.topic_id, msg_id: r.msg_id, return_code: ReturnCode::Accepted })
+        }
+        _ => None,
+    });
+    h.send(7000, encode(Packet::RegAck(probe.expect("a probe"))));
+    let out = h.out();
+    assert!(matches!(&out[..], [(7000, d)] if is_publish(d)), "{out:?}");
+    assert_eq!(h.checks(Check::Verified), 1);
+    // A clean start from 7100 takes nothing along and is not checked.
+    h.send(7100, connect("p1", true));
+    h.settle();
+    let out = h.out();
+    assert!(
+        out.contains(&(7100, encode(Packet::ConnAck(ReturnCode::Accepted)).to_vec())),
+        "{out:?}"
+    );
+    let ep = h.ep();
+    assert!(!ep.is_checking(*ep.by_cid.get("p1").unwrap()));
+}
+
+#[test]
+fn moves_on_exempt_networks_and_without_the_setting_are_not_checked() {
+    for admission in [
+        Limits {
+            verify_moves: true,
+            exempt: vec!["127.0.0.0/8".parse().unwrap()],
+            ..Limits::default()
+        },
+        Limits::default(),
+    ] {
+        let opts = ServerOptions { admission, ..ServerOptions::default() };
+        let mut h = H::with(opts, 1, false);
+        h.asleep_with_a_message("t/a");
+        h.send(7000, encode(Packet::PingReq(Some(b"s1"))));
+        let out = h.out();
+        assert!(matches!(&out[..], [(7000, d)] if is_publish(d)), "{out:?}");
+        assert!(Check::ALL.iter().all(|c| h.checks(*c) == 0));
+    }
 }

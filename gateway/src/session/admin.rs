@@ -118,6 +118,11 @@ impl Session {
         self.regs.iter()
     }
 
+    /// The name of the sensor's own registered topic `id`.
+    pub fn registration(&self, id: u16) -> Option<&Arc<str>> {
+        self.regs.name(id)
+    }
+
     /// How many topics the sensor registered.
     pub fn registration_count(&self) -> usize {
         self.regs.len()
