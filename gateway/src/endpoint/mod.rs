@@ -30,6 +30,7 @@ mod housekeeping;
 pub mod moved;
 pub mod outage;
 mod route;
+pub mod script;
 #[cfg(test)]
 mod tests;
 
