@@ -198,10 +198,26 @@ async fn run() -> anyhow::Result<()> {
         };
         tokio::spawn(mqttsn_gateway::monitor::serve(listener, monitor, std::future::pending()));
     }
-    match mqttsn_gateway::limits::raise_open_files() {
-        Ok(n) => info!("open files limit: {n}"),
-        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    let open_files = match mqttsn_gateway::limits::raise_open_files() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("cannot raise the open files limit: {e}");
+            rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(u64::MAX)
+        }
+    };
+    // One broker connection per session: the sessions never take the
+    // descriptors the gateway itself needs.
+    let (sessions, lowered) = mqttsn_gateway::limits::session_budget(open_files, opts.max_sessions);
+    if lowered {
+        tracing::warn!(
+            "limits.max_sessions lowered to {sessions}: the open files limit is {open_files} \
+             ({} kept for the gateway itself)",
+            mqttsn_gateway::limits::RESERVED_DESCRIPTORS
+        );
     }
+    opts.max_sessions = Some(sessions);
     let workers = match opts.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -210,7 +226,8 @@ async fn run() -> anyhow::Result<()> {
     let listener = Listener::bind(listen, workers, buffers)
         .with_context(|| format!("cannot listen on udp://{listen}"))?;
     info!(
-        "MQTT-SN gateway listening on udp://{}, broker {broker}, {workers} worker{}",
+        "MQTT-SN gateway listening on udp://{}, broker {broker}, {workers} worker{}, \
+         at most {sessions} sessions (open files limit {open_files})",
         listener.local_addr(),
         if workers == 1 { "" } else { "s" }
     );
