@@ -110,3 +110,19 @@ fn bad_acl_patterns_name_the_key_and_the_reason() {
     let e = err("[acl]\npublsh = [\"x\"]\n");
     assert!(e.contains("publsh"), "{e}");
 }
+
+#[test]
+fn the_acl_example_of_the_configuration_page_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let page = std::fs::read_to_string(path).unwrap();
+    let example = page
+        .split("## Topic ACLs: `[acl]`")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block in the ACL section");
+    let acl = Config::parse(example, "configuration.md").unwrap().session_config().unwrap().acl;
+    let s = acl.unwrap().for_sensor(&std::sync::Arc::from("greenhouse-1"), None);
+    assert!(s.may_publish("sensors/greenhouse-1/t") && s.may_publish("greenhouse/1/valve"));
+    assert!(s.may_subscribe("cmd/greenhouse-1/#") && !s.may_subscribe("sensors/#"));
+}
