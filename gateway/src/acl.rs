@@ -20,6 +20,7 @@
 //! ([`Pattern::covers`]). Patterns are compiled once (at start and on a
 //! reload) and the checks allocate nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use mqttsn_codec::validate;
@@ -193,26 +194,33 @@ pub struct Rule {
 /// The whole access control list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Acl {
-    /// Granted to every sensor.
-    pub default: Grants,
-    /// Granted to the sensors they name, beside the default.
-    pub rules: Vec<Rule>,
+    default: Grants,
+    rules: Vec<Rule>,
+    /// The rules of each ClientId and each username, in rule order.
+    by_client: HashMap<String, Vec<usize>>,
+    by_username: HashMap<String, Vec<usize>>,
 }
 
 impl Acl {
+    /// `default` for every sensor, and `rules` for those they name.
+    pub fn new(default: Grants, rules: Vec<Rule>) -> Self {
+        let mut by_client: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_username: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            match &r.who {
+                Selector::ClientId(c) => by_client.entry(c.clone()).or_default().push(i),
+                Selector::Username(u) => by_username.entry(u.clone()).or_default().push(i),
+            }
+        }
+        Self { default, rules, by_client, by_username }
+    }
+
     /// The ACL as it applies to one sensor: computed at its CONNECT (and
     /// again on a reload), so a check looks at its own rules only.
     pub fn for_sensor(self: &Arc<Self>, client_id: &Arc<str>, username: Option<&str>) -> SensorAcl {
-        let rules = self
-            .rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| match &r.who {
-                Selector::ClientId(c) => **c == **client_id,
-                Selector::Username(u) => username == Some(u.as_str()),
-            })
-            .map(|(i, _)| i)
-            .collect();
+        let mine = self.by_client.get(&**client_id).into_iter().flatten();
+        let theirs = username.and_then(|u| self.by_username.get(u)).into_iter().flatten();
+        let rules = mine.chain(theirs).copied().collect();
         SensorAcl {
             acl: self.clone(),
             rules,
@@ -425,13 +433,13 @@ mod tests {
             publish: publish.iter().map(|t| p(t)).collect(),
             subscribe: subscribe.iter().map(|t| p(t)).collect(),
         };
-        Arc::new(Acl {
-            default: grants(&["sensors/%c/#"], &["cmd/%c/#"]),
-            rules: vec![
+        Arc::new(Acl::new(
+            grants(&["sensors/%c/#"], &["cmd/%c/#"]),
+            vec![
                 Rule { who: Selector::ClientId("s1".into()), grants: grants(&["alarm"], &[]) },
                 Rule { who: Selector::Username("ops".into()), grants: grants(&[], &["sensors/#"]) },
             ],
-        })
+        ))
     }
 
     #[test]
@@ -449,11 +457,13 @@ mod tests {
         assert!(s2.may_subscribe("cmd/s2/x"));
         assert!(!s2.may_subscribe("#"));
         assert!(!acl.may_publish_unconnected("sensors/s1/t"), "no ClientId without a session");
+        let both = acl.for_sensor(&Arc::from("s1"), Some("ops"));
+        assert!(both.may_publish("alarm") && both.may_subscribe("sensors/#"), "both rules");
     }
 
     #[test]
     fn an_empty_acl_refuses_everything() {
-        let acl = Arc::new(Acl::default());
+        let acl = Arc::new(Acl::new(Grants::default(), vec![]));
         let s = acl.for_sensor(&Arc::from("s"), None);
         assert!(!s.may_publish("a"));
         assert!(!s.may_subscribe("a"));

@@ -150,7 +150,7 @@ impl AclSection {
             };
             rules.push(Rule { who, grants: grants(&format!("{key}."), &r.publish, &r.subscribe)? });
         }
-        Ok(Acl { default, rules })
+        Ok(Acl::new(default, rules))
     }
 }
 

@@ -1397,10 +1397,8 @@ fn admission_bounds_are_shared_by_the_workers() {
 fn acl_config() -> SessionConfig {
     use crate::acl::{Acl, Grants, Pattern};
     let p = |t: &str| Pattern::parse(t).unwrap();
-    let acl = Acl {
-        default: Grants { publish: vec![p("sensors/%c/#"), p("pre/seven")], subscribe: vec![] },
-        rules: vec![],
-    };
+    let default = Grants { publish: vec![p("sensors/%c/#"), p("pre/seven")], subscribe: vec![] };
+    let acl = Acl::new(default, vec![]);
     SessionConfig { acl: Some(Arc::new(acl)), ..config() }
 }
 

@@ -1326,16 +1326,13 @@ fn will_topics_with_forbidden_characters_are_refused() {
 fn acl() -> Arc<crate::acl::Acl> {
     use crate::acl::{Acl, Grants, Pattern, Rule, Selector};
     let p = |t: &str| Pattern::parse(t).unwrap();
-    Arc::new(Acl {
-        default: Grants {
-            publish: vec![p("sensors/%c/#"), p("ok")],
-            subscribe: vec![p("cmd/%c/#")],
-        },
-        rules: vec![Rule {
+    Arc::new(Acl::new(
+        Grants { publish: vec![p("sensors/%c/#"), p("ok")], subscribe: vec![p("cmd/%c/#")] },
+        vec![Rule {
             who: Selector::Username("alice".into()),
             grants: Grants { publish: vec![p("u/%u/#")], subscribe: vec![] },
         }],
-    })
+    ))
 }
 
 fn acl_config() -> SessionConfig {
