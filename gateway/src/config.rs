@@ -72,6 +72,86 @@ pub struct Config {
     pub monitoring: MonitoringSection,
     /// `[[predefined]]`: predefined topic ids.
     pub predefined: Vec<PredefinedTopic>,
+    /// `[acl]`: topic access control; absent: every topic allowed.
+    pub acl: Option<AclSection>,
+}
+
+/// `[acl]`: the topics sensors may publish to and the filters they may
+/// subscribe to (see [`crate::acl`]). Present, it refuses whatever it does
+/// not grant.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclSection {
+    /// Publish patterns of every sensor.
+    pub publish: Vec<String>,
+    /// Subscribe patterns of every sensor.
+    pub subscribe: Vec<String>,
+    /// `[[acl.rules]]`: more patterns for a ClientId or a username.
+    pub rules: Vec<AclRuleSection>,
+}
+
+/// One `[[acl.rules]]` entry: for `client_id` or for `username` (one of
+/// them).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleSection {
+    /// The sensor this rule is for.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The upstream username whose sensors this rule is for.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// More publish patterns.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// More subscribe patterns.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+impl AclSection {
+    /// The compiled ACL, or the first pattern that is not one.
+    pub fn acl(&self) -> Result<crate::acl::Acl, ConfigError> {
+        use crate::acl::{Acl, Grants, Pattern, Rule, Selector};
+        let grants = |key: &str, publish: &[String], subscribe: &[String]| {
+            let compile = |list: &[String], what: &str| {
+                list.iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        Pattern::parse(text).map_err(|e| {
+                            invalid(
+                                &format!("{key}{what}[{i}]"),
+                                format!("{text:?}"),
+                                &e.to_string(),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            Ok::<_, ConfigError>(Grants {
+                publish: compile(publish, "publish")?,
+                subscribe: compile(subscribe, "subscribe")?,
+            })
+        };
+        let default = grants("acl.", &self.publish, &self.subscribe)?;
+        let mut rules = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let key = format!("acl.rules[{i}]");
+            let who = match (&r.client_id, &r.username) {
+                (Some(c), None) if !c.is_empty() => Selector::ClientId(c.clone()),
+                (None, Some(u)) if !u.is_empty() => Selector::Username(u.clone()),
+                _ => {
+                    return Err(invalid(
+                        &key,
+                        "",
+                        "needs a non-empty client_id or username (one of them)",
+                    ))
+                }
+            };
+            rules.push(Rule { who, grants: grants(&format!("{key}."), &r.publish, &r.subscribe)? });
+        }
+        Ok(Acl::new(default, rules))
+    }
 }
 
 /// `[gateway]`.
@@ -618,6 +698,9 @@ impl Config {
         }
         self.predefined_table()?;
         self.predefined_by_client()?;
+        if let Some(acl) = &self.acl {
+            acl.acl()?;
+        }
         self.server_options()?;
         self.monitoring_addr()?;
         self.api_token()?;
@@ -994,6 +1077,10 @@ impl Config {
             client_id_prefix: self.broker.client_id_prefix.clone(),
             predefined: Arc::new(self.predefined_table()?),
             predefined_by_client: self.predefined_by_client()?,
+            acl: match &self.acl {
+                Some(acl) => Some(Arc::new(acl.acl()?)),
+                None => None,
+            },
             publish_rate: (l.max_publish_rate > 0.0)
                 .then_some((l.max_publish_rate, l.publish_burst.max(1))),
             sleep_buffer_messages: self.sleep.buffer_messages,

@@ -2,6 +2,7 @@
 //! drivers around them.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod activity;
 pub mod admission;
 pub mod auth;

@@ -298,9 +298,10 @@ async fn reload_on_hangup(
 }
 
 /// Re-reads the configuration file; a valid one gives new connections its
-/// reloadable settings (credentials, policy, predefined topics, per-sensor
-/// timers and limits) and the others are named as needing a restart; an
-/// invalid one changes nothing.
+/// reloadable settings (credentials, policy, predefined topics, the topic
+/// ACL, per-sensor timers and limits) and the others are named as needing
+/// a restart; an invalid one changes nothing. A new ACL applies to the
+/// sensors already connected too.
 fn reload(args: &Args, cfg: &mut Config, live: &Live) {
     let Some(path) = &args.config else {
         tracing::warn!("SIGHUP: no configuration file (-c) to reload");
@@ -325,8 +326,9 @@ fn reload(args: &Args, cfg: &mut Config, live: &Live) {
     if reload.applied.is_empty() {
         info!("SIGHUP: {} reloaded, nothing reloadable changed", path.display());
     } else {
+        let acl = if reload.applied.contains(&"acl") { "; acl: connected sensors too" } else { "" };
         info!(
-            "SIGHUP: {} reloaded: {} (for new connections)",
+            "SIGHUP: {} reloaded: {} (for new connections{acl})",
             path.display(),
             reload.applied.join(", ")
         );

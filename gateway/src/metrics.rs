@@ -98,6 +98,8 @@ pub struct Metrics {
     /// Datagrams for a session withheld from a new address that never
     /// proved it receives there (discarded when the check failed).
     pub address_withheld: AtomicU64,
+    /// Topics refused by the ACL, by [`crate::acl::Action::index`].
+    pub acl_refused: [AtomicU64; crate::acl::Action::ALL.len()],
 }
 
 /// Upper bounds of the latency histogram buckets, in milliseconds.
@@ -138,6 +140,8 @@ pub struct Snapshot {
     pub admission_refused: u64,
     /// Replies to unverified sources not sent.
     pub replies_suppressed: u64,
+    /// Topics refused by the ACL, all actions together.
+    pub acl_refused: u64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -264,6 +268,17 @@ impl Metrics {
             "counter",
             "CONNECTs refused by an admission bound, by bound.",
             &refused,
+        );
+        let acl: Vec<(String, u64)> = crate::acl::Action::ALL
+            .iter()
+            .map(|a| (format!("{{action=\"{}\"}}", a.as_str()), get(&self.acl_refused[a.index()])))
+            .collect();
+        let acl: Vec<(&str, u64)> = acl.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "acl_refused_total",
+            "counter",
+            "Topics refused by the ACL, by what the sensor tried.",
+            &acl,
         );
         metric(
             "replies_suppressed_total",
@@ -495,6 +510,7 @@ impl Metrics {
             buffered_messages: get(&self.buffered_messages),
             admission_refused: self.admission_refused.iter().map(get).sum(),
             replies_suppressed: get(&self.replies_suppressed),
+            acl_refused: self.acl_refused.iter().map(get).sum(),
             dropped: get(&self.dropped_not_subscribed)
                 + get(&self.dropped_topic_refused)
                 + get(&self.dropped_topics_full)

@@ -1,9 +1,11 @@
 //! Settings that change while the gateway runs (SIGHUP re-reads the
 //! configuration file): the credentials table and policy, the predefined
-//! topics, the per-sensor timers and limits, and the admission bounds. New connections get them;
-//! sessions already there keep what they started with. What can only
-//! change with a restart (addresses, the broker, workers, the store, ...)
-//! is named, and left as it was.
+//! topics, the topic ACL, the per-sensor timers and limits, and the
+//! admission bounds. New connections get them; sessions already there keep
+//! what they started with, but for the ACL, which their next checks use
+//! (each worker hands it to its sessions when it takes the new settings).
+//! What can only change with a restart (addresses, the broker, workers,
+//! the store, ...) is named, and left as it was.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -84,6 +86,8 @@ pub fn merge(old: &Config, new: &Config) -> Reload {
     config.clients = new.clients.clone();
     take(old.predefined != new.predefined, "predefined");
     config.predefined = new.predefined.clone();
+    take(old.acl != new.acl, "acl");
+    config.acl = new.acl.clone();
     take(
         old.broker.username != new.broker.username || old.broker.password != new.broker.password,
         "broker.username/password",
@@ -161,16 +165,26 @@ mod tests {
         let old = parse("[gateway]\nlisten = \"127.0.0.1:1\"\n");
         let new = parse(
             "[gateway]\nlisten = \"127.0.0.1:2\"\n[auth]\nunknown_clients = \"refuse\"\n\
-             [[predefined]]\nid = 7\nname = \"a/b\"\n[limits]\nmax_sessions = 5\nmax_inflight = 3\n",
+             [[predefined]]\nid = 7\nname = \"a/b\"\n[limits]\nmax_sessions = 5\nmax_inflight = 3\n\
+             [acl]\npublish = [\"a/#\"]\n",
         );
         let r = merge(&old, &new);
-        assert_eq!(r.applied, ["auth", "predefined", "limits"]);
+        assert_eq!(r.applied, ["auth", "predefined", "acl", "limits"]);
+        assert!(settings(&r.config, &current(&old)).unwrap().session.acl.is_some());
         assert_eq!(r.restart_needed, ["gateway", "limits.max_sessions"]);
         assert_eq!(r.config.gateway.listen, "127.0.0.1:1", "not applied");
         assert_eq!(r.config.limits.max_sessions, 0);
         assert_eq!(r.config.limits.max_inflight, 3);
         assert_eq!(r.config.auth.unknown_clients, "refuse");
         assert_eq!(r.config.predefined.len(), 1);
+    }
+
+    fn current(c: &Config) -> Current {
+        Current {
+            session: Arc::new(c.session_config().unwrap()),
+            auth: Arc::new(c.auth_table().unwrap()),
+            admission: c.admission.limits().unwrap(),
+        }
     }
 
     #[test]
@@ -184,15 +198,7 @@ mod tests {
     #[test]
     fn new_settings_keep_the_shared_buffer_total_and_bump_the_generation() {
         let c = parse("");
-        let first = settings(
-            &c,
-            &Current {
-                session: Arc::new(c.session_config().unwrap()),
-                auth: Arc::new(c.auth_table().unwrap()),
-                admission: c.admission.limits().unwrap(),
-            },
-        )
-        .unwrap();
+        let first = settings(&c, &current(&c)).unwrap();
         let live = Live::new(first.clone());
         assert_eq!(live.generation(), 0);
         let next = settings(&parse("[auth]\nunknown_clients = \"refuse\"\n"), &first).unwrap();

@@ -68,3 +68,61 @@ fn bad_admission_values_name_the_key() {
         assert!(e.contains(key), "{text}: {e}");
     }
 }
+
+#[test]
+fn no_acl_allows_everything_and_an_acl_section_refuses_what_it_does_not_grant() {
+    assert!(Config::default().session_config().unwrap().acl.is_none());
+    let c = Config::parse(
+        "[acl]\npublish = [\"sensors/%c/#\"]\nsubscribe = [\"cmd/%c/#\", \"broadcast/#\"]\n\
+         [[acl.rules]]\nclient_id = \"s1\"\npublish = [\"alarm\"]\n\
+         [[acl.rules]]\nusername = \"ops\"\nsubscribe = [\"sensors/#\"]\n",
+        "f.toml",
+    )
+    .unwrap();
+    let acl = c.session_config().unwrap().acl.unwrap();
+    let s1 = acl.for_sensor(&std::sync::Arc::from("s1"), None);
+    assert!(s1.may_publish("sensors/s1/temp") && s1.may_publish("alarm"));
+    assert!(!s1.may_publish("sensors/s2/temp"));
+    assert!(s1.may_subscribe("broadcast/#") && !s1.may_subscribe("sensors/#"));
+    let ops = acl.for_sensor(&std::sync::Arc::from("s9"), Some("ops"));
+    assert!(ops.may_subscribe("sensors/#") && !ops.may_publish("alarm"));
+    let empty = Config::parse("[acl]\n", "f.toml").unwrap().session_config().unwrap();
+    let nothing = empty.acl.unwrap().for_sensor(&std::sync::Arc::from("s1"), None);
+    assert!(!nothing.may_publish("a") && !nothing.may_subscribe("a"));
+}
+
+#[test]
+fn bad_acl_patterns_name_the_key_and_the_reason() {
+    let err = |text: &str| Config::parse(text, "f.toml").unwrap_err().to_string();
+    let e = err("[acl]\npublish = [\"a/#/b\"]\n");
+    assert!(e.contains("acl.publish[0]") && e.contains("`#` must be the last level"), "{e}");
+    let e = err("[acl]\nsubscribe = [\"ok\", \"a/b+\"]\n");
+    assert!(e.contains("acl.subscribe[1]") && e.contains("whole level"), "{e}");
+    let e = err("[acl]\npublish = [\"\"]\n");
+    assert!(e.contains("acl.publish[0]") && e.contains("empty"), "{e}");
+    let rules = "[[acl.rules]]\nclient_id = \"a\"\n[[acl.rules]]\nclient_id = \"b\"\n";
+    let e = err(&format!("{rules}[[acl.rules]]\nclient_id = \"c\"\npublish = [\"x/y%c\"]\n"));
+    assert!(e.contains("acl.rules[2].publish[0]") && e.contains("`%c` and `%u`"), "{e}");
+    let e = err("[[acl.rules]]\npublish = [\"x\"]\n");
+    assert!(e.contains("acl.rules[0]") && e.contains("client_id or username"), "{e}");
+    let e = err("[[acl.rules]]\nclient_id = \"a\"\nusername = \"u\"\n");
+    assert!(e.contains("acl.rules[0]"), "{e}");
+    let e = err("[acl]\npublsh = [\"x\"]\n");
+    assert!(e.contains("publsh"), "{e}");
+}
+
+#[test]
+fn the_acl_example_of_the_configuration_page_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let page = std::fs::read_to_string(path).unwrap();
+    let example = page
+        .split("## Topic ACLs: `[acl]`")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block in the ACL section");
+    let acl = Config::parse(example, "configuration.md").unwrap().session_config().unwrap().acl;
+    let s = acl.unwrap().for_sensor(&std::sync::Arc::from("greenhouse-1"), None);
+    assert!(s.may_publish("sensors/greenhouse-1/t") && s.may_publish("greenhouse/1/valve"));
+    assert!(s.may_subscribe("cmd/greenhouse-1/#") && !s.may_subscribe("sensors/#"));
+}

@@ -193,6 +193,16 @@ fn advertise_every(opts: &ServerOptions) -> Option<Duration> {
     opts.advertise.map(|(_, every)| every).or(opts.multicast.map(|m| m.advertise_every))
 }
 
+/// True when two ACLs say the same (a reload that did not change `[acl]`
+/// leaves the sessions alone).
+fn same_acl(a: Option<&Arc<crate::acl::Acl>>, b: Option<&Arc<crate::acl::Acl>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// A session's address in logs: `-` while it has none.
 struct DisplayAddr<'a>(&'a Option<Peer>);
 
@@ -721,6 +731,12 @@ impl Endpoint {
         }
         let Some((generation, current)) = live.get() else { return };
         self.live_generation = generation;
+        if !same_acl(self.cfg.acl.as_ref(), current.session.acl.as_ref()) {
+            // The sensors already there check against the new ACL too.
+            for (_, e) in self.entries.iter_mut() {
+                e.session.set_acl(current.session.acl.as_ref());
+            }
+        }
         self.cfg = current.session;
         if self.own {
             // One worker swaps the shared bounds.
@@ -818,6 +834,10 @@ impl Endpoint {
                 SessionEvent::Published { qos, latency } => self.metrics.published(qos, latency),
                 SessionEvent::Delivered { qos } => self.metrics.delivered(qos),
                 SessionEvent::Retransmitted => Metrics::inc(&self.metrics.retransmissions),
+                SessionEvent::AclRefused(action) => {
+                    Metrics::inc(&self.metrics.acl_refused[action.index()]);
+                    debug!(client_id = %e.cid, action = action.as_str(), "refused by the ACL");
+                }
             }
         }
         let persist: Option<Persist> = if self.persistent_store {

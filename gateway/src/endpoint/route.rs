@@ -415,6 +415,14 @@ impl Endpoint {
             }
             return;
         };
+        if self.cfg.acl.as_ref().is_some_and(|acl| !acl.may_publish_unconnected(&topic)) {
+            Metrics::inc(&self.metrics.qos_minus_one_refused);
+            Metrics::inc(&self.metrics.acl_refused[crate::acl::Action::Publish.index()]);
+            if self.may_log(now) {
+                warn!(%from, %topic, "QoS -1 PUBLISH dropped: refused by the ACL");
+            }
+            return;
+        }
         Metrics::inc(&self.metrics.qos_minus_one);
         self.own_publish(topic, Bytes::copy_from_slice(p.data), p.retain);
     }

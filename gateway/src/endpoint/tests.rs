@@ -47,6 +47,18 @@ fn publish(qos: QoS, topic: TopicId, msg_id: u16, data: &[u8]) -> Bytes {
     encode(Packet::Publish(Publish { dup: false, qos, retain: false, topic, msg_id, data }))
 }
 
+/// The session settings of the tests: predefined topic 7 is `pre/seven`.
+fn config() -> SessionConfig {
+    let mut pre = Predefined::new();
+    pre.insert(7, "pre/seven");
+    SessionConfig {
+        retry_interval: 100 * MS,
+        max_retries: 2,
+        predefined: Arc::new(pre),
+        ..SessionConfig::default()
+    }
+}
+
 /// One endpoint (or several sharing a directory) under virtual time.
 struct H {
     eps: Vec<Endpoint>,
@@ -60,14 +72,11 @@ impl H {
     }
 
     fn with(opts: ServerOptions, workers: usize, store: bool) -> Self {
-        let mut pre = Predefined::new();
-        pre.insert(7, "pre/seven");
-        let cfg = Arc::new(SessionConfig {
-            retry_interval: 100 * MS,
-            max_retries: 2,
-            predefined: Arc::new(pre),
-            ..SessionConfig::default()
-        });
+        Self::with_cfg(opts, workers, store, config())
+    }
+
+    fn with_cfg(opts: ServerOptions, workers: usize, store: bool, cfg: SessionConfig) -> Self {
+        let cfg = Arc::new(cfg);
         let now = Instant::now();
         let metrics = Arc::new(Metrics::default());
         let dir = Arc::new(Directory::new(workers));
@@ -1615,4 +1624,68 @@ fn moves_on_exempt_networks_and_without_the_setting_are_not_checked() {
         assert!(matches!(&out[..], [(7000, d)] if is_publish(d)), "{out:?}");
         assert!(Check::ALL.iter().all(|c| h.checks(*c) == 0));
     }
+}
+
+// ----- the topic ACL -----
+
+/// Publishing allowed under `sensors/<ClientId>/` and to `pre/seven`.
+fn acl_config() -> SessionConfig {
+    use crate::acl::{Acl, Grants, Pattern};
+    let p = |t: &str| Pattern::parse(t).unwrap();
+    let default = Grants { publish: vec![p("sensors/%c/#"), p("pre/seven")], subscribe: vec![] };
+    let acl = Acl::new(default, vec![]);
+    SessionConfig { acl: Some(Arc::new(acl)), ..config() }
+}
+
+fn acl_refused(h: &H, action: crate::acl::Action) -> u64 {
+    h.metrics.acl_refused[action.index()].load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn qos_minus_one_to_a_topic_the_acl_refuses_is_dropped_and_counted() {
+    let opts = ServerOptions { qos_minus_one: Some(Vec::new()), ..ServerOptions::default() };
+    let mut h = H::with_cfg(opts, 1, false, acl_config());
+    h.send(5000, publish(QoS::NoSession, TopicId::Short(*b"ab"), 0, b"x"));
+    assert!(h.cmds().is_empty() && h.out().is_empty(), "dropped, nothing answered");
+    assert_eq!(acl_refused(&h, crate::acl::Action::Publish), 1);
+    assert_eq!(h.metrics.snapshot().qos_minus_one_refused, 1);
+    h.send(5000, publish(QoS::NoSession, TopicId::Predefined(7), 0, b"x"));
+    let cmds = h.cmds();
+    assert!(
+        matches!(&cmds[..], [(OWN_KEY, Command::Publish { topic, .. })] if &**topic == "pre/seven")
+    );
+    assert_eq!(h.metrics.snapshot().acl_refused, 1);
+}
+
+#[test]
+fn a_reloaded_acl_applies_to_connected_sensors() {
+    let live = Arc::new(crate::reload::Live::new(crate::reload::Current {
+        session: Arc::new(acl_config()),
+        auth: Arc::new(AuthTable::open()),
+        admission: crate::admission::Limits::default(),
+    }));
+    let opts = ServerOptions { live: Some(live.clone()), ..ServerOptions::default() };
+    let mut h = H::with_cfg(opts, 1, false, acl_config());
+    let key = h.connected("s1", 5000);
+    h.send(5000, publish(QoS::AtLeastOnce, TopicId::Short(*b"ab"), 3, b"x"));
+    let refused = Packet::PubAck(Ack {
+        topic_id: 0x6162,
+        msg_id: 3,
+        return_code: ReturnCode::InvalidTopicId,
+    });
+    assert_eq!(h.out(), [(5000, encode(refused).to_vec())]);
+    assert!(h.cmds().is_empty());
+    assert_eq!(acl_refused(&h, crate::acl::Action::Publish), 1);
+    // SIGHUP: the ACL is gone; the connected sensor's next publish goes on.
+    live.replace(crate::reload::Current {
+        session: Arc::new(config()),
+        auth: Arc::new(AuthTable::open()),
+        admission: crate::admission::Limits::default(),
+    });
+    h.send(5000, publish(QoS::AtLeastOnce, TopicId::Short(*b"ab"), 4, b"x"));
+    let cmds = h.cmds();
+    assert!(
+        matches!(&cmds[..], [(k, Command::Publish { topic, .. })] if *k == key && &**topic == "ab"),
+        "{cmds:?}"
+    );
 }

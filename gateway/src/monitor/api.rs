@@ -132,6 +132,7 @@ async fn status(s: &Shared) -> Value {
             "connects_refused": snap.connects_refused,
             "admission_refused": snap.admission_refused,
             "replies_suppressed": snap.replies_suppressed,
+            "acl_refused": snap.acl_refused,
             "takeovers": snap.takeovers,
             "dropped": snap.dropped,
             "retransmissions": snap.retransmissions,

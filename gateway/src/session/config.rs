@@ -117,6 +117,8 @@ pub struct SessionConfig {
     /// Predefined topics of particular ClientIds (the global ones
     /// included), instead of `predefined`.
     pub predefined_by_client: HashMap<String, Arc<Predefined>>,
+    /// The topic ACL (`[acl]`); `None`: every topic allowed.
+    pub acl: Option<Arc<crate::acl::Acl>>,
 }
 
 impl Default for SessionConfig {
@@ -138,6 +140,7 @@ impl Default for SessionConfig {
             buffer_total: Arc::new(BufferTotal::new(100_000, 64 << 20)),
             publish_rate: None,
             predefined_by_client: HashMap::new(),
+            acl: None,
         }
     }
 }

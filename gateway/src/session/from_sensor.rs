@@ -16,6 +16,7 @@ use super::{
     mqtt_qos, sn_qos, DropReason, Qos2In, Session, SessionEvent, Step, UpRequest,
     MAX_PENDING_REQUESTS,
 };
+use crate::acl::Action;
 use crate::mqtt::QoS as MqttQoS;
 use crate::upstream::{Command, RequestId, Will};
 
@@ -51,6 +52,8 @@ impl Session {
     fn register_from_sensor(&mut self, msg_id: u16, name: &[u8]) {
         let (topic_id, rc) = match validate::topic_name(name) {
             Err(e) => (0, self.topic_refused(e)),
+            // A sensor registers a topic to publish to it (spec 6.5).
+            Ok(name) if !self.may_publish(name) => (0, self.acl_refused(Action::Register)),
             Ok(name) => match self.regs.register(name) {
                 Ok(id) => (id, ReturnCode::Accepted),
                 Err(RegisterError::Full) => (0, ReturnCode::Congestion),
@@ -99,6 +102,10 @@ impl Session {
             Ok(t) => t,
             Err(rc) => return refuse(self, rc),
         };
+        if !self.may_publish(&topic) {
+            let rc = self.acl_refused(Action::Publish);
+            return refuse(self, rc);
+        }
         if !self.take_token(now) {
             self.dropped(DropReason::RateLimited);
             if p.qos == QoS::AtLeastOnce || p.qos == QoS::ExactlyOnce {
@@ -240,6 +247,11 @@ impl Session {
                     let rc = self.topic_refused(e);
                     return answer(self, 0, rc);
                 }
+                // Checked before a topic id is given out for the name.
+                Ok(f) if !self.may_subscribe(f) => {
+                    let rc = self.acl_refused(Action::Subscribe);
+                    return answer(self, 0, rc);
+                }
                 Ok(f) if validate::has_wildcard(f) => (Arc::from(f), 0),
                 Ok(f) => match self.regs.register(f) {
                     Ok(id) => (Arc::from(f), id),
@@ -259,6 +271,12 @@ impl Session {
             },
             TopicFilter::Reserved(_) => return answer(self, 0, ReturnCode::InvalidTopicId),
         };
+        // Names were checked above, before a topic id was given out.
+        let by_name = matches!(s.topic, TopicFilter::Name(_));
+        if !by_name && !self.may_subscribe(&filter) {
+            let rc = self.acl_refused(Action::Subscribe);
+            return answer(self, topic_id, rc);
+        }
         if self.requests.len() >= MAX_PENDING_REQUESTS {
             return answer(self, 0, ReturnCode::Congestion);
         }
@@ -306,6 +324,12 @@ impl Session {
         let new = match w {
             None => None,
             Some(w) => match super::will_draft(w) {
+                Ok(d) if !self.may_publish(&d.topic) => {
+                    // Refused: the will in force stays.
+                    let rc = self.acl_refused(Action::Will);
+                    self.send(Packet::WillTopicResp(rc));
+                    return;
+                }
                 Ok(d) => Some(Will {
                     topic: d.topic,
                     payload: self.will.as_ref().map(|w| w.payload.clone()).unwrap_or_default(),

@@ -143,6 +143,9 @@ pub enum SessionEvent {
     },
     /// A REGISTER, PUBLISH or PUBREL was sent to the sensor again.
     Retransmitted,
+    /// The ACL refused a topic of the sensor's (answered with the return
+    /// code `0x02`; nothing went to the broker).
+    AclRefused(crate::acl::Action),
 }
 
 /// Why a sensor was lost.
@@ -274,6 +277,9 @@ pub struct Session {
     will: Option<Will>,
     /// The upstream identity; `None` for the default one (no credentials).
     identity: Option<Box<crate::auth::Identity>>,
+    /// The topic ACL as it applies to this sensor; `None`: everything is
+    /// allowed.
+    acl: Option<Box<crate::acl::SensorAcl>>,
     regs: Registrations,
     /// Subscribed filters and granted QoS.
     subs: Vec<(Arc<str>, MqttQoS)>,
@@ -350,9 +356,11 @@ impl Session {
         let predefined = cfg.predefined_by_client.get(client_id).unwrap_or(&cfg.predefined).clone();
         let regs = Registrations::new(predefined, cfg.max_topics);
         let tokens = cfg.publish_rate.map_or(0.0, |(_, burst)| f64::from(burst));
+        let client_id: Arc<str> = Arc::from(client_id);
+        let acl = cfg.acl.as_ref().map(|a| Box::new(a.for_sensor(&client_id, None)));
         Self {
             cfg,
-            client_id: Arc::from(client_id),
+            client_id,
             clean: true,
             keepalive: Duration::ZERO,
             last_heard: now,
@@ -361,6 +369,7 @@ impl Session {
             phase: Phase::Ended,
             will: None,
             identity: None,
+            acl,
             regs,
             subs: Vec::new(),
             subs_known: false,
@@ -425,6 +434,34 @@ impl Session {
     /// Sets the upstream identity used by the next connection.
     pub fn set_identity(&mut self, identity: crate::auth::Identity) {
         self.identity = (identity != crate::auth::Identity::default()).then(|| Box::new(identity));
+        // `%u` and the rules by username follow the identity.
+        if let Some(acl) = self.acl.take() {
+            self.set_acl(Some(acl.acl()));
+        }
+    }
+
+    /// Sets the topic ACL the next checks use (at creation, from the
+    /// session's settings; on a reload, the new one). `None` allows
+    /// everything.
+    pub fn set_acl(&mut self, acl: Option<&Arc<crate::acl::Acl>>) {
+        let username = self.identity.as_ref().and_then(|i| i.username.as_deref());
+        self.acl = acl.map(|a| Box::new(a.for_sensor(&self.client_id, username)));
+    }
+
+    /// True when the ACL lets the sensor publish to `topic`.
+    fn may_publish(&self, topic: &str) -> bool {
+        self.acl.as_ref().is_none_or(|a| a.may_publish(topic))
+    }
+
+    /// True when the ACL lets the sensor subscribe to `filter`.
+    fn may_subscribe(&self, filter: &str) -> bool {
+        self.acl.as_ref().is_none_or(|a| a.may_subscribe(filter))
+    }
+
+    /// Counts an ACL refusal; the return code that answers it.
+    fn acl_refused(&mut self, action: crate::acl::Action) -> ReturnCode {
+        self.events.push_back(SessionEvent::AclRefused(action));
+        ReturnCode::InvalidTopicId
     }
 
     /// The keepalive the sensor asked for.
@@ -755,6 +792,10 @@ impl Session {
     /// that cannot be a will topic.
     fn will_topic(&mut self, w: &mqttsn_codec::WillTopic<'_>, now: Instant) {
         match will_draft(w) {
+            Ok(topic) if !self.may_publish(&topic.topic) => {
+                let rc = self.acl_refused(crate::acl::Action::Will);
+                self.refuse_connect(rc);
+            }
             Ok(topic) => {
                 let deadline = now + self.cfg.retry_interval;
                 self.phase = Phase::WillMsg { topic, deadline, retries: 0 };

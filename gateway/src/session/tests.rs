@@ -1317,3 +1317,196 @@ fn will_topics_with_forbidden_characters_are_refused() {
     assert_eq!(codes_and_drops(&mut h), (vec![ReturnCode::InvalidTopicId], 1));
     assert_eq!(h.s.will.as_ref().map(|w| w.topic.as_str()), Some("w"));
 }
+
+// ----- the topic ACL -----
+
+/// Sensors may publish under `sensors/<ClientId>/` and to the short topic
+/// `ok`, and subscribe under `cmd/<ClientId>/`; `alice`'s sensors may
+/// also publish under `u/alice/`.
+fn acl() -> Arc<crate::acl::Acl> {
+    use crate::acl::{Acl, Grants, Pattern, Rule, Selector};
+    let p = |t: &str| Pattern::parse(t).unwrap();
+    Arc::new(Acl::new(
+        Grants { publish: vec![p("sensors/%c/#"), p("ok")], subscribe: vec![p("cmd/%c/#")] },
+        vec![Rule {
+            who: Selector::Username("alice".into()),
+            grants: Grants { publish: vec![p("u/%u/#")], subscribe: vec![] },
+        }],
+    ))
+}
+
+fn acl_config() -> SessionConfig {
+    SessionConfig { acl: Some(acl()), ..config() }
+}
+
+fn refusals(h: &mut H) -> Vec<crate::acl::Action> {
+    h.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            SessionEvent::AclRefused(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn acl_refuses_register_of_a_topic_the_sensor_may_not_publish_to() {
+    use crate::acl::Action;
+    let mut h = H::connected_with(acl_config(), true, 0);
+    h.sensor(Packet::Register(Register { topic_id: 0, msg_id: 1, topic_name: b"other/t" }));
+    h.expect_tx(&[Packet::RegAck(Ack {
+        topic_id: 0,
+        msg_id: 1,
+        return_code: ReturnCode::InvalidTopicId,
+    })]);
+    assert!(h.s.regs.is_empty(), "nothing registered");
+    h.sensor(Packet::Register(Register {
+        topic_id: 0,
+        msg_id: 2,
+        topic_name: b"sensors/sensor-1/t",
+    }));
+    h.expect_tx(&[Packet::RegAck(Ack {
+        topic_id: 1,
+        msg_id: 2,
+        return_code: ReturnCode::Accepted,
+    })]);
+    assert_eq!(refusals(&mut h), [Action::Register]);
+}
+
+#[test]
+fn acl_refused_publish_gets_puback_invalid_topic_id_at_every_qos() {
+    use crate::acl::Action;
+    let mut h = H::connected_with(acl_config(), true, 0);
+    // "pre/defined" (100) and the short "ab" are not allowed.
+    for qos in [QoS::NoSession, QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        for topic in [TopicId::Predefined(100), TopicId::Short(*b"ab")] {
+            h.sensor(publish(qos, topic, 5, b"v"));
+            h.expect_tx(&[Packet::PubAck(Ack {
+                topic_id: topic.raw(),
+                msg_id: 5,
+                return_code: ReturnCode::InvalidTopicId,
+            })]);
+        }
+    }
+    assert!(h.cmds().is_empty(), "nothing reaches the broker");
+    assert_eq!(refusals(&mut h), [Action::Publish; 8]);
+    assert!(h.s.qos2_in.is_empty() && h.s.requests.is_empty());
+    // Allowed ones go on: a registered id at QoS 1, the short `ok` at QoS 0.
+    h.sensor(Packet::Register(Register {
+        topic_id: 0,
+        msg_id: 1,
+        topic_name: b"sensors/sensor-1/t",
+    }));
+    h.tx();
+    h.sensor(publish(QoS::AtLeastOnce, TopicId::Normal(1), 6, b"v"));
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"ok"), 0, b"v"));
+    let topics: Vec<String> = h
+        .cmds()
+        .into_iter()
+        .map(|c| match c {
+            Command::Publish { topic, .. } => topic.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(topics, ["sensors/sensor-1/t", "ok"]);
+    assert!(refusals(&mut h).is_empty());
+}
+
+#[test]
+fn acl_refused_subscribe_gets_suback_invalid_topic_id() {
+    use crate::acl::Action;
+    let mut h = H::connected_with(acl_config(), true, 0);
+    let cases: [(TopicFilter<'_>, u16); 5] = [
+        (TopicFilter::Name(b"cmd/+/#"), 0),
+        (TopicFilter::Name(b"#"), 0),
+        (TopicFilter::Name(b"cmd/sensor-2/x"), 0),
+        (TopicFilter::Predefined(100), 100),
+        (TopicFilter::Short(*b"zz"), 0),
+    ];
+    for (i, (topic, topic_id)) in cases.into_iter().enumerate() {
+        let msg_id = 10 + i as u16;
+        h.sensor(Packet::Subscribe(Subscribe { dup: false, qos: QoS::AtLeastOnce, msg_id, topic }));
+        h.expect_tx(&[Packet::SubAck(SubAck {
+            qos: QoS::AtLeastOnce,
+            topic_id,
+            msg_id,
+            return_code: ReturnCode::InvalidTopicId,
+        })]);
+    }
+    assert!(h.cmds().is_empty(), "nothing reaches the broker");
+    assert!(h.s.regs.is_empty(), "no topic id given out for a refused name");
+    assert_eq!(refusals(&mut h), [Action::Subscribe; 5]);
+    // Covered filters go on.
+    h.subscribe("cmd/sensor-1/#", QoS::AtLeastOnce);
+    h.sensor(Packet::Subscribe(Subscribe {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        msg_id: 30,
+        topic: TopicFilter::Name(b"cmd/sensor-1/led"),
+    }));
+    assert!(
+        matches!(&h.cmds()[..], [Command::Subscribe { filter, .. }] if filter == "cmd/sensor-1/led")
+    );
+}
+
+#[test]
+fn acl_refused_will_topic_refuses_the_connect() {
+    use crate::acl::Action;
+    let mut h = H::with(acl_config());
+    h.connect(true, true, 0);
+    h.expect_tx(&[Packet::WillTopicReq]);
+    h.sensor(Packet::WillTopic(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: b"w",
+    })));
+    h.expect_tx(&[Packet::ConnAck(ReturnCode::InvalidTopicId)]);
+    assert!(h.cmds().is_empty(), "no upstream connection");
+    assert!(h.s.is_ended());
+    assert_eq!(refusals(&mut h), [Action::Will]);
+}
+
+#[test]
+fn acl_refused_will_topic_update_keeps_the_will() {
+    use crate::acl::Action;
+    let mut h = H::with(acl_config());
+    h.connect(true, true, 0);
+    h.tx();
+    let will = b"sensors/sensor-1/will";
+    h.sensor(Packet::WillTopic(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: will,
+    })));
+    h.sensor(Packet::WillMsg(b"gone"));
+    assert!(matches!(&h.cmds()[..], [Command::Connect(s)] if s.will.is_some()));
+    h.up(Event::Connected { session_present: false });
+    h.expect_tx(&[Packet::WillMsgReq, Packet::ConnAck(ReturnCode::Accepted)]);
+    h.sensor(Packet::WillTopicUpd(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: b"elsewhere",
+    })));
+    h.expect_tx(&[Packet::WillTopicResp(ReturnCode::InvalidTopicId)]);
+    assert!(h.cmds().is_empty(), "the connection is not replaced");
+    assert_eq!(h.s.will.as_ref().map(|w| w.topic.as_str()), Some("sensors/sensor-1/will"));
+    assert_eq!(refusals(&mut h), [Action::Will]);
+}
+
+#[test]
+fn acl_follows_the_username_and_a_new_acl() {
+    let mut h = H::with(acl_config());
+    assert!(!h.s.may_publish("u/alice/x"));
+    h.s.set_identity(crate::auth::Identity {
+        username: Some("alice".into()),
+        ..crate::auth::Identity::default()
+    });
+    assert!(h.s.may_publish("u/alice/x"), "the rule for alice, %u = alice");
+    assert!(!h.s.may_publish("u/bob/x"));
+    // A reload without [acl]: everything allowed; with one: checked again.
+    h.s.set_acl(None);
+    assert!(h.s.may_publish("anything") && h.s.may_subscribe("#"));
+    h.s.set_acl(Some(&acl()));
+    assert!(!h.s.may_publish("anything"));
+    assert!(h.s.may_publish("u/alice/x"), "the username is kept");
+}
