@@ -209,13 +209,13 @@ impl Store {
 
     /// The open handle, the file opened again first if an I/O error
     /// dropped it (the file as it is: nothing is read or moved aside).
-    fn db(&mut self, metrics: Option<&Metrics>) -> Result<&Database, StoreError> {
+    fn db(&mut self, metrics: &Metrics) -> Result<&Database, StoreError> {
         if self.db.is_none() {
             let db = create(&self.path, &self.fault).map_err(|e| db_error(&self.path, e))?;
-            if let Some(m) = metrics {
-                Metrics::inc(&m.store_reopens);
-            }
-            info!("session store {} opened again", self.path.display());
+            Metrics::inc(&metrics.store_reopens);
+            // Counted, not logged: on a nearly full disk the file may open
+            // and the commit fail again, at every try.
+            tracing::debug!("session store {} opened again", self.path.display());
             self.db = Some(db);
         }
         self.db.as_ref().ok_or_else(|| db_error(&self.path, redb::Error::PreviousIo))
@@ -372,7 +372,7 @@ impl Store {
     }
 
     fn commit(&mut self, batch: &[Write], metrics: &Metrics) -> Result<(), StoreError> {
-        let tx = self.db(Some(metrics))?.begin_write().map_err(|e| db_error(&self.path, e))?;
+        let tx = self.db(metrics)?.begin_write().map_err(|e| db_error(&self.path, e))?;
         let p = &self.path;
         for w in batch {
             let cid: &str = &w.client_id;
