@@ -81,8 +81,22 @@ pub struct Metrics {
     pub store_writes: AtomicU64,
     /// Time spent committing, in microseconds.
     pub store_commit_us: AtomicU64,
-    /// Store commits that failed (retried).
+    /// Store commits that failed (retried), and failed attempts to open
+    /// the store's file again.
     pub store_errors: AtomicU64,
+    /// 1 while the store cannot write, else 0.
+    pub store_failing: AtomicU64,
+    /// Times the store's file was opened again after an I/O error.
+    pub store_reopens: AtomicU64,
+    /// Session writes handed to the store and not committed yet.
+    pub store_waiting: AtomicU64,
+    /// CONNECTs of persistent sessions refused while the store could not
+    /// write.
+    pub store_refused_connects: AtomicU64,
+    /// Datagrams of persistent sessions dropped, and QoS 0 messages for
+    /// them, while the store could not write and the session already had
+    /// as much waiting as it may.
+    pub store_refused_datagrams: AtomicU64,
     /// Datagrams one worker could not hand to another (its queue was
     /// full), dropped.
     pub forwards_dropped: AtomicU64,
@@ -399,6 +413,33 @@ impl Metrics {
             "counter",
             "Store commits that failed and were retried.",
             &[("", get(&self.store_errors))],
+        );
+        metric(
+            "store_failing",
+            "gauge",
+            "1 while the session store cannot write, else 0.",
+            &[("", get(&self.store_failing))],
+        );
+        metric(
+            "store_reopens_total",
+            "counter",
+            "Times the session store's file was opened again after an I/O error.",
+            &[("", get(&self.store_reopens))],
+        );
+        metric(
+            "store_writes_waiting",
+            "gauge",
+            "Session writes handed to the store and not committed yet.",
+            &[("", get(&self.store_waiting))],
+        );
+        metric(
+            "store_refused_total",
+            "counter",
+            "Refused while the session store could not write: CONNECTs of persistent sessions, and datagrams (and QoS 0 messages) of persistent sessions over their bound.",
+            &[
+                ("{what=\"connect\"}", get(&self.store_refused_connects)),
+                ("{what=\"datagram\"}", get(&self.store_refused_datagrams)),
+            ],
         );
         metric(
             "forwards_dropped_total",

@@ -81,6 +81,7 @@ pub async fn run(
         _ => None,
     };
     let opts = Arc::new(opts);
+    let dir = Arc::new(Directory::new(workers));
     let (writer, mut store_done, restored) = match &opts.store_path {
         None => (None, Vec::new(), Vec::new()),
         Some(path) => {
@@ -94,7 +95,10 @@ pub async fn run(
                 );
             }
             let restored = restore_sessions(&opened, &cfg, path);
-            let (writer, done) = opened.store.start_writer(metrics.clone(), workers);
+            let shared = dir.clone();
+            let (writer, done) = opened
+                .store
+                .start_writer(metrics.clone(), workers, move |f| shared.set_store_failing(f));
             (Some(writer), done, restored)
         }
     };
@@ -108,7 +112,6 @@ pub async fn run(
             share.push(r);
         }
     }
-    let dir = Arc::new(Directory::new(workers));
     let (inbox_tx, inboxes): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel(INBOX)).unzip();
     let mut control_rx = controls.channels(workers).into_iter();
     let (stop_tx, stop_rx) = watch::channel(false);

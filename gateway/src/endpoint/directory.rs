@@ -1,6 +1,7 @@
 //! What the workers of one gateway share: which worker holds which
 //! session (by ClientId and by bound address), how many sessions there are
-//! in all, and whether the broker is reachable.
+//! in all, whether the broker is reachable and whether the session store
+//! can write.
 //!
 //! Each worker receives on its own socket (SO_REUSEPORT: the kernel picks
 //! the socket by the source address), and a session lives on the worker
@@ -31,6 +32,7 @@ pub struct Directory {
     connecting: AtomicUsize,
     broker_up: AtomicBool,
     broker_down: AtomicBool,
+    store_failing: AtomicBool,
     admission: Mutex<Admission>,
 }
 
@@ -45,6 +47,7 @@ impl Directory {
             connecting: AtomicUsize::new(0),
             broker_up: AtomicBool::new(false),
             broker_down: AtomicBool::new(false),
+            store_failing: AtomicBool::new(false),
             admission: Mutex::new(Admission::new(Limits::default())),
         }
     }
@@ -178,6 +181,16 @@ impl Directory {
     pub fn set_broker(&self, up: bool, down: bool) {
         self.broker_up.store(up, Ordering::Relaxed);
         self.broker_down.store(down, Ordering::Relaxed);
+    }
+
+    /// The session store cannot write (its writer is retrying).
+    pub fn store_failing(&self) -> bool {
+        self.store_failing.load(Ordering::Relaxed)
+    }
+
+    /// What the store's writer found.
+    pub fn set_store_failing(&self, failing: bool) {
+        self.store_failing.store(failing, Ordering::Relaxed);
     }
 }
 

@@ -97,6 +97,12 @@ pub use crate::activity::Activity;
 /// Warnings about bad input per second.
 const LOG_BUDGET: u32 = 20;
 
+/// While the store cannot write, the most outputs (datagrams and
+/// upstream commands) one session may have waiting for it; over that its
+/// sensor's datagrams and its QoS 0 messages are dropped (counted), so a
+/// store outage costs bounded memory.
+pub const STORE_HELD_MAX: usize = 64;
+
 /// One session and what the endpoint keeps beside it.
 #[derive(Debug)]
 struct Entry {
@@ -136,6 +142,19 @@ struct Entry {
     /// The check of a new address it moved to, until that address proved
     /// it receives there (see [`moved`]).
     gate: Option<Box<moved::Gate>>,
+}
+
+impl Entry {
+    /// Datagrams and commands waiting for the store.
+    fn held_outputs(&self) -> usize {
+        self.held.iter().map(|h| h.transmits.len() + h.commands.len()).sum()
+    }
+
+    /// The store cannot write and this session has as much waiting for it
+    /// as it may: take nothing more from it.
+    fn over_store_bound(&self, dir: &Directory) -> bool {
+        !self.held.is_empty() && dir.store_failing() && self.held_outputs() >= STORE_HELD_MAX
+    }
 }
 
 /// A session's outputs held until the store committed `ticket`.
@@ -866,6 +885,23 @@ impl Endpoint {
         if hold {
             let ticket =
                 ticket.unwrap_or_else(|| e.held.back().map_or(self.next_ticket, |h| h.ticket));
+            if self.dir.store_failing() {
+                // The wait may be long: a held payload must not keep the
+                // whole receive buffer it was sliced from.
+                for c in commands.iter_mut() {
+                    if let Command::Publish { payload, .. } = c {
+                        *payload = Bytes::copy_from_slice(payload);
+                    }
+                }
+                if e.over_store_bound(&self.dir) {
+                    let before = transmits.len();
+                    transmits.retain(|o| {
+                        !matches!(o, Outgoing::Publish { qos: mqttsn_codec::QoS::AtMostOnce, .. })
+                    });
+                    let n = (before - transmits.len()) as u64;
+                    Metrics::add(&self.metrics.store_refused_datagrams, n);
+                }
+            }
             if !transmits.is_empty() || !commands.is_empty() {
                 match e.held.back_mut() {
                     Some(h) if h.ticket == ticket => {

@@ -61,6 +61,12 @@ impl Endpoint {
                     }
                     return self.unknown_sender(&packet, peer, data.len(), now);
                 };
+                if self.entries.get(idx).is_some_and(|e| e.over_store_bound(&self.dir)) {
+                    // It waits for the store; its sensor tries again.
+                    Metrics::inc(&self.metrics.store_refused_datagrams);
+                    debug!(%from, "{} dropped: the session store cannot write", packet.msg_type());
+                    return;
+                }
                 if self.check_heard(idx, &packet, data.len()) {
                     return self.flush(idx, now);
                 }
@@ -168,6 +174,15 @@ impl Endpoint {
             // Try again later: the broker is unreachable.
             return self.reply_unverified(now, Packet::ConnAck(ReturnCode::Congestion), peer, len);
         }
+        if self.dir.store_failing() && self.needs_store(c.clean_session, client_id) {
+            // Its CONNACK would wait for the store: try again later.
+            Metrics::inc(&self.metrics.connects_refused);
+            Metrics::inc(&self.metrics.store_refused_connects);
+            if self.may_log(now) {
+                warn!(from = %peer, client_id, "CONNECT refused: the session store cannot write");
+            }
+            return self.reply_unverified(now, Packet::ConnAck(ReturnCode::Congestion), peer, len);
+        }
         let idx = match self.by_cid.get(client_id) {
             Some(&idx) => idx,
             None => {
@@ -223,6 +238,19 @@ impl Endpoint {
             e.session.handle_connect(c, now);
         }
         self.flush(idx, now);
+    }
+
+    /// A CONNECT of `client_id` must write to the store: the sensor asks
+    /// for a persistent session, or its session here is one (and would be
+    /// removed from the store).
+    fn needs_store(&self, clean_session: bool, client_id: &str) -> bool {
+        self.persistent_store
+            && (!clean_session
+                || self
+                    .by_cid
+                    .get(client_id)
+                    .and_then(|&idx| self.entries.get(idx))
+                    .is_some_and(|e| e.session.persistent()))
     }
 
     /// A CONNECT over an admission bound: CONNACK congestion (the sensor

@@ -1689,3 +1689,60 @@ fn a_reloaded_acl_applies_to_connected_sensors() {
         "{cmds:?}"
     );
 }
+
+#[test]
+fn while_the_store_fails_persistent_sessions_wait_within_a_bound_and_transient_ones_go_on() {
+    let mut h = H::with(ServerOptions::default(), 1, true);
+    h.send(5000, connect("p1", false));
+    commit(&mut h);
+    let cmds = h.cmds();
+    let [(key, Command::Connect(_))] = &cmds[..] else { panic!("{cmds:?}") };
+    let key = *key;
+    h.up(key, Event::Connected { session_present: false });
+    commit(&mut h);
+    assert_eq!(h.out(), [(5000, encode(Packet::ConnAck(ReturnCode::Accepted)).to_vec())]);
+
+    h.ep().dir.set_store_failing(true);
+    // A new persistent session would wait for the store: refused.
+    h.send(5001, connect("p2", false));
+    assert_eq!(h.out(), [(5001, encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec())]);
+    assert!(h.cmds().is_empty() && h.ep().poll_store().is_none());
+    assert_eq!(h.metrics.store_refused_connects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A transient one is served as usual.
+    let t1 = h.connected("t1", 5002);
+
+    // p1's REGISTER is stored: its REGACK waits, and so does all that
+    // follows, up to the bound.
+    h.send(5000, register(1, "a/b"));
+    let w = h.ep().poll_store().expect("the registration is written");
+    for i in 0..100u16 {
+        h.send(5000, publish(QoS::AtLeastOnce, TopicId::Normal(1), 2 + i, b"v"));
+    }
+    assert!(h.out().is_empty() && h.cmds().is_empty(), "nothing of p1 goes out");
+    let refused = h.metrics.store_refused_datagrams.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 100 - (STORE_HELD_MAX as u64 - 1), "one REGACK and the rest PUBLISHes");
+
+    // Meanwhile t1 publishes and is acknowledged.
+    h.send(5002, publish(QoS::AtLeastOnce, TopicId::Predefined(7), 9, b"t"));
+    let cmds = h.cmds();
+    let [(k, Command::Publish { id, .. })] = &cmds[..] else { panic!("{cmds:?}") };
+    assert_eq!(*k, t1);
+    h.up(t1, Event::PublishAcked { id: *id });
+    let out = h.out();
+    assert!(matches!(decoded(&out[0].1), Packet::PubAck(a) if a.msg_id == 9), "{out:?}");
+
+    // The store writes again: what waited goes out, in order.
+    h.ep().dir.set_store_failing(false);
+    let now = h.now;
+    h.ep().handle_committed(now, w.ticket);
+    let out = h.out();
+    assert!(matches!(decoded(&out[0].1), Packet::RegAck(a) if a.msg_id == 1), "{out:?}");
+    let cmds = h.cmds();
+    assert_eq!(cmds.len(), STORE_HELD_MAX - 1);
+    assert!(cmds.iter().all(|(k, c)| *k == key && matches!(c, Command::Publish { .. })));
+    // And p1's datagrams are taken again.
+    h.send(5000, publish(QoS::AtLeastOnce, TopicId::Normal(1), 500, b"v"));
+    assert_eq!(h.cmds().len(), 1);
+    h.send(5001, connect("p2", false));
+    assert!(h.ep().poll_store().is_some(), "a persistent CONNECT is admitted again");
+}

@@ -143,6 +143,9 @@ async fn status(s: &Shared) -> Value {
             "commits": get(&m.metrics.store_commits),
             "writes": get(&m.metrics.store_writes),
             "errors": get(&m.metrics.store_errors),
+            "failing": get(&m.metrics.store_failing) == 1,
+            "reopens": get(&m.metrics.store_reopens),
+            "writes_waiting": get(&m.metrics.store_waiting),
         },
         "limits": m.info.limits,
     })
