@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use mqttsn_tools::bench::{self, BenchError, BenchOptions, Mode, QosMix};
 use mqttsn_tools::dump::{self, DumpOptions};
 use mqttsn_tools::pubsub::{self, Common, Failure, Messages, PubOptions, PubTopic, SubOptions};
-use mqttsn_tools::relay::impairment::{Probability, Profile};
+use mqttsn_tools::relay::impairment::{Partition, Probability, Profile};
 use mqttsn_tools::relay::peers::PeerLimits;
 use mqttsn_tools::relay::{self, RelayOptions};
 
@@ -141,6 +141,10 @@ struct RelayArgs {
     /// Exit after this many seconds.
     #[arg(long, value_name = "SECS")]
     duration: Option<f64>,
+    /// An outage, both directions: every datagram arriving from AT seconds
+    /// after the start, for FOR seconds, is lost (repeatable).
+    #[arg(long, value_name = "AT+FOR")]
+    partition: Vec<Partition>,
     /// The most sensors relayed at once; datagrams from further sensors
     /// are dropped.
     #[arg(long, default_value_t = 1024, value_name = "N",
@@ -193,6 +197,7 @@ impl RelayArgs {
             seed,
             count: self.count,
             duration,
+            partitions: self.partition.clone(),
             limits: PeerLimits {
                 max_peers: usize::try_from(self.max_peers)?,
                 idle_timeout: Duration::from_secs(self.idle_timeout),

@@ -61,6 +61,41 @@ impl fmt::Display for Probability {
     }
 }
 
+/// A scheduled outage: from `at` after the start, for `length`, every
+/// datagram that arrives is lost. From `AT+FOR` in seconds (`10+2.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// When it begins, after the start.
+    pub at: Duration,
+    /// How long it lasts.
+    pub length: Duration,
+}
+
+impl Partition {
+    /// Whether `since_start` falls in it.
+    pub fn covers(&self, since_start: Duration) -> bool {
+        since_start >= self.at && since_start - self.at < self.length
+    }
+}
+
+/// Why a partition did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: AT+FOR, in seconds after the start (10+2.5)")]
+pub struct BadPartition(String);
+
+impl FromStr for Partition {
+    type Err = BadPartition;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadPartition(s.to_owned());
+        let secs = |t: &str| {
+            t.trim().parse::<f64>().ok().and_then(|v| Duration::try_from_secs_f64(v).ok())
+        };
+        let (at, length) = s.split_once('+').ok_or_else(bad)?;
+        Ok(Self { at: secs(at).ok_or_else(bad)?, length: secs(length).ok_or_else(bad)? })
+    }
+}
+
 /// What is done to the datagrams of one direction.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Profile {
@@ -112,6 +147,8 @@ pub struct Stats {
     pub reordered: u64,
     /// Datagrams dropped because [`MAX_PENDING`] were held already.
     pub overflow: u64,
+    /// Datagrams lost in a scheduled [`Partition`].
+    pub partitioned: u64,
 }
 
 /// SplitMix64 (Steele, Lea and Flood, 2014): a tiny generator, good enough
@@ -170,6 +207,8 @@ pub struct Impairment<T> {
     queue: VecDeque<(Instant, T)>,
     held: VecDeque<Held<T>>,
     last_due: Option<Instant>,
+    /// The start the partitions count from, and the partitions.
+    partitions: Option<(Instant, Vec<Partition>)>,
     stats: Stats,
 }
 
@@ -182,8 +221,15 @@ impl<T: Clone> Impairment<T> {
             queue: VecDeque::new(),
             held: VecDeque::new(),
             last_due: None,
+            partitions: None,
             stats: Stats::default(),
         }
+    }
+
+    /// With these outages, counted from `start`.
+    pub fn with_partitions(mut self, start: Instant, partitions: Vec<Partition>) -> Self {
+        self.partitions = (!partitions.is_empty()).then_some((start, partitions));
+        self
     }
 
     /// What it did so far.
@@ -205,6 +251,13 @@ impl<T: Clone> Impairment<T> {
         let twice = self.rng.next_f64() < self.profile.duplicate.get();
         let held = self.rng.next_f64() < self.profile.reorder.get();
         let swing = self.rng.next_f64();
+        if let Some((start, partitions)) = &self.partitions {
+            let since = now.saturating_duration_since(*start);
+            if partitions.iter().any(|p| p.covers(since)) {
+                self.stats.partitioned += 1;
+                return;
+            }
+        }
         if self.pending() >= MAX_PENDING {
             self.stats.overflow += 1;
             return;
@@ -500,6 +553,44 @@ mod tests {
         assert_eq!(s.received, 2_000);
         assert_eq!(s.forwarded, s.received - s.dropped + s.duplicated);
         assert!(s.dropped > 0 && s.duplicated > 0 && s.reordered > 0, "{s:?}");
+    }
+
+    #[test]
+    fn partitions_lose_everything_in_their_window_only() {
+        let at = |s: &str| s.parse::<Partition>().unwrap();
+        assert_eq!(at("10+2.5"), Partition { at: Duration::from_secs(10), length: ms(2_500) });
+        for bad in ["10", "+2", "a+1", "1+-1", "1+2+3"] {
+            assert!(bad.parse::<Partition>().is_err(), "{bad}");
+        }
+        let t0 = Instant::now();
+        let mut imp = Impairment::new(Profile::default(), 1)
+            .with_partitions(t0, vec![at("0.1+0.05"), at("0.3+0.1")]);
+        let mut out = Vec::new();
+        for i in 0..50u32 {
+            let now = t0 + ms(10) * i;
+            imp.handle(now, i);
+            while let Some(x) = imp.poll(now) {
+                out.push(x);
+            }
+        }
+        // 100..150 ms and 300..400 ms: datagrams 10 to 14 and 30 to 39.
+        let expected: Vec<u32> =
+            (0..50).filter(|i| !(10..15).contains(i) && !(30..40).contains(i)).collect();
+        assert_eq!(out, expected);
+        assert_eq!(imp.stats().partitioned, 15);
+        // The same draws as without partitions: what passes afterwards is
+        // decided the same way.
+        let lossy = Profile { loss: p("50%"), ..Profile::default() };
+        let mut a = Impairment::new(lossy, 4);
+        let mut b = Impairment::new(lossy, 4).with_partitions(t0, vec![at("0+0.001")]);
+        for i in 0..20u32 {
+            a.handle(t0 + ms(5), i);
+            b.handle(t0 + ms(if i == 0 { 0 } else { 5 }), i);
+        }
+        let drain = |imp: &mut Impairment<u32>| {
+            std::iter::from_fn(|| imp.poll(t0 + ms(5))).filter(|i| *i > 0).collect::<Vec<_>>()
+        };
+        assert_eq!(drain(&mut a), drain(&mut b));
     }
 
     #[test]

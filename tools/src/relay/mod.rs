@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use impairment::{Impairment, Profile, Stats};
+use impairment::{Impairment, Partition, Profile, Stats};
 use peers::{Arrival, Forward, PeerLimits, Peers};
 
 /// Options of `mqttsn relay`.
@@ -42,6 +42,8 @@ pub struct RelayOptions {
     pub count: Option<u64>,
     /// Stop after this long.
     pub duration: Option<Duration>,
+    /// Scheduled outages, both directions, from the start.
+    pub partitions: Vec<Partition>,
     /// How many sensors, for how long.
     pub limits: PeerLimits,
 }
@@ -81,9 +83,9 @@ impl fmt::Display for Summary {
             let s = &d.stats;
             writeln!(
                 f,
-                "{name} received={} forwarded={} dropped={} duplicated={} reordered={} overflow={} pending={} refused={}",
-                s.received, s.forwarded, s.dropped, s.duplicated, s.reordered, s.overflow,
-                d.pending, d.refused
+                "{name} received={} forwarded={} dropped={} duplicated={} reordered={} partitioned={} overflow={} pending={} refused={}",
+                s.received, s.forwarded, s.dropped, s.duplicated, s.reordered, s.partitioned,
+                s.overflow, d.pending, d.refused
             )?;
         }
         Ok(())
@@ -101,9 +103,11 @@ pub async fn run(
     bound(peers.local_addr()?);
     let start = Instant::now();
     let end = opts.duration.map(|d| start + d);
-    let mut up: Impairment<(SocketAddr, Vec<u8>)> = Impairment::new(opts.up, opts.seed);
+    let mut up: Impairment<(SocketAddr, Vec<u8>)> =
+        Impairment::new(opts.up, opts.seed).with_partitions(start, opts.partitions.clone());
     let mut down: Impairment<(SocketAddr, Vec<u8>)> =
-        Impairment::new(opts.down, down_seed(opts.seed));
+        Impairment::new(opts.down, down_seed(opts.seed))
+            .with_partitions(start, opts.partitions.clone());
     let (mut up_refused, mut down_refused) = (0u64, 0u64);
     let mut received = 0u64;
     let mut receiving = opts.count != Some(0);
@@ -173,6 +177,7 @@ mod tests {
             seed: 1,
             count: None,
             duration: None,
+            partitions: Vec::new(),
             limits: PeerLimits { max_peers: 16, idle_timeout: Duration::from_secs(60) },
         }
     }
@@ -185,8 +190,8 @@ mod tests {
         assert_eq!(
             s.to_string(),
             "seed=7\n\
-             up received=3 forwarded=0 dropped=0 duplicated=0 reordered=0 overflow=0 pending=0 refused=0\n\
-             down received=0 forwarded=0 dropped=0 duplicated=0 reordered=0 overflow=0 pending=0 refused=1\n"
+             up received=3 forwarded=0 dropped=0 duplicated=0 reordered=0 partitioned=0 overflow=0 pending=0 refused=0\n\
+             down received=0 forwarded=0 dropped=0 duplicated=0 reordered=0 partitioned=0 overflow=0 pending=0 refused=1\n"
         );
         assert_ne!(down_seed(7), 7);
     }
