@@ -66,9 +66,13 @@ struct Relay {
 
 impl Relay {
     fn start(gateway: SocketAddr, seed: u64) -> Self {
+        Self::start_with(gateway, seed, IMPAIRED)
+    }
+
+    fn start_with(gateway: SocketAddr, seed: u64, impairment: &[&str]) -> Self {
         let mut child = Command::new(tools_binary())
             .args(["relay", "--listen", "127.0.0.1:0", "--to", &gateway.to_string()])
-            .args(IMPAIRED)
+            .args(impairment)
             .args(["--seed", &seed.to_string(), "--duration", "120"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -134,7 +138,7 @@ fn check_impaired((up, down): &(Counters, Counters)) {
     for (name, c) in [("up", up), ("down", down)] {
         assert!(c["dropped"] > 0 && c["duplicated"] > 0, "{name}: {c:?}");
         assert_eq!(
-            c["received"] - c["dropped"] - c["overflow"] + c["duplicated"],
+            c["received"] - c["dropped"] - c["partitioned"] - c["overflow"] + c["duplicated"],
             c["forwarded"] + c["pending"]
         );
     }
@@ -240,4 +244,35 @@ fn a_sleeping_sensor_behind_a_lossy_relay_gets_all_its_buffered_messages() {
             assert_eq!(got[p], 1, "QoS 2 {:?} more than once", String::from_utf8_lossy(p));
         }
     }
+}
+
+#[test]
+fn a_sensor_retries_across_a_partition() {
+    let broker = Mosquitto::start();
+    let gw = gateway(&broker);
+    // Cut both ways from 0.8 s to 1.6 s after the start; Tretry x Nretry
+    // (2.25 s) outlasts it.
+    let relay = Relay::start_with(gw.addr(), 4, &["--loss", "10%", "--partition", "0.8+0.8"]);
+    let topic = unique("partition");
+    let mut sub = MqttClient::connect(broker.port(), &unique("sub"));
+    sub.subscribe(&topic, 1);
+    let mut c: UdpClient = UdpClient::new(relay.addr, &unique("s"), settings()).unwrap();
+    c.connect(true, 60, None, WAIT).unwrap();
+    let start = Instant::now();
+    let mut sent = Vec::new();
+    // One every 100 ms until well past the partition.
+    while start.elapsed() < Duration::from_millis(2_200) {
+        let p = format!("p{}", sent.len()).into_bytes();
+        c.publish(Topic::Name(&topic), &p, QoS::AtLeastOnce, false, WAIT).unwrap();
+        sent.push(p);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + WAIT;
+    while sent.iter().any(|p| !got.contains(p)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        got.insert(sub.recv_within(left).expect("every message within the wait").payload);
+    }
+    let (up, down) = relay.stop();
+    assert!(up["partitioned"] > 0 && down["partitioned"] + up["partitioned"] > 1, "{up:?}");
 }
