@@ -299,7 +299,7 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
     ),
     (
         "docs/tools.md",
-        "mqttsn relay --listen 127.0.0.1:1885 --to 127.0.0.1:1884 --up-loss 50% --seed 7 --duration 2",
+        "mqttsn relay --listen 127.0.0.1:1885 --to 127.0.0.1:1884 --up-loss 50% --partition 0.5+1 --seed 7 --duration 2",
         Env::Bare,
         Run(Output("up received=0 forwarded=0")),
     ),
