@@ -206,57 +206,45 @@ impl RelayArgs {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that completes on SIGINT or SIGTERM. The handlers are
+/// installed here, before the relay says it is ready, so that a signal
+/// sent right after the ready line is never lost (nor kills the process
+/// before the summary).
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 async fn run_relay(a: &RelayArgs) -> anyhow::Result<()> {
     let opts = a.options()?;
+    let stop = stop_signal()?;
     let (up, down, gateway) = (opts.up, opts.down, opts.gateway);
     let summary = relay::run(
         opts,
         |addr| {
             eprintln!("relaying udp://{addr} <-> udp://{gateway}");
-            eprintln!("up: {}", describe(&up));
-            eprintln!("down: {}", describe(&down));
+            eprintln!("up: {up}");
+            eprintln!("down: {down}");
         },
-        stop_signal(),
+        stop,
     )
     .await?;
     print!("{summary}");
     Ok(())
-}
-
-/// One line for a direction's profile.
-fn describe(p: &Profile) -> String {
-    format!(
-        "loss {} duplicate {} reorder {} (window {}, hold {} ms) delay {} ms jitter {} ms",
-        p.loss,
-        p.duplicate,
-        p.reorder,
-        p.window,
-        p.hold.as_millis(),
-        p.delay.as_millis(),
-        p.jitter.as_millis()
-    )
 }
 
 /// Options of `pub` and `sub` as in mosquitto's tools (`-h` is the host).

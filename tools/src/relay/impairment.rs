@@ -132,6 +132,23 @@ impl Default for Profile {
     }
 }
 
+impl fmt::Display for Profile {
+    /// One line, as `mqttsn relay` prints it at the start.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "loss {} duplicate {} reorder {} (window {}, hold {} ms) delay {} ms jitter {} ms",
+            self.loss,
+            self.duplicate,
+            self.reorder,
+            self.window,
+            self.hold.as_millis(),
+            self.delay.as_millis(),
+            self.jitter.as_millis()
+        )
+    }
+}
+
 /// What one direction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -402,6 +419,10 @@ mod tests {
             assert!(bad.parse::<Probability>().is_err(), "{bad}");
         }
         assert_eq!(p("0.07").to_string(), "7%");
+        assert_eq!(
+            Profile { loss: p("20%"), delay: ms(30), ..Profile::default() }.to_string(),
+            "loss 20% duplicate 0% reorder 0% (window 1, hold 100 ms) delay 30 ms jitter 0 ms"
+        );
         assert_eq!(p("12.5%").to_string(), "12.5%");
         let e = "150%".parse::<Probability>().unwrap_err().to_string();
         assert_eq!(e, "\"150%\": a probability from 0 to 1, or from 0% to 100%");
