@@ -291,6 +291,18 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
         Env::Gateway,
         Serve(Some("relaying udp://0.0.0.0:1885"), Nothing),
     ),
+    (
+        "docs/tools.md",
+        "mqttsn relay --listen 0.0.0.0:1885 --to 127.0.0.1:1884 --loss 20% --duplicate 5% --reorder 10% --delay 30 --jitter 10 --seed 42",
+        Env::Gateway,
+        Serve(Some("relaying udp://0.0.0.0:1885"), Nothing),
+    ),
+    (
+        "docs/tools.md",
+        "mqttsn relay --listen 127.0.0.1:1885 --to 127.0.0.1:1884 --up-loss 50% --partition 0.5+1 --seed 7 --duration 2",
+        Env::Bare,
+        Run(Output("up received=0 forwarded=0")),
+    ),
 ];
 
 fn repo() -> PathBuf {

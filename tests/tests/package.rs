@@ -88,6 +88,7 @@ const FILES: &[&str] = &[
     "./usr/share/man/man1/mqttsn-dump.1.gz",
     "./usr/share/man/man1/mqttsn-gateway.1.gz",
     "./usr/share/man/man1/mqttsn-pub.1.gz",
+    "./usr/share/man/man1/mqttsn-relay.1.gz",
     "./usr/share/man/man1/mqttsn-sub.1.gz",
     "./usr/share/man/man1/mqttsn.1.gz",
     "./usr/share/zsh/vendor-completions/_mqttsn",

@@ -1,18 +1,17 @@
 //! `mqttsn dump`: print every MQTT-SN datagram, decoded, one line each;
-//! optionally relaying between sensors and a gateway.
+//! optionally relaying between sensors and a gateway (on the relay's
+//! sockets, `relay::peers`, shared with `mqttsn relay`).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::ErrorKind;
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use mqttsn_codec::Frame;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
+use crate::relay::peers::{transient, Arrival, PeerLimits, Peers};
 
 /// Which way a datagram went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,52 +66,8 @@ pub struct DumpOptions {
     pub relay_to: Option<SocketAddr>,
     /// Stop after this many datagrams printed.
     pub count: Option<u64>,
-    /// Sensors relayed at once; datagrams from further sensors are dropped.
-    pub max_peers: usize,
-    /// A relayed sensor silent this long is forgotten.
-    pub idle_timeout: Duration,
-}
-
-/// Datagrams read from the gateway and not yet printed and sent on, over
-/// all sensors; past this the upstream sockets wait (and the kernel's
-/// receive buffers take the excess), so memory stays bounded.
-const BACKLOG: usize = 256;
-
-/// How often, at most, idle sensors are looked for.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Receive errors that say something about an earlier datagram (an ICMP
-/// port unreachable from a peer that is down), not about the socket: the
-/// socket stays usable.
-fn transient(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset)
-}
-
-/// The local address for a sensor's upstream socket: loopback toward a
-/// gateway on loopback, any address of the gateway's family otherwise.
-fn upstream_bind(gateway: SocketAddr) -> SocketAddr {
-    let ip: IpAddr = match (gateway.ip(), gateway.ip().is_loopback()) {
-        (IpAddr::V4(_), true) => Ipv4Addr::LOCALHOST.into(),
-        (IpAddr::V4(_), false) => Ipv4Addr::UNSPECIFIED.into(),
-        (IpAddr::V6(_), true) => Ipv6Addr::LOCALHOST.into(),
-        (IpAddr::V6(_), false) => Ipv6Addr::UNSPECIFIED.into(),
-    };
-    (ip, 0).into()
-}
-
-/// A relayed sensor: its upstream socket and the task reading answers.
-struct Peer {
-    socket: Arc<UdpSocket>,
-    seen: Instant,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        // The task holds the other reference to the socket: stopping it
-        // closes the socket.
-        self.task.abort();
-    }
+    /// Relay mode: how many sensors, for how long.
+    pub limits: PeerLimits,
 }
 
 /// Prints datagram lines to stdout and counts them.
@@ -145,15 +100,24 @@ impl Printer {
 /// Runs `mqttsn dump` until the count is reached or stdout is closed (or
 /// forever). `bound` receives the address actually listened on.
 pub async fn run(opts: DumpOptions, bound: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
-    let socket = UdpSocket::bind(opts.listen).await?;
-    bound(socket.local_addr()?);
-    if opts.count == Some(0) {
-        return Ok(());
-    }
     let mut printer = Printer { printed: 0, limit: opts.count };
     match opts.relay_to {
-        None => listen(&socket, &mut printer).await,
-        Some(gateway) => relay(&socket, gateway, &opts, &mut printer).await,
+        None => {
+            let socket = UdpSocket::bind(opts.listen).await?;
+            bound(socket.local_addr()?);
+            if opts.count == Some(0) {
+                return Ok(());
+            }
+            listen(&socket, &mut printer).await
+        }
+        Some(gateway) => {
+            let mut peers = Peers::bind(opts.listen, gateway, opts.limits).await?;
+            bound(peers.local_addr()?);
+            if opts.count == Some(0) {
+                return Ok(());
+            }
+            relay(&mut peers, &mut printer).await
+        }
     }
 }
 
@@ -172,108 +136,25 @@ async fn listen(socket: &UdpSocket, printer: &mut Printer) -> std::io::Result<()
     }
 }
 
-/// Relay mode: one upstream socket per sensor, so the gateway sees each
-/// sensor on its own port; print both directions.
-async fn relay(
-    socket: &UdpSocket,
-    gateway: SocketAddr,
-    opts: &DumpOptions,
-    printer: &mut Printer,
-) -> std::io::Result<()> {
-    let (back_tx, mut back_rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(BACKLOG);
-    let mut peers: HashMap<SocketAddr, Peer> = HashMap::new();
-    let mut last_sweep = Instant::now();
-    let mut buf = vec![0u8; 65_536];
+/// Relay mode: print both directions, forward everything unchanged.
+async fn relay(peers: &mut Peers, printer: &mut Printer) -> std::io::Result<()> {
     loop {
-        tokio::select! {
-            received = socket.recv_from(&mut buf) => {
-                let (n, from) = match received {
-                    Ok(r) => r,
-                    Err(e) if transient(&e) => continue,
-                    Err(e) => return Err(e),
-                };
-                let datagram = &buf[..n];
-                let keep = printer.print(from, Direction::ToGateway, datagram)?;
-                let now = Instant::now();
-                if now.duration_since(last_sweep) >= SWEEP_EVERY || peers.len() >= opts.max_peers {
-                    peers.retain(|_, p| now.duration_since(p.seen) < opts.idle_timeout);
-                    last_sweep = now;
-                }
-                // A reader task that stopped on a hard error leaves a peer
-                // that can no longer hear the gateway: start afresh.
-                if peers.get(&from).is_some_and(|p| p.task.is_finished()) {
-                    peers.remove(&from);
-                }
-                let upstream = if let Some(p) = peers.get_mut(&from) {
-                    p.seen = now;
-                    Some(p.socket.clone())
-                } else if peers.len() >= opts.max_peers {
-                    eprintln!("relay: {} sensors already, dropping datagram from {from}", peers.len());
-                    None
-                } else {
-                    match open_upstream(gateway, from, back_tx.clone()).await {
-                        Ok((s, task)) => {
-                            peers.insert(from, Peer { socket: s.clone(), seen: now, task });
-                            Some(s)
-                        }
-                        Err(e) => {
-                            eprintln!("relay: cannot open a socket toward {gateway}: {e}");
-                            None
-                        }
-                    }
-                };
-                if let Some(s) = upstream {
-                    if let Err(e) = s.send(datagram).await {
-                        eprintln!("relay: send to {gateway} for {from}: {e}");
-                    }
-                }
-                if !keep {
-                    return Ok(());
-                }
+        let keep = match peers.recv().await? {
+            Arrival::FromSensor(sensor, datagram) => {
+                let keep = printer.print(sensor, Direction::ToGateway, &datagram)?;
+                peers.to_gateway(sensor, &datagram).await;
+                keep
             }
-            Some((sensor, datagram)) = back_rx.recv() => {
+            Arrival::FromGateway(sensor, datagram) => {
                 let keep = printer.print(sensor, Direction::FromGateway, &datagram)?;
-                if let Err(e) = socket.send_to(&datagram, sensor).await {
-                    eprintln!("relay: send to {sensor}: {e}");
-                }
-                if !keep {
-                    return Ok(());
-                }
+                peers.to_sensor(sensor, &datagram).await;
+                keep
             }
+        };
+        if !keep {
+            return Ok(());
         }
     }
-}
-
-/// Opens the upstream socket for `sensor`, connected to the gateway, and
-/// starts the task passing the gateway's answers back.
-async fn open_upstream(
-    gateway: SocketAddr,
-    sensor: SocketAddr,
-    back: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-) -> std::io::Result<(Arc<UdpSocket>, JoinHandle<()>)> {
-    let s = Arc::new(UdpSocket::bind(upstream_bind(gateway)).await?);
-    s.connect(gateway).await?;
-    let reader = s.clone();
-    let task = tokio::spawn(async move {
-        let mut b = vec![0u8; 65_536];
-        loop {
-            match reader.recv(&mut b).await {
-                Ok(n) => {
-                    if back.send((sensor, b[..n].to_vec())).await.is_err() {
-                        return;
-                    }
-                }
-                // The gateway was down for an earlier datagram; it may be
-                // back for the next one.
-                Err(e) if transient(&e) => continue,
-                Err(e) => {
-                    eprintln!("relay: receive from {gateway} for {sensor}: {e}");
-                    return;
-                }
-            }
-        }
-    });
-    Ok((s, task))
 }
 
 #[cfg(test)]
@@ -328,17 +209,8 @@ mod tests {
     }
 
     #[test]
-    fn upstream_sockets_follow_the_gateway() {
-        let bind = |gw: &str| upstream_bind(gw.parse().unwrap()).to_string();
-        assert_eq!(bind("127.0.0.1:1884"), "127.0.0.1:0");
-        assert_eq!(bind("192.168.1.2:1884"), "0.0.0.0:0");
-        assert_eq!(bind("[::1]:1884"), "[::1]:0");
-        assert_eq!(bind("[fe80::1]:1884"), "[::]:0");
-    }
-
-    #[test]
     fn timestamps() {
-        let t = UNIX_EPOCH + Duration::from_millis(3_723_004);
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(3_723_004);
         assert_eq!(timestamp(t), "01:02:03.004");
     }
 }

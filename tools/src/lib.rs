@@ -6,3 +6,4 @@ pub mod bench;
 pub mod dump;
 pub mod format;
 pub mod pubsub;
+pub mod relay;

@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use mqttsn_tools::bench::{self, BenchError, BenchOptions, Mode, QosMix};
 use mqttsn_tools::dump::{self, DumpOptions};
 use mqttsn_tools::pubsub::{self, Common, Failure, Messages, PubOptions, PubTopic, SubOptions};
+use mqttsn_tools::relay::impairment::{Partition, Probability, Profile};
+use mqttsn_tools::relay::peers::PeerLimits;
+use mqttsn_tools::relay::{self, RelayOptions};
 
 /// Command-line tools for MQTT-SN v1.2.
 #[derive(Debug, Parser)]
@@ -42,6 +45,9 @@ enum Tool {
               value_parser = clap::value_parser!(u64).range(1..))]
         idle_timeout: u64,
     },
+    /// Relay between sensors and a gateway with loss, duplication,
+    /// reordering, delay and jitter, per direction; a summary at the end.
+    Relay(Box<RelayArgs>),
     /// Publish like mosquitto_pub: -h HOST -p PORT -t TOPIC -m MESSAGE.
     #[command(disable_help_flag = true)]
     Pub(PubArgs),
@@ -59,6 +65,186 @@ enum Tool {
         /// The folder: DIR/man/*.1, DIR/completions/*.
         dir: std::path::PathBuf,
     },
+}
+
+/// `mqttsn relay`; see docs/tools.md. Each impairment has an option for
+/// both directions and one per direction (`up`: sensor to gateway, `down`:
+/// gateway to sensor) that overrides it.
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// Where the sensors send.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: SocketAddr,
+    /// The gateway to relay to.
+    #[arg(long, value_name = "ADDR:PORT")]
+    to: SocketAddr,
+    /// The chance a datagram is lost: 0.2 or 20%.
+    #[arg(long, value_name = "P")]
+    loss: Option<Probability>,
+    /// --loss, sensor to gateway.
+    #[arg(long, value_name = "P")]
+    up_loss: Option<Probability>,
+    /// --loss, gateway to sensor.
+    #[arg(long, value_name = "P")]
+    down_loss: Option<Probability>,
+    /// The chance a datagram is sent twice.
+    #[arg(long, value_name = "P")]
+    duplicate: Option<Probability>,
+    /// --duplicate, sensor to gateway.
+    #[arg(long, value_name = "P")]
+    up_duplicate: Option<Probability>,
+    /// --duplicate, gateway to sensor.
+    #[arg(long, value_name = "P")]
+    down_duplicate: Option<Probability>,
+    /// The chance a datagram is held back and overtaken by the next ones.
+    #[arg(long, value_name = "P")]
+    reorder: Option<Probability>,
+    /// --reorder, sensor to gateway.
+    #[arg(long, value_name = "P")]
+    up_reorder: Option<Probability>,
+    /// --reorder, gateway to sensor.
+    #[arg(long, value_name = "P")]
+    down_reorder: Option<Probability>,
+    /// How many later datagrams overtake a held one.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    reorder_window: u32,
+    /// The longest a datagram is held back, when fewer come after it.
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    reorder_hold: u64,
+    /// The delay of every datagram, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    delay: Option<u64>,
+    /// --delay, sensor to gateway.
+    #[arg(long, value_name = "MS")]
+    up_delay: Option<u64>,
+    /// --delay, gateway to sensor.
+    #[arg(long, value_name = "MS")]
+    down_delay: Option<u64>,
+    /// The delay varies by up to this much either way (the order is kept).
+    #[arg(long, value_name = "MS")]
+    jitter: Option<u64>,
+    /// --jitter, sensor to gateway.
+    #[arg(long, value_name = "MS")]
+    up_jitter: Option<u64>,
+    /// --jitter, gateway to sensor.
+    #[arg(long, value_name = "MS")]
+    down_jitter: Option<u64>,
+    /// The seed of every decision; the same seed, the same decisions for
+    /// the same datagrams (default: from the clock, printed in the summary).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Exit after receiving this many datagrams (both directions), once
+    /// those still delayed have gone out.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Exit after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// An outage, both directions: every datagram arriving from AT seconds
+    /// after the start, for FOR seconds, is lost (repeatable).
+    #[arg(long, value_name = "AT+FOR")]
+    partition: Vec<Partition>,
+    /// The most sensors relayed at once; datagrams from further sensors
+    /// are dropped.
+    #[arg(long, default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_peers: u32,
+    /// Forget a sensor silent for this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+}
+
+impl RelayArgs {
+    /// The profile of one direction: its own options over the shared ones.
+    fn profile(&self, up: bool) -> Profile {
+        let pick = |both: Option<Probability>, u: Option<Probability>, d: Option<Probability>| {
+            if up { u } else { d }.or(both)
+        };
+        let ms = |both: Option<u64>, u: Option<u64>, d: Option<u64>| {
+            Duration::from_millis(if up { u } else { d }.or(both).unwrap_or(0))
+        };
+        Profile {
+            loss: pick(self.loss, self.up_loss, self.down_loss).unwrap_or_default(),
+            duplicate: pick(self.duplicate, self.up_duplicate, self.down_duplicate)
+                .unwrap_or_default(),
+            reorder: pick(self.reorder, self.up_reorder, self.down_reorder).unwrap_or_default(),
+            window: self.reorder_window,
+            hold: Duration::from_millis(self.reorder_hold),
+            delay: ms(self.delay, self.up_delay, self.down_delay),
+            jitter: ms(self.jitter, self.up_jitter, self.down_jitter),
+        }
+    }
+
+    fn options(&self) -> anyhow::Result<RelayOptions> {
+        let duration = match self.duration {
+            Some(s) => Some(
+                Duration::try_from_secs_f64(s)
+                    .map_err(|_| anyhow::anyhow!("--duration {s}: a number of seconds"))?,
+            ),
+            None => None,
+        };
+        let seed = self.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            t.map(|d| d.as_nanos() as u64).unwrap_or_default() ^ u64::from(std::process::id())
+        });
+        Ok(RelayOptions {
+            listen: self.listen,
+            gateway: self.to,
+            up: self.profile(true),
+            down: self.profile(false),
+            seed,
+            count: self.count,
+            duration,
+            partitions: self.partition.clone(),
+            limits: PeerLimits {
+                max_peers: usize::try_from(self.max_peers)?,
+                idle_timeout: Duration::from_secs(self.idle_timeout),
+            },
+        })
+    }
+}
+
+/// A future that completes on SIGINT or SIGTERM. The handlers are
+/// installed here, before the relay says it is ready, so that a signal
+/// sent right after the ready line is never lost (nor kills the process
+/// before the summary).
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+async fn run_relay(a: &RelayArgs) -> anyhow::Result<()> {
+    let opts = a.options()?;
+    let stop = stop_signal()?;
+    let (up, down, gateway) = (opts.up, opts.down, opts.gateway);
+    let summary = relay::run(
+        opts,
+        |addr| {
+            eprintln!("relaying udp://{addr} <-> udp://{gateway}");
+            eprintln!("up: {up}");
+            eprintln!("down: {down}");
+        },
+        stop,
+    )
+    .await?;
+    print!("{summary}");
+    Ok(())
 }
 
 /// Options of `pub` and `sub` as in mosquitto's tools (`-h` is the host).
@@ -498,13 +684,16 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(code);
             }
         }
+        Tool::Relay(a) => run_relay(&a).await?,
         Tool::Dump { listen, relay_to, count, max_peers, idle_timeout } => {
             let opts = DumpOptions {
                 listen,
                 relay_to,
                 count,
-                max_peers: usize::try_from(max_peers)?,
-                idle_timeout: Duration::from_secs(idle_timeout),
+                limits: PeerLimits {
+                    max_peers: usize::try_from(max_peers)?,
+                    idle_timeout: Duration::from_secs(idle_timeout),
+                },
             };
             dump::run(opts, |addr| match relay_to {
                 Some(gw) => eprintln!("relaying udp://{addr} <-> udp://{gw}"),
