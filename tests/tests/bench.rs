@@ -258,3 +258,25 @@ fn addresses_off_this_machine_are_refused() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn a_short_soak_runs_and_loses_nothing() {
+    // One pass of scripts/soak at a tenth of its rate: its own mosquitto and
+    // gateway, the mixed load with sleepers, the report line.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let gateway = mqttsn_tests::gateway::gateway_binary();
+    let out = Command::new(root.join("scripts/soak"))
+        .args(["-m", "0", "-r", "400", "-n", "40"])
+        .arg(&gateway)
+        .env("MQTTSN", tools_binary())
+        .output()
+        .expect("run scripts/soak");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(summary.starts_with("passes=1 ") && summary.ends_with("lost_total=0"), "{stdout}");
+    // pass,seconds,received,...: 180 publishers x 40 messages.
+    let pass = stdout.lines().find(|l| l.starts_with("1,")).expect("a pass line");
+    assert_eq!(pass.split(',').nth(2), Some("7200"), "{stdout}");
+}

@@ -153,6 +153,13 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
     ("docs/benchmarks.md", "cargo bench -p mqttsn-tests --bench gateway_load", Env::Bare, Skip(A_MEASUREMENT)),
     (
         "docs/benchmarks.md",
+        "nice -n -19 scripts/bench-gateway -r 3 -l q0,q1,q2 before=/tmp/mqttsn-gateway-2600221 new=target/release/mqttsn-gateway",
+        Env::Bare,
+        Skip(A_MEASUREMENT),
+    ),
+    ("docs/benchmarks.md", "scripts/soak -m 60", Env::Bare, Skip("an hour of a quiet machine (docs/benchmarks.md); a one-minute soak is run by tests/tests/bench.rs")),
+    (
+        "docs/benchmarks.md",
         "cargo build --profile profiling -p mqttsn-gateway -p mqttsn-tools",
         Env::Bare,
         Skip("an optimised build with symbols: minutes; the profile is checked by every cargo command (Cargo.toml)"),
@@ -217,6 +224,12 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
     (
         "docs/fuzzing.md",
         "cargo +nightly fuzz run -O roundtrip corpus/roundtrip -- -max_total_time=630 -jobs=1",
+        Env::Bare,
+        Skip("fuzzing needs a nightly toolchain and runs for minutes (docs/fuzzing.md)"),
+    ),
+    (
+        "docs/fuzzing.md",
+        "cargo +nightly fuzz run -O endpoint corpus/endpoint -- -max_total_time=600 -jobs=1 -max_len=2048",
         Env::Bare,
         Skip("fuzzing needs a nightly toolchain and runs for minutes (docs/fuzzing.md)"),
     ),
