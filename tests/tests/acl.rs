@@ -5,7 +5,6 @@
 //! of a sensor already connected.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use mqttsn_codec::{
@@ -15,15 +14,6 @@ use mqttsn_tests::broker::{unique, Mosquitto};
 use mqttsn_tests::gateway::GatewayProcess;
 use mqttsn_tests::mqtt_client::MqttClient;
 use mqttsn_tests::sn::Sensor;
-
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 fn refused(page: &str, action: &str) -> Option<u64> {
     let series = format!("mqttsn_acl_refused_total{{action=\"{action}\"}}");
@@ -161,7 +151,7 @@ fn the_acl_lets_allowed_topics_through_and_refuses_the_rest_before_the_broker() 
     })));
     w.expect(Packet::ConnAck(ReturnCode::InvalidTopicId));
 
-    let page = scrape(metrics);
+    let page = mqttsn_tests::http::get(metrics, "/metrics").body;
     assert_eq!(refused(&page, "publish"), Some(7), "six PUBLISHes and one QoS -1: {page}");
     assert_eq!(refused(&page, "register"), Some(1));
     assert_eq!(refused(&page, "subscribe"), Some(1));

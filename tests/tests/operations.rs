@@ -2,7 +2,6 @@
 //! configuration check, SIGHUP reloads and the metrics of a broker outage.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,12 +19,7 @@ fn temp_config(text: &str) -> PathBuf {
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    mqttsn_tests::http::get(addr, "/metrics").body
 }
 
 fn value(page: &str, series: &str) -> Option<f64> {

@@ -35,15 +35,9 @@ enum Tool {
         /// Exit after printing this many datagrams.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
-        /// Relay mode: the most sensors relayed at once; datagrams from
-        /// further sensors are dropped.
-        #[arg(long, default_value_t = 1024, value_name = "N",
-              value_parser = clap::value_parser!(u32).range(1..))]
-        max_peers: u32,
-        /// Relay mode: forget a sensor silent for this many seconds.
-        #[arg(long, default_value_t = 300, value_name = "SECS",
-              value_parser = clap::value_parser!(u64).range(1..))]
-        idle_timeout: u64,
+        /// Relay mode: its bounds.
+        #[command(flatten)]
+        peers: PeerArgs,
     },
     /// Relay between sensors and a gateway with loss, duplication,
     /// reordering, delay and jitter, per direction; a summary at the end.
@@ -145,6 +139,14 @@ struct RelayArgs {
     /// after the start, for FOR seconds, is lost (repeatable).
     #[arg(long, value_name = "AT+FOR")]
     partition: Vec<Partition>,
+    /// The bounds of the relay.
+    #[command(flatten)]
+    peers: PeerArgs,
+}
+
+/// The bounds of a relay (`dump --relay-to` and `relay`).
+#[derive(Debug, clap::Args)]
+struct PeerArgs {
     /// The most sensors relayed at once; datagrams from further sensors
     /// are dropped.
     #[arg(long, default_value_t = 1024, value_name = "N",
@@ -154,6 +156,15 @@ struct RelayArgs {
     #[arg(long, default_value_t = 300, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout: u64,
+}
+
+impl PeerArgs {
+    fn limits(&self) -> anyhow::Result<PeerLimits> {
+        Ok(PeerLimits {
+            max_peers: usize::try_from(self.max_peers)?,
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+        })
+    }
 }
 
 impl RelayArgs {
@@ -198,10 +209,7 @@ impl RelayArgs {
             count: self.count,
             duration,
             partitions: self.partition.clone(),
-            limits: PeerLimits {
-                max_peers: usize::try_from(self.max_peers)?,
-                idle_timeout: Duration::from_secs(self.idle_timeout),
-            },
+            limits: self.peers.limits()?,
         })
     }
 }
@@ -685,16 +693,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Tool::Relay(a) => run_relay(&a).await?,
-        Tool::Dump { listen, relay_to, count, max_peers, idle_timeout } => {
-            let opts = DumpOptions {
-                listen,
-                relay_to,
-                count,
-                limits: PeerLimits {
-                    max_peers: usize::try_from(max_peers)?,
-                    idle_timeout: Duration::from_secs(idle_timeout),
-                },
-            };
+        Tool::Dump { listen, relay_to, count, peers } => {
+            let opts = DumpOptions { listen, relay_to, count, limits: peers.limits()? };
             dump::run(opts, |addr| match relay_to {
                 Some(gw) => eprintln!("relaying udp://{addr} <-> udp://{gw}"),
                 None => eprintln!("listening on udp://{addr}"),
