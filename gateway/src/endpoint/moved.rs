@@ -110,6 +110,9 @@ impl Endpoint {
             self.transmits.extend(withheld.into_iter().map(|o| (new.clone(), o)));
             return;
         }
+        // The store keeps the verified address: after a restart the
+        // session is found where it was proven.
+        e.addr_bytes = back_to.to_bytes();
         e.gate =
             Some(Box::new(Gate { msg_id, back_to, received: len, sent: 0, due: true, withheld }));
     }
@@ -146,6 +149,7 @@ impl Endpoint {
         Metrics::inc(&self.metrics.address_checks[Check::Verified.index()]);
         info!(client_id = %e.cid, addr = %super::DisplayAddr(&e.addr), "new address verified");
         if let Some(peer) = &e.addr {
+            e.addr_bytes = peer.to_bytes();
             self.transmits.extend(g.withheld.into_iter().map(|o| (peer.clone(), o)));
         }
         true

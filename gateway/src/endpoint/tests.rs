@@ -1473,6 +1473,10 @@ fn a_forged_wake_up_gets_only_a_probe_and_the_sensor_gets_its_messages_from_its_
     };
     h.send(7000, encode(Packet::RegAck(guess)));
     assert!(h.out().iter().all(|(_, d)| !is_publish(d)), "nothing but probes");
+    // The store would keep the verified address, not the forged one.
+    let ep = h.ep();
+    let e = ep.by_cid.get("s1").and_then(|&i| ep.entries.get(i)).unwrap();
+    assert_eq!(e.addr_bytes, crate::peer::Peer::direct(addr(5000)).to_bytes());
     h.advance(Duration::from_secs(1));
     assert!(h.out().iter().all(|(_, d)| !is_publish(d)), "retransmissions are withheld too");
     // The sensor wakes from its own address: its message goes there.
