@@ -19,6 +19,8 @@ const RESERVED: usize = 64;
 #[test]
 fn sessions_never_take_the_descriptors_the_gateway_needs() {
     let broker = Mosquitto::start();
+    // Built (if need be) before the limit is lowered: cargo needs more.
+    let _ = mqttsn_tests::gateway::gateway_binary();
     let pid = std::process::id().to_string();
     let nofile = format!("--nofile={LIMIT}:{LIMIT}");
     let status = std::process::Command::new("prlimit")
@@ -35,9 +37,8 @@ fn sessions_never_take_the_descriptors_the_gateway_needs() {
         sensors.push(s);
     }
     // One more: congestion, and the gateway goes on.
-    let extra = Sensor::new(gw.addr);
+    let mut extra = Sensor::new(gw.addr);
     let id = unique("one-too-many");
-    let mut extra = extra;
     extra.send(Packet::Connect(Connect {
         will: false,
         clean_session: true,
