@@ -402,6 +402,17 @@ impl Endpoint {
             e.since = ended_at.unwrap_or(now);
         }
         if let Some(addr) = addr {
+            // Counted against its address as if it had just connected
+            // (never refused: it was admitted before the restart).
+            let ip = addr.addr.ip();
+            let mut adm = self.dir.admission();
+            let source = (!adm.is_exempt(ip))
+                .then(|| Source::of(ip))
+                .filter(|src| adm.session_started(*src, now).is_ok());
+            drop(adm);
+            if let Some(e) = self.entries.get_mut(idx) {
+                e.source = source;
+            }
             self.bind(idx, addr);
         }
         self.flush(idx, now);

@@ -1750,3 +1750,29 @@ fn while_the_store_fails_persistent_sessions_wait_within_a_bound_and_transient_o
     h.send(5001, connect("p2", false));
     assert!(h.ep().poll_store().is_some(), "a persistent CONNECT is admitted again");
 }
+
+#[test]
+fn a_restored_session_counts_against_its_address() {
+    let admission = Limits { sessions_per_source: Some(1), ..Limits::default() };
+    let mut h = H::with(ServerOptions { admission, ..ServerOptions::default() }, 1, false);
+    let cfg = h.ep().cfg.clone();
+    let now = h.now;
+    let mut session = Session::new(cfg, "kept", now);
+    let c = Connect {
+        will: false,
+        clean_session: false,
+        protocol_id: 1,
+        duration: 60,
+        client_id: b"kept",
+    };
+    session.handle_connect(&c, now);
+    let peer = crate::peer::Peer::direct(addr(5000));
+    h.ep().restore(session, Some(peer), None, now);
+    let src = Source::of(addr(5000).ip());
+    assert_eq!(h.ep().dir.admission().sessions_of(src), 1);
+    // Its address holds its one session: another ClientId from there is
+    // refused.
+    h.send(5000, connect("other", true));
+    assert_eq!(h.out(), [(5000, encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec())]);
+    assert_eq!(h.refused(Refusal::SourceSessions), 1);
+}
