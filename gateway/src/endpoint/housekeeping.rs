@@ -36,6 +36,20 @@ impl Endpoint {
         }
     }
 
+    /// Forgets the addresses without a session that were told DISCONNECT
+    /// longer ago than the interval between two such replies: the table
+    /// holds only the addresses it still has to hold back.
+    pub(super) fn forget_unknown_senders(&mut self, now: Instant) {
+        if self.unknown_sent.is_empty() {
+            return;
+        }
+        let horizon = self.opts.unknown_disconnect_interval;
+        self.unknown_sent.retain(|_, t| now.saturating_duration_since(*t) < horizon);
+        if self.unknown_sent.is_empty() {
+            self.unknown_sent = std::collections::HashMap::new();
+        }
+    }
+
     /// This worker's share of the asleep and buffer gauges.
     pub(super) fn refresh_gauges(&mut self) {
         let mut g = Gauges::default();

@@ -620,6 +620,7 @@ impl Endpoint {
         if now >= self.housekeeping_at {
             self.housekeeping_at = now + HOUSEKEEPING;
             self.expire_sessions(now);
+            self.forget_unknown_senders(now);
             self.refresh_gauges();
             if self.own {
                 self.report_outage(now);

@@ -1776,3 +1776,16 @@ fn a_restored_session_counts_against_its_address() {
     assert_eq!(h.out(), [(5000, encode(Packet::ConnAck(ReturnCode::Congestion)).to_vec())]);
     assert_eq!(h.refused(Refusal::SourceSessions), 1);
 }
+
+#[test]
+fn addresses_told_disconnect_are_forgotten_once_they_may_be_told_again() {
+    let mut h = H::new();
+    for port in 0..100u16 {
+        h.send(9000 + port, encode(Packet::PingReq(None)));
+    }
+    assert_eq!(h.out().len(), 100);
+    assert_eq!(h.ep().unknown_sent.len(), 100);
+    let interval = h.ep().opts.unknown_disconnect_interval;
+    h.advance(interval + Duration::from_secs(2));
+    assert_eq!(h.ep().unknown_sent.len(), 0);
+}
