@@ -503,9 +503,18 @@ impl Sim {
     }
 }
 
-/// A datagram for the trace: its packet, or its octets.
+/// A datagram for the trace: its packet (a payload as text), or its
+/// octets.
 fn show(d: &[u8]) -> String {
     match mqttsn_codec::Packet::decode(d) {
+        Ok(mqttsn_codec::Packet::Publish(p)) => format!(
+            "Publish {{ dup: {}, qos: {:?}, topic: {:?}, msg_id: {}, data: {:?} }}",
+            p.dup,
+            p.qos,
+            p.topic,
+            p.msg_id,
+            String::from_utf8_lossy(p.data)
+        ),
         Ok(p) => format!("{p:?}"),
         Err(e) => format!("undecodable ({e}): {d:02x?}"),
     }

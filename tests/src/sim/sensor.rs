@@ -187,7 +187,14 @@ impl Sensor {
     /// What the client reported; returns the acknowledged publish, if
     /// that is what it was, and a line for the trace.
     pub fn event(&mut self, now: Millis, e: Event<'_>) -> (Option<(Vec<u8>, QoS)>, String) {
-        let line = format!("s{} event {:?}", self.n, e);
+        let line = match e {
+            Event::Message { topic, payload, qos, .. } => format!(
+                "s{} event Message {{ topic: {topic:?}, payload: {:?}, qos: {qos:?} }}",
+                self.n,
+                String::from_utf8_lossy(payload)
+            ),
+            e => format!("s{} event {e:?}", self.n),
+        };
         let mut acked = None;
         match e {
             Event::Connected => self.connects += 1,
