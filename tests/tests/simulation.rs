@@ -82,6 +82,22 @@ fn every_seed_keeps_every_invariant() {
     assert!(total.lost > 0 && u64::from(total.outages) > seeds / 4, "{total:?}");
 }
 
+/// Seeds that once failed, with what was fixed.
+const REGRESSIONS: &[(u64, &str)] = &[(
+    17_912,
+    "the client answered a QoS 2 retransmission whose topic id it no longer knew with \
+     \"invalid topic id\" instead of PUBREC, and the message came again as a new one",
+)];
+
+#[test]
+fn seeds_that_once_failed_pass() {
+    for (seed, what) in REGRESSIONS {
+        if let Err(e) = run_seed(*seed, false) {
+            panic!("{e}\n  (once: {what})");
+        }
+    }
+}
+
 #[test]
 fn a_seed_runs_the_same_every_time() {
     for seed in [1, 42, 977] {
