@@ -619,6 +619,13 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     }
 
     fn incoming<'a>(&mut self, now: Millis, p: Publish<'a>) -> Result<Option<Event<'a>>, Error> {
+        if p.qos == QoS::ExactlyOnce && p.msg_id != 0 && self.qos2_rx.contains(&p.msg_id) {
+            // A retransmission of a message delivered already: PUBREC
+            // again, whatever its topic id has become since (the gateway
+            // may have named the topic again in between).
+            self.push_tx(now, Buf::encode(&Packet::PubRec(p.msg_id)).ok_or(Error::TooLong)?);
+            return Ok(None);
+        }
         let topic = match p.topic {
             TopicId::Normal(id) => {
                 if self.topic_name(id).is_none() {

@@ -211,6 +211,32 @@ fn qos2_messages_are_delivered_once() {
 }
 
 #[test]
+fn a_qos2_retransmission_is_not_delivered_again_after_its_topic_id_changed() {
+    // Delivered under id 3; then a late SUBACK names the topic 2, so id 3
+    // is unknown when the gateway sends the message again (DUP, same
+    // MsgId): PUBREC, not "invalid topic id" (which would make the gateway
+    // send it once more as a new message). Simulation seed 17912.
+    let mut c = connected();
+    c.learn_topic("s/4", 3).unwrap();
+    let publish = |dup| {
+        enc(Packet::Publish(Publish {
+            dup,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: TopicId::Normal(3),
+            msg_id: 5,
+            data: b"once",
+        }))
+    };
+    assert!(c.handle_datagram(1, &publish(false)).unwrap().is_some());
+    assert_eq!(sent(&mut c), [enc(Packet::PubRec(5))]);
+    c.learn_topic("s/4", 2).unwrap();
+    assert_eq!(c.topic_name(3), None);
+    assert_eq!(c.handle_datagram(2, &publish(true)).unwrap(), None);
+    assert_eq!(sent(&mut c), [enc(Packet::PubRec(5))]);
+}
+
+#[test]
 fn subscribe_retransmission_sets_dup_and_suback_reports() {
     let mut c = connected();
     let m = c.subscribe(1, TopicFilter::Name(b"a/#"), QoS::AtLeastOnce).unwrap();

@@ -7,4 +7,5 @@ pub mod gateway;
 pub mod http;
 pub mod mqtt_client;
 pub mod pcap;
+pub mod sim;
 pub mod sn;

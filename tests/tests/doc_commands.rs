@@ -157,6 +157,19 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
         Env::Bare,
         Skip(A_MEASUREMENT),
     ),
+    ("docs/simulation.md", "cargo test -p mqttsn-tests --test simulation", Env::Bare, Run(Nothing)),
+    (
+        "docs/simulation.md",
+        "SIM_SEEDS=100000 cargo test -p mqttsn-tests --release --test simulation -- --nocapture",
+        Env::Bare,
+        Skip("100,000 seeds: an optimised build of the tests crate and minutes of running; the test command runs 300 seeds of the same simulation"),
+    ),
+    (
+        "docs/simulation.md",
+        "SIM_SEED=1234 cargo test -p mqttsn-tests --test simulation -- --nocapture",
+        Env::Bare,
+        Run(Output("seed 1234: Outcome")),
+    ),
     ("docs/benchmarks.md", "scripts/soak -m 60", Env::Bare, Skip("an hour of a quiet machine (docs/benchmarks.md); a one-minute soak is run by tests/tests/bench.rs")),
     (
         "docs/benchmarks.md",
@@ -448,6 +461,29 @@ fn rewrite(command: &str, scratch: &Path) -> String {
     c
 }
 
+/// The command after its leading `NAME=value` environment assignments.
+fn without_env(command: &str) -> &str {
+    let mut rest = command;
+    while let Some((word, tail)) = rest.split_once(' ') {
+        let name = word.split_once('=').map(|(n, _)| n).unwrap_or_default();
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            break;
+        }
+        rest = tail.trim_start();
+    }
+    rest
+}
+
+#[test]
+fn a_command_after_environment_assignments_is_recognised() {
+    assert_eq!(without_env("SIM_SEED=1 cargo test -p x"), "cargo test -p x");
+    assert_eq!(without_env("A=1 B_2=x  cargo run"), "cargo run");
+    assert_eq!(without_env("cargo test"), "cargo test");
+    assert_eq!(without_env("mqttsn pub -m a=b"), "mqttsn pub -m a=b");
+}
+
 /// A process group started for a block, killed on drop.
 struct Running {
     child: Child,
@@ -588,7 +624,7 @@ fn run_block(block: &Block, scratch: &Path) -> Vec<String> {
         // its working directory).
         let cwd = if ["cargo ", "packaging/", "file ", "readelf ", "dpkg-deb "]
             .iter()
-            .any(|p| cmd.starts_with(p))
+            .any(|p| without_env(&cmd).starts_with(p))
         {
             repo()
         } else {
