@@ -334,19 +334,23 @@ fn unknown_topic_id_gets_puback_invalid_topic_id_at_every_qos() {
     assert!(h.cmds().is_empty());
 }
 
-#[test]
-fn predefined_and_short_topics_publish_without_register() {
-    let mut h = H::connected(false, 0);
-    h.sensor(publish(QoS::AtMostOnce, TopicId::Predefined(100), 0, b"p"));
-    h.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"ab"), 0, b"s"));
-    let topics: Vec<String> = h
-        .cmds()
+/// The topics of the commands out, every one a Publish.
+fn published_topics(h: &mut H) -> Vec<String> {
+    h.cmds()
         .into_iter()
         .map(|c| match c {
             Command::Publish { topic, .. } => topic.to_string(),
             other => panic!("{other:?}"),
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn predefined_and_short_topics_publish_without_register() {
+    let mut h = H::connected(false, 0);
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Predefined(100), 0, b"p"));
+    h.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"ab"), 0, b"s"));
+    let topics = published_topics(&mut h);
     assert_eq!(topics, ["pre/defined", "ab"]);
 }
 
@@ -1400,14 +1404,7 @@ fn acl_refused_publish_gets_puback_invalid_topic_id_at_every_qos() {
     h.tx();
     h.sensor(publish(QoS::AtLeastOnce, TopicId::Normal(1), 6, b"v"));
     h.sensor(publish(QoS::AtMostOnce, TopicId::Short(*b"ok"), 0, b"v"));
-    let topics: Vec<String> = h
-        .cmds()
-        .into_iter()
-        .map(|c| match c {
-            Command::Publish { topic, .. } => topic.to_string(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let topics = published_topics(&mut h);
     assert_eq!(topics, ["sensors/sensor-1/t", "ok"]);
     assert!(refusals(&mut h).is_empty());
 }
