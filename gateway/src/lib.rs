@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cidr;
 pub mod config;
 pub mod control;
+pub mod dtls;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
 pub mod endpoint;

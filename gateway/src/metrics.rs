@@ -114,6 +114,28 @@ pub struct Metrics {
     pub address_withheld: AtomicU64,
     /// Topics refused by the ACL, by [`crate::acl::Action::index`].
     pub acl_refused: [AtomicU64; crate::acl::Action::ALL.len()],
+    /// DTLS handshakes completed.
+    pub dtls_handshakes: AtomicU64,
+    /// DTLS handshakes that failed (bad key, timeout, no common suite).
+    pub dtls_handshakes_failed: AtomicU64,
+    /// HelloVerifyRequests sent (first ClientHellos answered statelessly).
+    pub dtls_hello_verify: AtomicU64,
+    /// DTLS associations held (handshakes included).
+    pub dtls_associations: AtomicU64,
+    /// DTLS ClientHellos refused by a bound (handshakes, associations,
+    /// HelloVerifyRequests per second).
+    pub dtls_refused_limit: AtomicU64,
+    /// CONNECTs and wake-ups over DTLS refused: the ClientId is not the
+    /// peer's to use, or forwarder encapsulation.
+    pub dtls_refused_identity: AtomicU64,
+    /// DTLS peers refused: a client certificate pinned to no ClientId.
+    pub dtls_refused_certificate: AtomicU64,
+    /// Datagrams on the DTLS socket from an address without an
+    /// association that are no ClientHello.
+    pub dtls_dropped: AtomicU64,
+    /// Datagrams for a DTLS peer without an established association
+    /// (restored sessions before their sensor's new handshake), dropped.
+    pub dtls_unsendable: AtomicU64,
 }
 
 /// Upper bounds of the latency histogram buckets, in milliseconds.
@@ -293,6 +315,49 @@ impl Metrics {
             "counter",
             "Topics refused by the ACL, by what the sensor tried.",
             &acl,
+        );
+        metric(
+            "dtls_handshakes_total",
+            "counter",
+            "DTLS handshakes, by result.",
+            &[
+                ("{result=\"completed\"}", get(&self.dtls_handshakes)),
+                ("{result=\"failed\"}", get(&self.dtls_handshakes_failed)),
+            ],
+        );
+        metric(
+            "dtls_hello_verify_total",
+            "counter",
+            "First DTLS ClientHellos answered statelessly with a HelloVerifyRequest.",
+            &[("", get(&self.dtls_hello_verify))],
+        );
+        metric(
+            "dtls_associations",
+            "gauge",
+            "DTLS associations held, handshakes included.",
+            &[("", get(&self.dtls_associations))],
+        );
+        metric(
+            "dtls_refused_total",
+            "counter",
+            "DTLS peers refused, by reason.",
+            &[
+                ("{reason=\"limit\"}", get(&self.dtls_refused_limit)),
+                ("{reason=\"identity\"}", get(&self.dtls_refused_identity)),
+                ("{reason=\"certificate\"}", get(&self.dtls_refused_certificate)),
+            ],
+        );
+        metric(
+            "dtls_dropped_total",
+            "counter",
+            "Datagrams on the DTLS socket that are neither a ClientHello nor for an association.",
+            &[("", get(&self.dtls_dropped))],
+        );
+        metric(
+            "dtls_unsendable_total",
+            "counter",
+            "Datagrams for a DTLS peer without an established association, dropped.",
+            &[("", get(&self.dtls_unsendable))],
         );
         metric(
             "replies_suppressed_total",

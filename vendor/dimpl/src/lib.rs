@@ -670,6 +670,33 @@ impl Dtls {
         }
     }
 
+    /// Sets the cookie secret of a DTLS 1.2 server (patched in mqttsn).
+    ///
+    /// A server answers a ClientHello without a valid cookie with a
+    /// HelloVerifyRequest carrying trunc_32(HMAC-SHA256(secret,
+    /// client_random)). With a secret the caller knows, the caller can send
+    /// that HelloVerifyRequest itself, statelessly, and create the `Dtls`
+    /// only for a ClientHello whose cookie it has verified. False (and
+    /// nothing changed) for anything but a DTLS 1.2 server.
+    pub fn set_server_cookie_secret(&mut self, secret: [u8; 32]) -> bool {
+        match self.inner.as_mut() {
+            Some(Inner::Server12(server)) => {
+                server.set_cookie_secret(secret);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The PSK identity the peer authenticated with (a DTLS 1.2 server
+    /// after a PSK handshake; patched in mqttsn).
+    pub fn peer_psk_identity(&self) -> Option<&[u8]> {
+        match self.inner.as_ref() {
+            Some(Inner::Server12(server)) => server.psk_identity(),
+            _ => None,
+        }
+    }
+
     /// Process an incoming DTLS datagram.
     ///
     /// Refresh the logical clock with [`Self::handle_timeout`] before receiving

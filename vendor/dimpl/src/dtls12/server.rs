@@ -93,6 +93,10 @@ pub struct Server {
     /// bypassing identity validation.
     psk_valid: Option<bool>,
 
+    /// The PSK identity the client used, once it resolved to a key
+    /// (patched in mqttsn).
+    psk_identity: Option<Vec<u8>>,
+
     /// The last now we seen
     last_now: Instant,
 
@@ -166,6 +170,7 @@ impl Server {
             random: None,
             session_id: None,
             cookie_secret,
+            psk_identity: None,
             extension_data,
             negotiated_srtp_profile: None,
             client_supported_groups: None,
@@ -183,6 +188,19 @@ impl Server {
 
     pub fn into_client(self) -> Client {
         Client::new_with_engine(self.engine, self.last_now)
+    }
+
+    /// Replaces the cookie secret (patched in mqttsn: the caller answers
+    /// ClientHellos without a cookie itself, statelessly, with the same
+    /// cookie, trunc_32(HMAC-SHA256(secret, client_random))).
+    pub fn set_cookie_secret(&mut self, secret: [u8; 32]) {
+        self.cookie_secret = secret;
+    }
+
+    /// The PSK identity the client used, once it resolved to a key
+    /// (patched in mqttsn).
+    pub fn psk_identity(&self) -> Option<&[u8]> {
+        self.psk_identity.as_deref()
     }
 
     pub fn set_handshake_deadline(&mut self, deadline: Timeout) {
@@ -793,6 +811,9 @@ impl State {
             };
 
             server.psk_valid = Some(psk_valid);
+            if psk_valid {
+                server.psk_identity = Some(identity.to_vec());
+            }
 
             let crypto = server.engine.crypto_context_mut();
             crypto.set_psk(psk);

@@ -1,0 +1,287 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dimpl::{Dtls, Output, PskResolver};
+use mqttsn_codec::{Connect, Packet, ReturnCode};
+
+use super::*;
+
+const KEY: &str = "00112233445566778899aabbccddeeff";
+
+struct Key(Vec<u8>);
+impl PskResolver for Key {
+    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+        Some(self.0.clone())
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn gateway(now: Instant) -> (Associations, Arc<Metrics>) {
+    let mut c = Credentials::default();
+    c.add_psk("k", "sensor-a", KEY).unwrap();
+    c.add_psk("k", "sensor-b", "ffeeddccbbaa99887766554433221100").unwrap();
+    let m = Arc::new(Metrics::default());
+    (Associations::new(DtlsSettings::new(c), m.clone(), now).unwrap(), m)
+}
+
+fn client(identity: &str, key: &str, now: Instant) -> Dtls {
+    let key: Vec<u8> = (0..key.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&key[i..i + 2], 16).unwrap())
+        .collect();
+    let cfg = dimpl::Config::builder()
+        .with_psk_client(identity.as_bytes().to_vec(), Arc::new(Key(key)))
+        .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
+        .build()
+        .unwrap();
+    let mut d = Dtls::new_12_psk(Arc::new(cfg), now);
+    d.set_active(true);
+    d
+}
+
+/// What the client's engine said: records to send, data received.
+#[derive(Default)]
+struct Said {
+    packets: Vec<Vec<u8>>,
+    data: Vec<Vec<u8>>,
+    connected: bool,
+}
+
+fn drain(c: &mut Dtls) -> Said {
+    let mut said = Said::default();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match c.poll_output(&mut buf) {
+            Output::Packet(p) => said.packets.push(p.to_vec()),
+            Output::ApplicationData(d) => said.data.push(d.to_vec()),
+            Output::Connected => said.connected = true,
+            Output::Timeout(_) => return said,
+            _ => {}
+        }
+    }
+}
+
+/// Moves datagrams both ways until neither side has anything to say;
+/// returns whether the client got connected and what data it received.
+fn exchange(c: &mut Dtls, g: &mut Associations, from: SocketAddr, now: Instant) -> Said {
+    let mut total = Said::default();
+    c.handle_timeout(now).unwrap();
+    for _ in 0..20 {
+        let said = drain(c);
+        total.connected |= said.connected;
+        total.data.extend(said.data);
+        let mut moved = false;
+        for p in said.packets {
+            g.handle_datagram(now, from, &p);
+            moved = true;
+        }
+        while let Some((to, p)) = g.poll_transmit() {
+            assert_eq!(to, from);
+            if c.handle_packet(&p).is_err() {
+                return total;
+            }
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    total
+}
+
+fn connect(id: &str) -> Vec<u8> {
+    let mut out = [0u8; 64];
+    let c = Connect {
+        will: false,
+        clean_session: true,
+        protocol_id: 1,
+        duration: 60,
+        client_id: id.as_bytes(),
+    };
+    let n = Packet::Connect(c).encode(&mut out).unwrap();
+    out[..n].to_vec()
+}
+
+#[test]
+fn a_psk_sensor_connects_and_its_frames_reach_the_endpoint() {
+    let now = Instant::now();
+    let (mut g, m) = gateway(now);
+    let mut c = client("sensor-a", KEY, now);
+    let said = exchange(&mut c, &mut g, addr(1), now);
+    assert!(said.connected, "handshake completes");
+    assert_eq!(g.len(), 1);
+    assert!(g.is_connected(&addr(1)));
+    assert_eq!(
+        g.poll_connected().map(|(a, who)| (a, who.to_string())),
+        Some((addr(1), "sensor-a".into()))
+    );
+    assert_eq!(m.dtls_hello_verify.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(m.dtls_handshakes.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    c.send_application_data(&connect("sensor-a")).unwrap();
+    exchange(&mut c, &mut g, addr(1), now);
+    let (from, frame) = g.poll_plaintext().expect("the CONNECT for the endpoint");
+    assert_eq!((from, frame.as_ref()), (addr(1), connect("sensor-a").as_slice()));
+
+    // The endpoint's answer, encrypted.
+    assert!(g.send(now, addr(1), &[3, 5, 0]));
+    let said = exchange(&mut c, &mut g, addr(1), now);
+    assert_eq!(said.data, vec![vec![3, 5, 0]]);
+    assert!(!g.send(now, addr(2), &[3, 5, 0]), "nobody at another address");
+}
+
+#[test]
+fn a_sensor_cannot_connect_as_another_client_id() {
+    let now = Instant::now();
+    let (mut g, m) = gateway(now);
+    let mut c = client("sensor-a", KEY, now);
+    assert!(exchange(&mut c, &mut g, addr(1), now).connected);
+    c.send_application_data(&connect("sensor-b")).unwrap();
+    let said = exchange(&mut c, &mut g, addr(1), now);
+    assert!(g.poll_plaintext().is_none(), "nothing reaches the endpoint");
+    let mut connack = [0u8; 8];
+    let n = Packet::ConnAck(ReturnCode::NotSupported).encode(&mut connack).unwrap();
+    assert_eq!(said.data, vec![connack[..n].to_vec()]);
+    // A wake-up naming another sensor is dropped as well.
+    let mut ping = [0u8; 32];
+    let n = Packet::PingReq(Some(b"sensor-b")).encode(&mut ping).unwrap();
+    c.send_application_data(&ping[..n]).unwrap();
+    exchange(&mut c, &mut g, addr(1), now);
+    assert!(g.poll_plaintext().is_none());
+    assert_eq!(m.dtls_refused_identity.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_wrong_key_or_unknown_identity_fails_the_handshake() {
+    let now = Instant::now();
+    let (mut g, m) = gateway(now);
+    let mut c = client("sensor-a", "ffeeddccbbaa99887766554433221100", now);
+    assert!(!exchange(&mut c, &mut g, addr(1), now).connected);
+    let mut c = client("nobody", KEY, now);
+    assert!(!exchange(&mut c, &mut g, addr(2), now).connected);
+    assert!(!g.is_connected(&addr(1)) && !g.is_connected(&addr(2)));
+    // Failed handshakes are dropped, at the latest when they time out.
+    g.handle_timeout(now + Duration::from_secs(31));
+    assert!(g.is_empty());
+    assert_eq!(m.dtls_associations.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(m.dtls_handshakes_failed.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn a_first_client_hello_leaves_no_state_and_is_not_amplified() {
+    let now = Instant::now();
+    let (mut g, _) = gateway(now);
+    let mut c = client("sensor-a", KEY, now);
+    c.handle_timeout(now).unwrap();
+    let ch0 = drain(&mut c).packets.remove(0);
+    g.handle_datagram(now, addr(1), &ch0);
+    assert!(g.is_empty(), "no state for a first ClientHello");
+    let (_, hvr) = g.poll_transmit().unwrap();
+    assert!(hvr.len() <= ch0.len());
+    // The cookie is for addr(1): the same second ClientHello from a
+    // spoofed address gets a HelloVerifyRequest of its own, no state.
+    c.handle_packet(&hvr).unwrap();
+    let ch2 = drain(&mut c).packets.remove(0);
+    g.handle_datagram(now, addr(9), &ch2);
+    assert!(g.is_empty());
+    // From addr(1) it starts the handshake.
+    g.handle_datagram(now, addr(1), &ch2);
+    assert_eq!(g.len(), 1);
+}
+
+#[test]
+fn hello_verify_requests_are_bounded_per_second() {
+    let now = Instant::now();
+    let (mut g, m) = gateway(now);
+    let mut c = client("sensor-a", KEY, now);
+    c.handle_timeout(now).unwrap();
+    let ch0 = drain(&mut c).packets.remove(0);
+    for port in 0..1_500u16 {
+        g.handle_datagram(now, addr(port), &ch0);
+    }
+    let mut sent = 0;
+    while g.poll_transmit().is_some() {
+        sent += 1;
+    }
+    assert_eq!(sent, 1_000);
+    assert_eq!(m.dtls_refused_limit.load(std::sync::atomic::Ordering::Relaxed), 500);
+    g.handle_datagram(now + Duration::from_secs(1), addr(1), &ch0);
+    assert!(g.poll_transmit().is_some(), "the budget refills");
+}
+
+#[test]
+fn a_lost_flight_is_sent_again_by_the_timer() {
+    let now = Instant::now();
+    let (mut g, _) = gateway(now);
+    let mut c = client("sensor-a", KEY, now);
+    c.handle_timeout(now).unwrap();
+    let ch0 = drain(&mut c).packets.remove(0);
+    g.handle_datagram(now, addr(1), &ch0);
+    let (_, hvr) = g.poll_transmit().unwrap();
+    c.handle_packet(&hvr).unwrap();
+    for p in drain(&mut c).packets {
+        g.handle_datagram(now, addr(1), &p);
+    }
+    // The server's flight is lost.
+    while g.poll_transmit().is_some() {}
+    let t = g.poll_timeout().expect("a retransmission timer");
+    assert!(t > now);
+    g.handle_timeout(t);
+    let mut resent = 0;
+    while let Some((_, p)) = g.poll_transmit() {
+        resent += 1;
+        c.handle_packet(&p).unwrap();
+    }
+    assert!(resent > 0, "the flight again");
+    assert!(exchange(&mut c, &mut g, addr(1), t).connected);
+}
+
+#[test]
+fn a_sensor_that_starts_over_gets_a_new_association() {
+    let now = Instant::now();
+    let (mut g, m) = gateway(now);
+    let mut c = client("sensor-a", KEY, now);
+    assert!(exchange(&mut c, &mut g, addr(1), now).connected);
+    // The sensor rebooted: a new handshake from the same address.
+    let mut c = client("sensor-a", KEY, now);
+    assert!(exchange(&mut c, &mut g, addr(1), now).connected);
+    assert_eq!(g.len(), 1);
+    assert_eq!(m.dtls_associations.load(std::sync::atomic::Ordering::Relaxed), 1);
+    c.send_application_data(&connect("sensor-a")).unwrap();
+    exchange(&mut c, &mut g, addr(1), now);
+    assert!(g.poll_plaintext().is_some());
+}
+
+#[test]
+fn idle_associations_are_dropped() {
+    let now = Instant::now();
+    let (mut g, m) = gateway(now);
+    let mut c = client("sensor-a", KEY, now);
+    assert!(exchange(&mut c, &mut g, addr(1), now).connected);
+    g.handle_timeout(now + Duration::from_secs(86_401));
+    assert!(g.is_empty());
+    assert_eq!(m.dtls_associations.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn garbage_never_panics_and_is_counted() {
+    let now = Instant::now();
+    let (mut g, m) = gateway(now);
+    let mut c = client("sensor-a", KEY, now);
+    c.handle_timeout(now).unwrap();
+    let ch0 = drain(&mut c).packets.remove(0);
+    for n in 0..ch0.len() {
+        g.handle_datagram(now, addr(1), &ch0[..n]);
+        let mut flipped = ch0.clone();
+        flipped[n] ^= 0x55;
+        g.handle_datagram(now, addr(2), &flipped);
+    }
+    assert!(g.is_empty());
+    assert!(m.dtls_dropped.load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
