@@ -6,11 +6,11 @@
 //! in the table.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use bytes::Bytes;
 
 use crate::cidr::Cidr;
+use crate::peer::{Link, Peer};
 
 /// The upstream identity of a sensor. Its `Debug` hides the password.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -40,6 +40,9 @@ pub struct ClientEntry {
     pub identity: Identity,
     /// Source networks it may connect from; empty: anywhere.
     pub allow_from: Vec<Cidr>,
+    /// It has DTLS credentials (a PSK, a pinned certificate): it may
+    /// connect only over DTLS, authenticated as itself.
+    pub dtls: bool,
 }
 
 /// Why a sensor may not connect.
@@ -49,6 +52,8 @@ pub enum Refusal {
     UnknownClient,
     /// The source address is outside the ClientId's pinned networks.
     OutsidePin,
+    /// The ClientId has DTLS credentials and came over plain UDP.
+    NeedsDtls,
 }
 
 impl Refusal {
@@ -57,6 +62,7 @@ impl Refusal {
         match self {
             Self::UnknownClient => "unknown ClientId",
             Self::OutsidePin => "source address outside the ClientId's pinned networks",
+            Self::NeedsDtls => "the ClientId has DTLS credentials and may connect only over DTLS",
         }
     }
 }
@@ -82,9 +88,11 @@ impl AuthTable {
         self.clients.insert(client_id.to_owned(), entry);
     }
 
-    /// The identity for `client_id` connecting from `ip`, or why not.
-    pub fn check(&self, client_id: &str, ip: IpAddr) -> Result<Identity, Refusal> {
+    /// The identity for `client_id` connecting from `peer`, or why not.
+    pub fn check(&self, client_id: &str, peer: &Peer) -> Result<Identity, Refusal> {
+        let ip = peer.addr.ip();
         match self.clients.get(client_id) {
+            Some(entry) if entry.dtls && peer.link != Link::Dtls => Err(Refusal::NeedsDtls),
             Some(entry) => {
                 if entry.allow_from.is_empty() || entry.allow_from.iter().any(|n| n.contains(ip)) {
                     Ok(entry.identity.clone())
@@ -115,16 +123,20 @@ mod tests {
                     client_cert: None,
                 },
                 allow_from: vec!["10.0.0.0/8".parse().unwrap()],
+                dtls: false,
             },
         );
         t.insert("b", ClientEntry::default());
-        let inside: IpAddr = "10.1.2.3".parse().unwrap();
-        let outside: IpAddr = "192.168.0.1".parse().unwrap();
-        assert_eq!(t.check("a", inside).unwrap().username.as_deref(), Some("alice"));
-        assert_eq!(t.check("a", outside), Err(Refusal::OutsidePin));
-        assert!(t.check("b", outside).is_ok());
-        assert_eq!(t.check("c", inside), Err(Refusal::UnknownClient));
+        let inside = Peer::direct("10.1.2.3:1".parse().unwrap());
+        let outside = Peer::direct("192.168.0.1:1".parse().unwrap());
+        assert_eq!(t.check("a", &inside).unwrap().username.as_deref(), Some("alice"));
+        assert_eq!(t.check("a", &outside), Err(Refusal::OutsidePin));
+        assert!(t.check("b", &outside).is_ok());
+        assert_eq!(t.check("c", &inside), Err(Refusal::UnknownClient));
         t.allow_unknown = true;
-        assert!(t.check("c", inside).is_ok());
+        assert!(t.check("c", &inside).is_ok());
+        t.insert("d", ClientEntry { dtls: true, ..ClientEntry::default() });
+        assert_eq!(t.check("d", &inside), Err(Refusal::NeedsDtls));
+        assert!(t.check("d", &Peer::dtls("10.1.2.3:1".parse().unwrap())).is_ok());
     }
 }

@@ -74,6 +74,50 @@ pub struct Config {
     pub predefined: Vec<PredefinedTopic>,
     /// `[acl]`: topic access control; absent: every topic allowed.
     pub acl: Option<AclSection>,
+    /// `[dtls]`: the DTLS listener.
+    pub dtls: DtlsSection,
+}
+
+/// `[dtls]`: MQTT-SN over DTLS 1.2 (see [`crate::dtls`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DtlsSection {
+    /// The DTLS listener's address; empty: off. It runs only when some
+    /// sensor has a PSK or a server certificate is given.
+    pub listen: String,
+    /// The server certificate (PEM, ECDSA P-256 or P-384).
+    pub cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Certificate handshakes must present a client certificate pinned to
+    /// a ClientId (`clients[].dtls_cert_sha256`).
+    pub require_client_certificate: bool,
+    /// Associations held at most, handshakes included.
+    pub max_associations: usize,
+    /// Handshakes in progress at most.
+    pub max_handshakes: usize,
+    /// HelloVerifyRequests sent per second at most, over all sources.
+    pub hello_verify_per_sec: u32,
+    /// An association unused for this long is dropped, in seconds.
+    pub idle_timeout_secs: u64,
+    /// A handshake not complete after this long is dropped, in seconds.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for DtlsSection {
+    fn default() -> Self {
+        Self {
+            listen: "[::]:8884".into(),
+            cert_file: None,
+            key_file: None,
+            require_client_certificate: false,
+            max_associations: 10_000,
+            max_handshakes: 256,
+            hello_verify_per_sec: 1_000,
+            idle_timeout_secs: 86_400,
+            handshake_timeout_secs: 30,
+        }
+    }
 }
 
 /// `[acl]`: the topics sensors may publish to and the filters they may
@@ -542,6 +586,16 @@ pub struct ClientSection {
     /// The key of that certificate, PEM.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Its DTLS pre-shared key, hexadecimal (16 to 64 octets); the PSK
+    /// identity is the ClientId. With it, the sensor may connect only
+    /// over DTLS.
+    #[serde(default)]
+    pub psk: Option<Secret>,
+    /// The SHA-256 fingerprint of its DTLS client certificate
+    /// (hexadecimal, colons allowed). With it, the sensor may connect
+    /// only over DTLS.
+    #[serde(default)]
+    pub dtls_cert_sha256: Option<String>,
 }
 
 /// `[sleep]`.
@@ -698,6 +752,7 @@ impl Config {
         }
         self.predefined_table()?;
         self.predefined_by_client()?;
+        self.dtls_settings()?;
         if let Some(acl) = &self.acl {
             acl.acl()?;
         }
@@ -1051,10 +1106,82 @@ impl Config {
                         },
                     },
                     allow_from,
+                    dtls: c.psk.is_some() || c.dtls_cert_sha256.is_some(),
                 },
             );
         }
         Ok(table)
+    }
+
+    /// The DTLS listener's address and settings; None when it is off
+    /// (no address, or nothing to authenticate with).
+    pub fn dtls_settings(
+        &self,
+    ) -> Result<Option<(SocketAddr, crate::dtls::DtlsSettings)>, ConfigError> {
+        use crate::dtls::{credentials, Credentials, DtlsSettings};
+        let d = &self.dtls;
+        let bad = |key: &str, value: &dyn std::fmt::Display, e: &credentials::CredentialsError| {
+            invalid(key, value, &e.reason())
+        };
+        let mut creds = Credentials::default();
+        for (i, c) in self.clients.iter().enumerate() {
+            if let Some(psk) = &c.psk {
+                let key = format!("clients[{i}].psk");
+                creds
+                    .add_psk(&key, &c.client_id, psk.expose())
+                    .map_err(|e| bad(&key, &"***", &e))?;
+            }
+            if let Some(fp) = &c.dtls_cert_sha256 {
+                let key = format!("clients[{i}].dtls_cert_sha256");
+                creds.add_certificate(&key, &c.client_id, fp).map_err(|e| bad(&key, fp, &e))?;
+            }
+        }
+        let certificate = match (&d.cert_file, &d.key_file) {
+            (Some(cert), Some(key)) => {
+                Some(credentials::load_certificate(cert, key).map_err(|e| match &e {
+                    credentials::CredentialsError::File { key, path, .. } => bad(key, path, &e),
+                    _ => bad("dtls.cert_file", &cert.display(), &e),
+                })?)
+            }
+            (None, None) => None,
+            _ => return Err(invalid("dtls.cert_file", "", "cert_file and key_file go together")),
+        };
+        for (key, v) in [
+            ("dtls.max_associations", d.max_associations as u64),
+            ("dtls.max_handshakes", d.max_handshakes as u64),
+            ("dtls.hello_verify_per_sec", u64::from(d.hello_verify_per_sec)),
+            ("dtls.idle_timeout_secs", d.idle_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, 0, "must be at least 1"));
+            }
+        }
+        if !(1..=600).contains(&d.handshake_timeout_secs) {
+            return Err(invalid(
+                "dtls.handshake_timeout_secs",
+                d.handshake_timeout_secs,
+                "must be 1 to 600",
+            ));
+        }
+        if d.listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: SocketAddr = d
+            .listen
+            .parse()
+            .map_err(|_| invalid("dtls.listen", &d.listen, "not an IP:PORT address"))?;
+        if !creds.has_psks() && certificate.is_none() {
+            return Ok(None);
+        }
+        let mut s = DtlsSettings::new(creds);
+        s.certificate = certificate;
+        s.require_client_certificate = d.require_client_certificate;
+        s.max_associations = d.max_associations;
+        s.max_handshakes = d.max_handshakes;
+        s.hello_verify_per_sec = d.hello_verify_per_sec;
+        s.idle_timeout = Duration::from_secs(d.idle_timeout_secs);
+        s.handshake_timeout = Duration::from_secs(d.handshake_timeout_secs);
+        Ok(Some((addr, s)))
     }
 
     /// The settings every session runs with.
@@ -1185,7 +1312,8 @@ mod tests {
         )
         .unwrap();
         let auth = c.auth_table().unwrap();
-        let identity = auth.check("s1", [127, 0, 0, 1].into()).unwrap();
+        let identity =
+            auth.check("s1", &crate::peer::Peer::direct(([127, 0, 0, 1], 1).into())).unwrap();
         let spec = crate::upstream::ConnectSpec {
             client_id: "s1".into(),
             clean_session: true,

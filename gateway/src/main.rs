@@ -223,8 +223,27 @@ async fn run() -> anyhow::Result<()> {
         n => n,
     };
     let buffers = Buffers { receive: opts.udp_receive_buffer, send: opts.udp_send_buffer };
-    let listener = Listener::bind(listen, workers, buffers)
+    let mut listener = Listener::bind(listen, workers, buffers)
         .with_context(|| format!("cannot listen on udp://{listen}"))?;
+    match cfg.dtls_settings()? {
+        Some((addr, settings)) => {
+            let what = match (settings.credentials.has_psks(), settings.certificate.is_some()) {
+                (true, true) => "pre-shared keys and a certificate",
+                (true, false) => "pre-shared keys",
+                _ => "a certificate",
+            };
+            listener = listener
+                .with_dtls(addr, settings)
+                .with_context(|| format!("cannot listen on dtls://{addr} (dtls.listen)"))?;
+            if let Some(a) = listener.dtls_addr() {
+                info!("MQTT-SN over DTLS 1.2 on udp://{a}, with {what}");
+            }
+        }
+        None if !cfg.dtls.listen.is_empty() => {
+            tracing::debug!("no DTLS listener: no sensor has a PSK and no dtls.cert_file is set")
+        }
+        None => {}
+    }
     info!(
         "MQTT-SN gateway listening on udp://{}, broker {broker}, {workers} worker{}, \
          at most {sessions} sessions (open files limit {open_files})",

@@ -1,11 +1,24 @@
-//! Where a sensor is: its UDP source address and, when it talks through a
-//! forwarder (spec 5.5), its Wireless Node Id behind that forwarder.
+//! Where a sensor is: its UDP source address, the link it uses (plain UDP
+//! or DTLS) and, when it talks through a forwarder (spec 5.5), its
+//! Wireless Node Id behind that forwarder.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mqttsn_codec::{EncodeError, Forwarded, Frame, Packet};
+
+/// How a sensor's datagrams arrive: the same address on another link is
+/// another peer (a plain datagram from a DTLS sensor's address never
+/// reaches its session).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// Plain UDP, on the MQTT-SN listener.
+    #[default]
+    Udp,
+    /// DTLS, on the DTLS listener (decrypted before the endpoint).
+    Dtls,
+}
 
 /// A sensor's address as the gateway routes by it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -14,17 +27,24 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The Wireless Node Id, for a sensor behind a forwarder.
     pub node: Option<Arc<[u8]>>,
+    /// The link it uses.
+    pub link: Link,
 }
 
 impl Peer {
-    /// A sensor reached directly.
+    /// A sensor reached directly over plain UDP.
     pub fn direct(addr: SocketAddr) -> Self {
-        Self { addr, node: None }
+        Self { addr, node: None, link: Link::Udp }
     }
 
-    /// A sensor behind the forwarder at `addr`.
+    /// A sensor reached directly over DTLS.
+    pub fn dtls(addr: SocketAddr) -> Self {
+        Self { addr, node: None, link: Link::Dtls }
+    }
+
+    /// A sensor behind the forwarder at `addr` (plain UDP).
     pub fn forwarded(addr: SocketAddr, node: &[u8]) -> Self {
-        Self { addr, node: Some(Arc::from(node)) }
+        Self { addr, node: Some(Arc::from(node)), link: Link::Udp }
     }
 
     /// Encodes `packet` for this peer: plain, or encapsulated for its
@@ -43,7 +63,12 @@ impl Peer {
     pub fn to_bytes(&self) -> Vec<u8> {
         let addr = self.addr.to_string();
         let mut out = Vec::with_capacity(2 + addr.len());
-        out.push(u8::from(self.node.is_some()));
+        let kind = match (self.link, &self.node) {
+            (Link::Udp, None) => 0,
+            (Link::Udp, Some(_)) => 1,
+            (Link::Dtls, _) => 2,
+        };
+        out.push(kind);
         out.push(addr.len() as u8);
         out.extend_from_slice(addr.as_bytes());
         if let Some(node) = &self.node {
@@ -61,6 +86,7 @@ impl Peer {
         match kind {
             0 => Some(Self::direct(addr)),
             1 => Some(Self::forwarded(addr, node)),
+            2 => Some(Self::dtls(addr)),
             _ => None,
         }
     }
@@ -68,6 +94,9 @@ impl Peer {
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.link == Link::Dtls {
+            f.write_str("dtls:")?;
+        }
         write!(f, "{}", self.addr)?;
         if let Some(node) = &self.node {
             f.write_str(" node ")?;
@@ -91,6 +120,7 @@ mod tests {
             Peer::direct("[::1]:5".parse().unwrap()),
             Peer::forwarded("10.0.0.1:9".parse().unwrap(), &[1, 2, 3]),
             Peer::forwarded("10.0.0.1:9".parse().unwrap(), &[]),
+            Peer::dtls("127.0.0.1:8884".parse().unwrap()),
         ] {
             assert_eq!(Peer::from_bytes(&p.to_bytes()), Some(p));
         }

@@ -55,6 +55,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut opts = opts;
+    let mut listener = listener;
+    let mut dtls = match listener.take_dtls() {
+        Some((socket, settings)) => {
+            let assoc = crate::dtls::Associations::new(settings, metrics.clone(), Instant::now())
+                .map_err(std::io::Error::other)?;
+            Some((socket, assoc))
+        }
+        None => None,
+    };
     let workers = listener.workers();
     let sockets = listener.into_sockets();
     let mut group = match (opts.multicast, sockets.first()) {
@@ -149,6 +158,7 @@ pub async fn run(
             id,
             socket,
             group: if id == 0 { group.take() } else { None },
+            dtls: if id == 0 { dtls.take() } else { None },
             endpoint,
             upstreams: Transparent::new(upstream.opts, broker.clone(), seed),
             connector: upstream.connector.clone(),

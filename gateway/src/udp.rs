@@ -19,6 +19,7 @@ use tracing::{info, warn};
 pub struct Listener {
     sockets: Vec<std::net::UdpSocket>,
     local: SocketAddr,
+    dtls: Option<(std::net::UdpSocket, crate::dtls::DtlsSettings)>,
 }
 
 /// Socket buffer sizes asked of the kernel (0: the system default).
@@ -54,7 +55,7 @@ impl Listener {
             let s = socket(addr, false)?;
             let local = s.local_addr()?;
             size(&s, buffers, true);
-            return Ok(Self { sockets: vec![s], local });
+            return Ok(Self { sockets: vec![s], local, dtls: None });
         }
         if addr.port() != 0 {
             drop(socket(addr, false)?);
@@ -68,7 +69,7 @@ impl Listener {
             size(&s, buffers, false);
             sockets.push(s);
         }
-        Ok(Self { sockets, local })
+        Ok(Self { sockets, local, dtls: None })
     }
 
     /// The address the sockets are bound to (the port chosen, for port 0).
@@ -84,6 +85,29 @@ impl Listener {
     /// The sockets, one per worker.
     pub fn into_sockets(self) -> Vec<std::net::UdpSocket> {
         self.sockets
+    }
+
+    /// Adds the DTLS listener: one socket bound to `addr` (dual-stack like
+    /// the others), served by the first worker.
+    pub fn with_dtls(
+        mut self,
+        addr: SocketAddr,
+        settings: crate::dtls::DtlsSettings,
+    ) -> io::Result<Self> {
+        let mut one = Self::bind(addr, 1, Buffers::default())?;
+        let socket = one.sockets.pop().ok_or_else(|| io::Error::other("no DTLS socket"))?;
+        self.dtls = Some((socket, settings));
+        Ok(self)
+    }
+
+    /// The DTLS listener's address, if there is one.
+    pub fn dtls_addr(&self) -> Option<SocketAddr> {
+        self.dtls.as_ref().and_then(|(s, _)| s.local_addr().ok())
+    }
+
+    /// Takes the DTLS listener's socket and settings out.
+    pub fn take_dtls(&mut self) -> Option<(std::net::UdpSocket, crate::dtls::DtlsSettings)> {
+        self.dtls.take()
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Worker<U> {
     pub socket: std::net::UdpSocket,
     /// The discovery group's socket (worker 0's, when there is a group).
     pub group: Option<std::net::UdpSocket>,
+    /// The DTLS listener's socket and associations (worker 0's, when
+    /// there is one). The other workers hand it what they send to DTLS
+    /// peers ([`Forward::Seal`]).
+    pub dtls: Option<(std::net::UdpSocket, crate::dtls::Associations)>,
     /// Its sessions.
     pub endpoint: Endpoint,
     /// Their upstream side.
@@ -82,6 +86,15 @@ struct State<U> {
     metrics: std::sync::Arc<Metrics>,
     /// The socket is IPv6 (dual-stack): IPv4 peers are sent to mapped.
     ipv6: bool,
+    /// The DTLS associations (worker 0), and whether its socket is IPv6.
+    dtls: Option<(crate::dtls::Associations, bool)>,
+}
+
+/// A worker's sockets.
+struct Sockets {
+    udp: UdpSocket,
+    group: Option<UdpSocket>,
+    dtls: Option<UdpSocket>,
 }
 
 /// A datagram the kernel did not take at once.
@@ -102,6 +115,7 @@ impl<U: Upstreams> Worker<U> {
             id,
             socket,
             group,
+            dtls,
             endpoint,
             upstreams,
             connector,
@@ -117,22 +131,40 @@ impl<U: Upstreams> Worker<U> {
         let socket = UdpSocket::from_std(socket)?;
         let group = group.map(UdpSocket::from_std).transpose()?;
         let ipv6 = socket.local_addr()?.is_ipv6();
+        let (dtls_socket, dtls) = match dtls {
+            Some((s, assoc)) => {
+                let v6 = s.local_addr()?.is_ipv6();
+                (Some(UdpSocket::from_std(s)?), Some((assoc, v6)))
+            }
+            None => (None, None),
+        };
         let driver = Driver::new(connector, close_timeout);
         let (writer, mut store_done) = match store {
             Some((w, rx)) => (Some(w), Some(rx)),
             None => (None, None),
         };
-        let mut me =
-            State { id, endpoint, upstreams, driver, inbox, peers, control, writer, metrics, ipv6 };
-        me.run(socket, group, &mut shutdown, shutdown_grace, &mut store_done).await
+        let mut me = State {
+            id,
+            endpoint,
+            upstreams,
+            driver,
+            inbox,
+            peers,
+            control,
+            writer,
+            metrics,
+            ipv6,
+            dtls,
+        };
+        let sockets = Sockets { udp: socket, group, dtls: dtls_socket };
+        me.run(sockets, &mut shutdown, shutdown_grace, &mut store_done).await
     }
 }
 
 impl<U: Upstreams> State<U> {
     async fn run(
         &mut self,
-        socket: UdpSocket,
-        group: Option<UdpSocket>,
+        sockets: Sockets,
         shutdown: &mut watch::Receiver<bool>,
         shutdown_grace: Duration,
         store_done: &mut Option<mpsc::UnboundedReceiver<u64>>,
@@ -144,7 +176,10 @@ impl<U: Upstreams> State<U> {
         let mut timer: Pin<Box<tokio::time::Sleep>> = Box::pin(tokio::time::sleep_until(far));
         let mut armed: Option<Instant> = None;
         let mut closing: Option<Instant> = None;
-        self.pump(Instant::now(), &socket, &mut tx, &mut unsent);
+        let Sockets { udp: socket, group, dtls: dtls_socket } = sockets;
+        let socket = &socket;
+        let dtls_socket = dtls_socket.as_ref();
+        self.pump(Instant::now(), socket, dtls_socket, &mut tx, &mut unsent);
         loop {
             if let Some(deadline) = closing {
                 if self.endpoint.upstreams_open() == 0 && self.upstreams.open_count() == 0 {
@@ -156,10 +191,12 @@ impl<U: Upstreams> State<U> {
                     break;
                 }
             }
-            let next = [self.endpoint.poll_timeout(), self.upstreams.poll_timeout(), closing]
-                .into_iter()
-                .flatten()
-                .min();
+            let dtls_due = self.dtls.as_mut().and_then(|(d, _)| d.poll_timeout());
+            let next =
+                [self.endpoint.poll_timeout(), self.upstreams.poll_timeout(), closing, dtls_due]
+                    .into_iter()
+                    .flatten()
+                    .min();
             if let Some(t) = next {
                 if armed.is_none_or(|a| t < a) {
                     armed = Some(t);
@@ -170,7 +207,17 @@ impl<U: Upstreams> State<U> {
                 r = socket.readable() => {
                     if r.is_ok() {
                         let now = Instant::now();
-                        self.receive(now, &socket, &mut rx);
+                        self.receive(now, socket, &mut rx);
+                    }
+                }
+                r = async {
+                    match dtls_socket {
+                        Some(s) => s.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let (Ok(()), Some(s)) = (r, dtls_socket) {
+                        self.receive_dtls(Instant::now(), s);
                     }
                 }
                 r = async {
@@ -189,10 +236,10 @@ impl<U: Upstreams> State<U> {
                 }
                 Some(f) = self.inbox.recv() => {
                     let now = Instant::now();
-                    self.endpoint.handle_forward(now, f);
+                    self.forwarded(now, f);
                     for _ in 0..BATCH {
                         match self.inbox.try_recv() {
-                            Ok(f) => self.endpoint.handle_forward(now, f),
+                            Ok(f) => self.forwarded(now, f),
                             Err(_) => break,
                         }
                     }
@@ -224,10 +271,13 @@ impl<U: Upstreams> State<U> {
                     let now = Instant::now();
                     self.endpoint.handle_timeout(now);
                     self.upstreams.handle_timeout(now);
+                    if let Some((d, _)) = self.dtls.as_mut() {
+                        d.handle_timeout(now);
+                    }
                 }
                 r = socket.writable(), if !unsent.is_empty() => {
                     if r.is_ok() {
-                        resend(&socket, &mut unsent);
+                        resend(socket, &mut unsent);
                     }
                 }
                 r = shutdown.changed(), if closing.is_none() => {
@@ -238,7 +288,7 @@ impl<U: Upstreams> State<U> {
                     }
                 }
             }
-            self.pump(Instant::now(), &socket, &mut tx, &mut unsent);
+            self.pump(Instant::now(), socket, dtls_socket, &mut tx, &mut unsent);
         }
         self.endpoint.flush_metrics();
         Ok(())
@@ -266,6 +316,45 @@ impl<U: Upstreams> State<U> {
         }
     }
 
+    /// A hand-over from another worker: a datagram for a session held
+    /// here, or one to encrypt for a DTLS peer (worker 0).
+    fn forwarded(&mut self, now: Instant, f: Forward) {
+        match f {
+            Forward::Seal { to, data } => match self.dtls.as_mut() {
+                Some((d, _)) => {
+                    d.send(now, to, &data);
+                }
+                None => Metrics::inc(&self.metrics.forwards_dropped),
+            },
+            f => self.endpoint.handle_forward(now, f),
+        }
+    }
+
+    /// Takes what waits on the DTLS socket: the associations decrypt, the
+    /// endpoint gets the MQTT-SN datagrams.
+    fn receive_dtls(&mut self, now: Instant, socket: &UdpSocket) {
+        let Some((d, _)) = self.dtls.as_mut() else { return };
+        let mut buf = [0u8; 2048];
+        for _ in 0..BATCH {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    Metrics::inc(&self.metrics.datagrams_in);
+                    let Some(data) = buf.get(..n) else { continue };
+                    d.handle_datagram(now, crate::udp::canonical(from), data);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!("recv_from on the DTLS socket: {e}");
+                    break;
+                }
+            }
+        }
+        while d.poll_connected().is_some() {}
+        while let Some((from, frame)) = d.poll_plaintext() {
+            self.endpoint.handle_dtls_datagram(now, from, &frame);
+        }
+    }
+
     /// Takes what waits on the discovery group's socket (little: SEARCHGW).
     fn receive_group(&mut self, now: Instant, group: &UdpSocket) {
         let mut buf = [0u8; 1500];
@@ -290,6 +379,7 @@ impl<U: Upstreams> State<U> {
         &mut self,
         now: Instant,
         socket: &UdpSocket,
+        dtls_socket: Option<&UdpSocket>,
         tx: &mut [u8],
         unsent: &mut VecDeque<Unsent>,
     ) {
@@ -333,6 +423,21 @@ impl<U: Upstreams> State<U> {
         }
         while let Some(t) = self.endpoint.poll_transmit(tx) {
             let Some(data) = tx.get(..t.len) else { continue };
+            if t.link == crate::peer::Link::Dtls {
+                match self.dtls.as_mut() {
+                    Some((d, _)) => {
+                        d.send(now, t.to, data);
+                    }
+                    None => {
+                        let f =
+                            Forward::Seal { to: t.to, data: bytes::Bytes::copy_from_slice(data) };
+                        if self.peers.first().is_none_or(|p| p.try_send(f).is_err()) {
+                            Metrics::inc(&self.metrics.forwards_dropped);
+                        }
+                    }
+                }
+                continue;
+            }
             let to = crate::udp::for_socket(t.to, self.ipv6);
             if !unsent.is_empty() {
                 unsent.push_back(Unsent { to, data: data.to_vec() });
@@ -344,6 +449,15 @@ impl<U: Upstreams> State<U> {
                     unsent.push_back(Unsent { to, data: data.to_vec() });
                 }
                 Err(e) => debug!(to = %t.to, "send_to: {e}"),
+            }
+        }
+        if let (Some((d, v6)), Some(s)) = (self.dtls.as_mut(), dtls_socket) {
+            while let Some((to, data)) = d.poll_transmit() {
+                // DTLS records that do not go out now are the engine's to
+                // send again (handshake flights) or lost like any datagram.
+                if let Err(e) = s.try_send_to(&data, crate::udp::for_socket(to, *v6)) {
+                    debug!(%to, "send_to on the DTLS socket: {e}");
+                }
             }
         }
         self.endpoint.flush_metrics();

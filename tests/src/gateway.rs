@@ -223,6 +223,8 @@ pub struct GatewayProcess {
     pub lines: std::sync::mpsc::Receiver<String>,
     /// Where it serves metrics.
     pub metrics: Option<SocketAddr>,
+    /// Where its DTLS listener is, if it has one.
+    pub dtls: Option<SocketAddr>,
 }
 
 impl GatewayProcess {
@@ -265,7 +267,8 @@ impl GatewayProcess {
                 }
             }
         });
-        let mut me = Self { child, addr: ([0, 0, 0, 0], 0).into(), lines, metrics: None };
+        let mut me =
+            Self { child, addr: ([0, 0, 0, 0], 0).into(), lines, metrics: None, dtls: None };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -279,6 +282,9 @@ impl GatewayProcess {
             });
             if let Some(rest) = line.split("metrics on http://").nth(1) {
                 me.metrics = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.split("DTLS 1.2 on udp://").nth(1) {
+                me.dtls = rest.split([',', ' ']).next().and_then(|a| a.parse().ok());
             }
             if let Some(rest) = line.split("listening on udp://").nth(1) {
                 me.addr =

@@ -57,6 +57,7 @@ fn user(name: &str, password: &str, pins: &[&str]) -> ClientEntry {
             client_cert: None,
         },
         allow_from: pins.iter().map(|p| p.parse().unwrap()).collect(),
+        dtls: false,
     }
 }
 

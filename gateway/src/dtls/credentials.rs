@@ -38,6 +38,19 @@ pub enum CredentialsError {
     },
 }
 
+impl CredentialsError {
+    /// Why, without the configuration key.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Psk { reason, .. } => (*reason).to_owned(),
+            Self::Fingerprint { .. } => {
+                "a SHA-256 fingerprint is 64 hexadecimal digits (colons allowed)".to_owned()
+            }
+            Self::File { reason, .. } => reason.clone(),
+        }
+    }
+}
+
 /// The DTLS credentials of the sensors.
 #[derive(Default)]
 pub struct Credentials {

@@ -65,6 +65,8 @@ pub const OWN_KEY: UpstreamKey = 0;
 pub struct Transmit {
     /// Where to.
     pub to: SocketAddr,
+    /// On which link (the DTLS ones are encrypted before they leave).
+    pub link: crate::peer::Link,
     /// Its length.
     pub len: usize,
 }
@@ -76,6 +78,8 @@ pub enum Forward {
     Datagram {
         /// Its source.
         from: SocketAddr,
+        /// The link it came on.
+        link: crate::peer::Link,
         /// The whole datagram.
         data: Bytes,
         /// How many times it was forwarded already.
@@ -83,6 +87,14 @@ pub enum Forward {
     },
     /// A publish for the gateway's own connection (held by worker 0).
     Own(Command),
+    /// An MQTT-SN datagram for a DTLS peer, for worker 0 (which holds the
+    /// DTLS associations) to encrypt and send.
+    Seal {
+        /// Where to.
+        to: SocketAddr,
+        /// The datagram.
+        data: Bytes,
+    },
 }
 
 /// The most times a datagram is forwarded between workers (a session that
@@ -422,7 +434,14 @@ impl Endpoint {
 
     /// A datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &Bytes) {
-        self.datagram(now, from, data, 0);
+        self.datagram(now, from, crate::peer::Link::Udp, data, 0);
+    }
+
+    /// A datagram decrypted by the DTLS listener
+    /// ([`crate::dtls::Associations`], which has checked the ClientId of a
+    /// CONNECT or wake-up against the peer's credentials).
+    pub fn handle_dtls_datagram(&mut self, now: Instant, from: SocketAddr, data: &Bytes) {
+        self.datagram(now, from, crate::peer::Link::Dtls, data, 0);
     }
 
     /// A datagram from `from` that arrived on the discovery group (worker
@@ -467,12 +486,16 @@ impl Endpoint {
     /// Something another worker handed over.
     pub fn handle_forward(&mut self, now: Instant, f: Forward) {
         match f {
-            Forward::Datagram { from, data, hops } => self.datagram(now, from, &data, hops),
+            Forward::Datagram { from, link, data, hops } => {
+                self.datagram(now, from, link, &data, hops)
+            }
             Forward::Own(cmd) => {
                 if self.own {
                     self.upstream.push_back((OWN_KEY, cmd));
                 }
             }
+            // The worker's, not the endpoint's (it holds the associations).
+            Forward::Seal { .. } => Metrics::inc(&self.metrics.forwards_dropped),
         }
     }
 
@@ -695,7 +718,7 @@ impl Endpoint {
             match peer.encode(out.packet(), buf) {
                 Ok(len) => {
                     self.local.datagrams_out += 1;
-                    return Some(Transmit { to: peer.addr, len });
+                    return Some(Transmit { to: peer.addr, link: peer.link, len });
                 }
                 Err(e) => warn!(%peer, "cannot encode {:?}: {e}", out.packet().msg_type()),
             }

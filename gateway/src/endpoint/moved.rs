@@ -92,7 +92,10 @@ impl Endpoint {
     pub(super) fn moved(&mut self, idx: usize, old: Peer, new: &Peer, len: usize) {
         let verify = {
             let adm = self.dir.admission();
-            adm.limits().verify_moves && !adm.is_exempt(new.addr.ip())
+            // A DTLS handshake's cookie exchange has proven the address.
+            adm.limits().verify_moves
+                && !adm.is_exempt(new.addr.ip())
+                && new.link != crate::peer::Link::Dtls
         };
         let msg_id = self.probe_msg_id();
         let Some(e) = self.entries.get_mut(idx) else { return };

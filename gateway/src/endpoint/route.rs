@@ -15,12 +15,19 @@ use super::{Activity, Endpoint, Entry, Forward, WorkerId, MAX_HOPS, OWN_KEY};
 use crate::admission::{Refusal, Source};
 use crate::failpoint;
 use crate::metrics::Metrics;
-use crate::peer::Peer;
+use crate::peer::{Link, Peer};
 use crate::session::{check_connect, Session};
 use crate::upstream::Command;
 
 impl Endpoint {
-    pub(super) fn datagram(&mut self, now: Instant, from: SocketAddr, data: &Bytes, hops: u8) {
+    pub(super) fn datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        link: Link,
+        data: &Bytes,
+        hops: u8,
+    ) {
         if hops == 0 {
             self.local.datagrams_in += 1;
         }
@@ -37,8 +44,8 @@ impl Endpoint {
         };
         debug!(%from, "in: {frame}");
         let peer = match frame.forwarder {
-            None => Peer::direct(from),
-            Some(f) => Peer::forwarded(from, f.node_id),
+            None => Peer { addr: from, node: None, link },
+            Some(f) => Peer { addr: from, node: Some(Arc::from(f.node_id)), link },
         };
         match frame.packet {
             Packet::Connect(c) => self.connect(now, &c, peer, data, hops),
@@ -54,8 +61,10 @@ impl Endpoint {
                     if hops < MAX_HOPS {
                         if let Some(w) = self.dir.addr_elsewhere(&peer, self.me) {
                             let data = data.clone();
-                            self.forwards
-                                .push_back((w, Forward::Datagram { from, data, hops: hops + 1 }));
+                            self.forwards.push_back((
+                                w,
+                                Forward::Datagram { from, link, data, hops: hops + 1 },
+                            ));
                             return;
                         }
                     }
@@ -95,7 +104,7 @@ impl Endpoint {
         hops: u8,
     ) -> bool {
         let Ok(id) = std::str::from_utf8(id) else { return false };
-        if self.opts.auth.check(id, peer.addr.ip()).is_err() {
+        if self.opts.auth.check(id, peer).is_err() {
             return false;
         }
         if let Some(&idx) = self.by_cid.get(id) {
@@ -114,7 +123,12 @@ impl Endpoint {
         }
         match self.dir.owner_elsewhere(id, self.me) {
             Some(w) => {
-                let f = Forward::Datagram { from: peer.addr, data: data.clone(), hops: hops + 1 };
+                let f = Forward::Datagram {
+                    from: peer.addr,
+                    link: peer.link,
+                    data: data.clone(),
+                    hops: hops + 1,
+                };
                 self.forwards.push_back((w, f));
                 true
             }
@@ -155,7 +169,7 @@ impl Endpoint {
             return self.reply_unverified(now, Packet::ConnAck(rc), peer, len);
         }
         let Ok(client_id) = std::str::from_utf8(c.client_id) else { return };
-        let identity = match self.opts.auth.check(client_id, peer.addr.ip()) {
+        let identity = match self.opts.auth.check(client_id, &peer) {
             Ok(identity) => identity,
             Err(why) => {
                 Metrics::inc(&self.metrics.connects_refused);
@@ -279,7 +293,12 @@ impl Endpoint {
             let len = data.len();
             return self.reply_unverified(now, Packet::ConnAck(ReturnCode::Congestion), peer, len);
         }
-        let f = Forward::Datagram { from: peer.addr, data: data.clone(), hops: hops + 1 };
+        let f = Forward::Datagram {
+            from: peer.addr,
+            link: peer.link,
+            data: data.clone(),
+            hops: hops + 1,
+        };
         self.forwards.push_back((w, f));
     }
 
