@@ -142,7 +142,9 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
         Skip(CHANGES_A_SESSION),
     ),
     ("docs/configuration.md", "head -c 24 /dev/urandom | base64", Env::Bare, Run(Nothing)),
+    ("docs/configuration.md", "openssl rand -hex 16", Env::Bare, Run(Nothing)),
     ("docs/benchmarks.md", "cargo bench -p mqttsn-codec --bench codec", Env::Bare, Skip(A_MEASUREMENT)),
+    ("docs/benchmarks.md", "cargo bench -p mqttsn-gateway --bench dtls", Env::Bare, Skip(A_MEASUREMENT)),
     ("docs/benchmarks.md", "cargo build --release -p mqttsn-gateway -p mqttsn-tools", Env::Bare, Run(Nothing)),
     (
         "docs/benchmarks.md",
