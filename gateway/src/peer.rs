@@ -1,5 +1,7 @@
 //! Where a sensor is: its UDP source address and, when it talks through a
-//! forwarder (spec 5.5), its Wireless Node Id behind that forwarder.
+//! forwarder (spec 5.5), its Wireless Node Id behind that forwarder. A
+//! serial line is such a forwarder at an address of its own
+//! ([`crate::serial::line_addr`]), its radios' addresses the node ids.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -68,7 +70,10 @@ impl Peer {
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.addr)?;
+        match crate::serial::line_of(&self.addr) {
+            Some(line) => write!(f, "serial {line}")?,
+            None => write!(f, "{}", self.addr)?,
+        }
         if let Some(node) = &self.node {
             f.write_str(" node ")?;
             for b in node.iter() {
@@ -91,6 +96,8 @@ mod tests {
             Peer::direct("[::1]:5".parse().unwrap()),
             Peer::forwarded("10.0.0.1:9".parse().unwrap(), &[1, 2, 3]),
             Peer::forwarded("10.0.0.1:9".parse().unwrap(), &[]),
+            Peer::direct(crate::serial::line_addr(2)),
+            Peer::forwarded(crate::serial::line_addr(0), &[0, 0x13, 0xA2, 0, 1, 2, 3, 4]),
         ] {
             assert_eq!(Peer::from_bytes(&p.to_bytes()), Some(p));
         }

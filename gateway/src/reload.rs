@@ -126,6 +126,7 @@ pub fn merge(old: &Config, new: &Config) -> Reload {
     differs(config.discovery != new.discovery, "discovery");
     differs(config.qos_minus_one != new.qos_minus_one, "qos_minus_one");
     differs(config.monitoring != new.monitoring, "monitoring");
+    differs(config.serial != new.serial, "serial");
     differs(config.limits.max_sessions != new.limits.max_sessions, "limits.max_sessions");
     differs(
         config.limits.session_expiry_secs != new.limits.session_expiry_secs,

@@ -8,7 +8,8 @@
 //! upstreams and their events straight back (same thread, no channel),
 //! writes each connection's octets once per batch, sends the replies, and
 //! keeps one timer, re-armed only when the earliest deadline moves
-//! earlier.
+//! earlier. What goes to a serial line's address goes to that line's
+//! driver ([`crate::serial`]) instead of the socket.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ pub struct Worker<U> {
     pub shutdown_grace: Duration,
     /// Counters.
     pub metrics: std::sync::Arc<Metrics>,
+    /// To each serial line (by index): what is sent to its address.
+    pub serial: Vec<mpsc::Sender<bytes::Bytes>>,
 }
 
 /// The running worker: what the loop moves things between.
@@ -82,6 +85,8 @@ struct State<U> {
     metrics: std::sync::Arc<Metrics>,
     /// The socket is IPv6 (dual-stack): IPv4 peers are sent to mapped.
     ipv6: bool,
+    /// The serial lines' channels.
+    serial: Vec<mpsc::Sender<bytes::Bytes>>,
 }
 
 /// A datagram the kernel did not take at once.
@@ -113,6 +118,7 @@ impl<U: Upstreams> Worker<U> {
             mut shutdown,
             shutdown_grace,
             metrics,
+            serial,
         } = self;
         let socket = UdpSocket::from_std(socket)?;
         let group = group.map(UdpSocket::from_std).transpose()?;
@@ -122,8 +128,19 @@ impl<U: Upstreams> Worker<U> {
             Some((w, rx)) => (Some(w), Some(rx)),
             None => (None, None),
         };
-        let mut me =
-            State { id, endpoint, upstreams, driver, inbox, peers, control, writer, metrics, ipv6 };
+        let mut me = State {
+            id,
+            endpoint,
+            upstreams,
+            driver,
+            inbox,
+            peers,
+            control,
+            writer,
+            metrics,
+            ipv6,
+            serial,
+        };
         me.run(socket, group, &mut shutdown, shutdown_grace, &mut store_done).await
     }
 }
@@ -333,6 +350,16 @@ impl<U: Upstreams> State<U> {
         }
         while let Some(t) = self.endpoint.poll_transmit(tx) {
             let Some(data) = tx.get(..t.len) else { continue };
+            if let Some(line) = crate::serial::line_of(&t.to) {
+                let sent = self
+                    .serial
+                    .get(usize::from(line))
+                    .map(|tx| tx.try_send(bytes::Bytes::copy_from_slice(data)));
+                if !matches!(sent, Some(Ok(()))) {
+                    debug!(line, "serial line busy or gone: datagram dropped");
+                }
+                continue;
+            }
             let to = crate::udp::for_socket(t.to, self.ipv6);
             if !unsent.is_empty() {
                 unsent.push_back(Unsent { to, data: data.to_vec() });
