@@ -5,10 +5,11 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
-use rustix::termios::{self, ControlModes, OptionalActions, QueueSelector};
+use rustix::termios::{self, ControlModes, OptionalActions};
 
-/// Opens `device` for reading and writing, in raw mode at `baud`, and
-/// drops what waited in its buffers.
+/// Opens `device` for reading and writing, in raw mode at `baud`. What
+/// waited in its input is read like the rest (the decoders find the first
+/// whole frame), so a sensor's message sent just before is not lost.
 pub fn open(device: &Path, baud: u32) -> std::io::Result<OwnedFd> {
     let flags = OFlags::RDWR | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = rustix::fs::open(device, flags, Mode::empty())?;
@@ -19,7 +20,6 @@ pub fn open(device: &Path, baud: u32) -> std::io::Result<OwnedFd> {
     t.control_modes &= !(ControlModes::CSTOPB | ControlModes::PARENB);
     t.set_speed(baud)?;
     termios::tcsetattr(&fd, OptionalActions::Now, &t)?;
-    termios::tcflush(&fd, QueueSelector::IOFlush)?;
     Ok(fd)
 }
 
