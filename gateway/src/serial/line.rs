@@ -78,6 +78,7 @@ impl Line {
                 tokio::select! {
                     m = from_workers.recv() => if m.is_none() { return },
                     () = tokio::time::sleep(REOPEN) => {
+                        io.decoder.reset();
                         fd = super::tty::open(&settings.device, settings.baud)
                             .and_then(super::tty::register)
                             .inspect(|_| info!(line = index, %device, "serial device open again"))
@@ -160,14 +161,9 @@ impl Io {
         }
         let dropped = self.decoder.dropped();
         if dropped > self.dropped {
-            for _ in self.dropped..dropped {
-                Metrics::inc(&self.metrics.malformed);
-            }
-            debug!(
-                line = self.index,
-                frames = dropped - self.dropped,
-                "unreadable serial frames dropped"
-            );
+            let n = dropped - self.dropped;
+            self.metrics.malformed.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            debug!(line = self.index, frames = n, "unreadable serial frames dropped");
             self.dropped = dropped;
         }
     }
