@@ -92,6 +92,8 @@ pub enum EncodeError {
     /// The message would exceed 65535 octets, or a wireless node id exceeds
     /// 252 octets.
     TooLong,
+    /// A serial framing that addresses its frames was given no address.
+    NoAddress,
 }
 
 impl fmt::Display for EncodeError {
@@ -101,6 +103,7 @@ impl fmt::Display for EncodeError {
                 write!(f, "buffer too small: {needed} octets needed")
             }
             Self::TooLong => f.write_str("message too long for MQTT-SN"),
+            Self::NoAddress => f.write_str("no radio address to send to"),
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   into a caller's `&mut [u8]` and reports the length it needs.
 //! * [`Frame`] is a whole datagram: a packet, optionally inside the
 //!   Encapsulated message a forwarder adds (spec 5.5).
+//! * [`serial`] frames messages on a serial line: the raw framing of
+//!   mqtt-sn-tools' serial bridge, SLIP and XBee API frames.
 //! * [`validate`] holds the checks the wire format leaves to endpoints:
 //!   ClientId bounds, topic names, topic filters and matching.
 //!
@@ -41,6 +43,7 @@ mod display;
 mod error;
 mod frame;
 mod packet;
+pub mod serial;
 mod types;
 pub mod validate;
 mod wire;

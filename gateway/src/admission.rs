@@ -257,7 +257,7 @@ impl Admission {
 
     /// Is `ip` on an exempt network (bounded by nothing here)?
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        self.limits.exempt.iter().any(|net| net.contains(ip))
+        crate::serial::is_line_ip(ip) || self.limits.exempt.iter().any(|net| net.contains(ip))
     }
 
     /// Replaces the bounds (a reload); what is counted stays.

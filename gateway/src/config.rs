@@ -76,6 +76,8 @@ pub struct Config {
     pub acl: Option<AclSection>,
     /// `[dtls]`: the DTLS listener.
     pub dtls: DtlsSection,
+    /// `[[serial]]`: serial sensor networks beside UDP.
+    pub serial: Vec<SerialSection>,
 }
 
 /// `[dtls]`: MQTT-SN over DTLS 1.2 (see [`crate::dtls`]).
@@ -119,6 +121,36 @@ impl Default for DtlsSection {
         }
     }
 }
+
+/// One `[[serial]]` entry: a serial line with a radio module or a sensor
+/// on it (see [`crate::serial`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSection {
+    /// The device: `/dev/ttyUSB0`, `/dev/serial/by-id/...`.
+    pub device: String,
+    /// The baud rate.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// `raw`, `slip`, `xbee-api1` or `xbee-api2`.
+    #[serde(default = "default_framing")]
+    pub framing: String,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+
+fn default_framing() -> String {
+    "raw".into()
+}
+
+/// The baud rates a line may be set to (those Linux has a constant for).
+const BAUDS: [u32; 26] = [
+    50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19_200, 38_400, 57_600,
+    115_200, 230_400, 460_800, 500_000, 576_000, 921_600, 1_000_000, 1_152_000, 1_500_000,
+    2_000_000,
+];
 
 /// `[acl]`: the topics sensors may publish to and the filters they may
 /// subscribe to (see [`crate::acl`]). Present, it refuses whatever it does
@@ -939,8 +971,46 @@ impl Config {
             multicast,
             qos_minus_one,
             own_client_id: self.own_client_id()?,
+            serial: self.serial_lines()?,
             ..crate::server::ServerOptions::default()
         })
+    }
+
+    /// The serial lines, checked.
+    pub fn serial_lines(&self) -> Result<Vec<crate::serial::SerialLine>, ConfigError> {
+        let mut lines: Vec<crate::serial::SerialLine> = Vec::new();
+        for (i, s) in self.serial.iter().enumerate() {
+            let key = |k: &str| format!("serial[{i}].{k}");
+            if s.device.is_empty() {
+                return Err(invalid(&key("device"), "\"\"", "must name the device"));
+            }
+            if lines.iter().any(|l| l.device.as_os_str() == s.device.as_str()) {
+                return Err(invalid(&key("device"), &s.device, "is already an earlier line"));
+            }
+            if !BAUDS.contains(&s.baud) {
+                return Err(invalid(
+                    &key("baud"),
+                    s.baud,
+                    "not a standard baud rate (9600, 19200, 38400, 57600, 115200, ...)",
+                ));
+            }
+            let framing = crate::serial::Framing::from_name(&s.framing).ok_or_else(|| {
+                invalid(
+                    &key("framing"),
+                    format!("{:?}", s.framing),
+                    &format!("must be one of {}", crate::serial::Framing::NAMES),
+                )
+            })?;
+            lines.push(crate::serial::SerialLine {
+                device: PathBuf::from(&s.device),
+                baud: s.baud,
+                framing,
+            });
+        }
+        if lines.len() > usize::from(u16::MAX) {
+            return Err(invalid("serial", lines.len(), "at most 65535 lines"));
+        }
+        Ok(lines)
     }
 
     /// The discovery group, if any.
@@ -1258,6 +1328,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("predefined[1]"), "{e}");
+    }
+
+    #[test]
+    fn serial_lines() {
+        let c = Config::parse(
+            "[[serial]]\ndevice = \"/dev/ttyUSB0\"\n\
+             [[serial]]\ndevice = \"/dev/ttyAMA0\"\nbaud = 115200\nframing = \"xbee-api2\"\n",
+            "x",
+        )
+        .unwrap();
+        let lines = c.server_options().unwrap().serial;
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[0].baud, lines[0].framing), (9600, crate::serial::Framing::Raw));
+        assert_eq!((lines[1].baud, lines[1].framing), (115_200, crate::serial::Framing::XbeeApi2));
+        for (text, key) in [
+            ("device = \"\"", "serial[0].device"),
+            ("device = \"/dev/x\"\nbaud = 1234", "serial[0].baud"),
+            ("device = \"/dev/x\"\nframing = \"xbee\"", "serial[0].framing"),
+            ("device = \"/dev/x\"\n[[serial]]\ndevice = \"/dev/x\"", "serial[1].device"),
+            ("device = \"/dev/x\"\nspeed = 9600", "speed"),
+        ] {
+            let e = Config::parse(&format!("[[serial]]\n{text}\n"), "x").unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

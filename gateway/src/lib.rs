@@ -24,6 +24,7 @@ pub mod peer;
 pub mod process;
 pub mod reload;
 pub mod secret;
+pub mod serial;
 pub mod server;
 pub mod session;
 pub mod store;

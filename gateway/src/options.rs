@@ -11,8 +11,8 @@ use crate::auth::AuthTable;
 use crate::cidr::Cidr;
 
 /// Settings of the gateway beside the session ones: routing, admission,
-/// discovery, QoS -1, expiry, key figures, the store, workers and the UDP
-/// socket.
+/// discovery, QoS -1, expiry, key figures, the store, workers, the UDP
+/// socket and the serial lines.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// The shortest interval between two unsolicited DISCONNECTs to one
@@ -68,6 +68,9 @@ pub struct ServerOptions {
     /// Settings replaced while the gateway runs (SIGHUP): each worker
     /// takes them for the connections that follow. `None`: fixed.
     pub live: Option<Arc<crate::reload::Live>>,
+    /// Serial sensor networks beside the UDP socket (see
+    /// [`crate::serial`]); line N is the N-th of the list.
+    pub serial: Vec<crate::serial::SerialLine>,
 }
 
 /// Discovery on a multicast group.
@@ -100,6 +103,7 @@ impl Default for ServerOptions {
             udp_receive_buffer: 4 << 20,
             udp_send_buffer: 1 << 20,
             live: None,
+            serial: Vec::new(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Where a sensor is: its UDP source address, the link it uses (plain UDP
 //! or DTLS) and, when it talks through a forwarder (spec 5.5), its
-//! Wireless Node Id behind that forwarder.
+//! Wireless Node Id behind that forwarder. A serial line is such a
+//! forwarder at an address of its own ([`crate::serial::line_addr`]), its
+//! radios' addresses the node ids.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -97,7 +99,10 @@ impl fmt::Display for Peer {
         if self.link == Link::Dtls {
             f.write_str("dtls:")?;
         }
-        write!(f, "{}", self.addr)?;
+        match crate::serial::line_of(&self.addr) {
+            Some(line) => write!(f, "serial {line}")?,
+            None => write!(f, "{}", self.addr)?,
+        }
         if let Some(node) = &self.node {
             f.write_str(" node ")?;
             for b in node.iter() {
@@ -121,6 +126,8 @@ mod tests {
             Peer::forwarded("10.0.0.1:9".parse().unwrap(), &[1, 2, 3]),
             Peer::forwarded("10.0.0.1:9".parse().unwrap(), &[]),
             Peer::dtls("127.0.0.1:8884".parse().unwrap()),
+            Peer::direct(crate::serial::line_addr(2)),
+            Peer::forwarded(crate::serial::line_addr(0), &[0, 0x13, 0xA2, 0, 1, 2, 3, 4]),
         ] {
             assert_eq!(Peer::from_bytes(&p.to_bytes()), Some(p));
         }

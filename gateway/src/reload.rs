@@ -143,6 +143,7 @@ pub fn merge(old: &Config, new: &Config) -> Reload {
             .collect::<Vec<_>>()
     };
     differs(dtls_credentials(old) != dtls_credentials(new), "clients[].psk/dtls_cert_sha256");
+    differs(config.serial != new.serial, "serial");
     differs(config.limits.max_sessions != new.limits.max_sessions, "limits.max_sessions");
     differs(
         config.limits.session_expiry_secs != new.limits.session_expiry_secs,

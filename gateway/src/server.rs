@@ -122,6 +122,7 @@ pub async fn run(
         }
     }
     let (inbox_tx, inboxes): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel(INBOX)).unzip();
+    let (serial_tx, lines) = open_serial_lines(&opts, inbox_tx.first(), &metrics)?;
     let mut control_rx = controls.channels(workers).into_iter();
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
@@ -170,6 +171,7 @@ pub async fn run(
             shutdown: stop_rx.clone(),
             shutdown_grace: opts.shutdown_grace,
             metrics: metrics.clone(),
+            serial: serial_tx.clone(),
         };
         let (tx, rx) = oneshot::channel::<std::io::Result<()>>();
         let d = dispatch.clone();
@@ -185,6 +187,8 @@ pub async fn run(
     }
     drop(writer);
     drop(inbox_tx);
+    drop(serial_tx);
+    let lines: Vec<_> = lines.into_iter().map(|l| tokio::spawn(l.run())).collect();
     tokio::pin!(shutdown);
     let mut first_exit = None;
     tokio::select! {
@@ -206,7 +210,52 @@ pub async fn run(
     if first_exit.is_some() && result.is_ok() {
         result = Err(std::io::Error::other("a worker stopped"));
     }
+    // The workers are gone, so are the lines' channels: they end once they
+    // have written what the workers left them (the DISCONNECTs).
+    for line in lines {
+        let _ = line.await;
+    }
     result
+}
+
+/// Opens every serial line; returns each line's channel (for the workers)
+/// and the lines to run. A device that cannot be opened stops the start,
+/// naming it.
+fn open_serial_lines(
+    opts: &ServerOptions,
+    worker0: Option<&mpsc::Sender<crate::endpoint::Forward>>,
+    metrics: &Arc<Metrics>,
+) -> std::io::Result<(Vec<mpsc::Sender<bytes::Bytes>>, Vec<crate::serial::line::Line>)> {
+    let mut senders = Vec::new();
+    let mut lines = Vec::new();
+    let Some(worker0) = worker0 else { return Ok((senders, lines)) };
+    for (i, settings) in opts.serial.iter().enumerate() {
+        let index = u16::try_from(i).map_err(|_| std::io::Error::other("too many serial lines"))?;
+        let fd = crate::serial::tty::open(&settings.device, settings.baud).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("serial[{i}].device: cannot open {}: {e}", settings.device.display()),
+            )
+        })?;
+        info!(
+            line = index,
+            device = %settings.device.display(),
+            baud = settings.baud,
+            framing = %settings.framing,
+            "serial sensor network"
+        );
+        let (tx, rx) = mpsc::channel(crate::serial::line::QUEUE);
+        senders.push(tx);
+        lines.push(crate::serial::line::Line {
+            index,
+            settings: settings.clone(),
+            fd,
+            to_worker: worker0.clone(),
+            from_workers: rx,
+            metrics: metrics.clone(),
+        });
+    }
+    Ok((senders, lines))
 }
 
 /// The worker a restored session is given to.

@@ -8,7 +8,8 @@
 //! upstreams and their events straight back (same thread, no channel),
 //! writes each connection's octets once per batch, sends the replies, and
 //! keeps one timer, re-armed only when the earliest deadline moves
-//! earlier.
+//! earlier. What goes to a serial line's address goes to that line's
+//! driver ([`crate::serial`]) instead of the socket.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -71,6 +72,8 @@ pub struct Worker<U> {
     pub shutdown_grace: Duration,
     /// Counters.
     pub metrics: std::sync::Arc<Metrics>,
+    /// To each serial line (by index): what is sent to its address.
+    pub serial: Vec<mpsc::Sender<bytes::Bytes>>,
 }
 
 /// The running worker: what the loop moves things between.
@@ -88,6 +91,8 @@ struct State<U> {
     ipv6: bool,
     /// The DTLS associations (worker 0), and whether its socket is IPv6.
     dtls: Option<(crate::dtls::Associations, bool)>,
+    /// The serial lines' channels.
+    serial: Vec<mpsc::Sender<bytes::Bytes>>,
 }
 
 /// A worker's sockets.
@@ -127,6 +132,7 @@ impl<U: Upstreams> Worker<U> {
             mut shutdown,
             shutdown_grace,
             metrics,
+            serial,
         } = self;
         let socket = UdpSocket::from_std(socket)?;
         let group = group.map(UdpSocket::from_std).transpose()?;
@@ -155,6 +161,7 @@ impl<U: Upstreams> Worker<U> {
             metrics,
             ipv6,
             dtls,
+            serial,
         };
         let sockets = Sockets { udp: socket, group, dtls: dtls_socket };
         me.run(sockets, &mut shutdown, shutdown_grace, &mut store_done).await
@@ -435,6 +442,16 @@ impl<U: Upstreams> State<U> {
                             Metrics::inc(&self.metrics.forwards_dropped);
                         }
                     }
+                }
+                continue;
+            }
+            if let Some(line) = crate::serial::line_of(&t.to) {
+                let sent = self
+                    .serial
+                    .get(usize::from(line))
+                    .map(|tx| tx.try_send(bytes::Bytes::copy_from_slice(data)));
+                if !matches!(sent, Some(Ok(()))) {
+                    debug!(line, "serial line busy or gone: datagram dropped");
                 }
                 continue;
             }

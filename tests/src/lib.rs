@@ -7,5 +7,6 @@ pub mod gateway;
 pub mod http;
 pub mod mqtt_client;
 pub mod pcap;
+pub mod serial;
 pub mod sim;
 pub mod sn;

@@ -1,5 +1,6 @@
 //! A raw MQTT-SN sensor for end-to-end tests: a real UDP socket on
-//! 127.0.0.1 that sends codec packets and waits (bounded) for answers.
+//! 127.0.0.1 (or a serial line, [`crate::serial::Port`]) that sends codec
+//! packets and waits (bounded) for answers.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -11,9 +12,14 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// One simulated sensor.
 pub struct Sensor {
-    sock: UdpSocket,
-    gateway: SocketAddr,
+    link: Link,
     buf: Vec<u8>,
+}
+
+/// How a sensor reaches the gateway.
+enum Link {
+    Udp { sock: UdpSocket, gateway: SocketAddr },
+    Serial(Box<crate::serial::Port>),
 }
 
 impl Sensor {
@@ -25,12 +31,20 @@ impl Sensor {
     /// A sensor on `local` (`[::1]:0`: over IPv6) talking to `gateway`.
     pub fn bound(local: SocketAddr, gateway: SocketAddr) -> Self {
         let sock = UdpSocket::bind(local).expect("bind sensor socket");
-        Self { sock, gateway, buf: vec![0u8; 65_536] }
+        Self { link: Link::Udp { sock, gateway }, buf: vec![0u8; 65_536] }
     }
 
-    /// The sensor's own address.
+    /// A sensor on a serial line.
+    pub fn serial(port: crate::serial::Port) -> Self {
+        Self { link: Link::Serial(Box::new(port)), buf: Vec::new() }
+    }
+
+    /// The sensor's own address (a UDP sensor's).
     pub fn addr(&self) -> SocketAddr {
-        self.sock.local_addr().expect("local addr")
+        match &self.link {
+            Link::Udp { sock, .. } => sock.local_addr().expect("local addr"),
+            Link::Serial(_) => panic!("a serial sensor has no socket address"),
+        }
     }
 
     /// Sends one packet.
@@ -42,20 +56,29 @@ impl Sensor {
 
     /// Sends raw octets.
     pub fn send_raw(&self, bytes: &[u8]) {
-        self.sock.send_to(bytes, self.gateway).expect("send_to");
+        match &self.link {
+            Link::Udp { sock, gateway } => {
+                sock.send_to(bytes, gateway).expect("send_to");
+            }
+            Link::Serial(port) => port.send(bytes),
+        }
     }
 
     /// The next datagram from the gateway, decoded; `None` after `wait`.
     pub fn recv_within(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let (sock, gateway) = match &mut self.link {
+            Link::Udp { sock, gateway } => (sock, *gateway),
+            Link::Serial(port) => return port.recv_within(wait),
+        };
         let deadline = Instant::now() + wait;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             if left.is_zero() {
                 return None;
             }
-            self.sock.set_read_timeout(Some(left)).expect("timeout");
-            match self.sock.recv_from(&mut self.buf) {
-                Ok((n, from)) if from == self.gateway => return Some(self.buf[..n].to_vec()),
+            sock.set_read_timeout(Some(left)).expect("timeout");
+            match sock.recv_from(&mut self.buf) {
+                Ok((n, from)) if from == gateway => return Some(self.buf[..n].to_vec()),
                 Ok(_) => continue,
                 Err(e)
                     if matches!(

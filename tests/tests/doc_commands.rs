@@ -80,6 +80,8 @@ const CHANGES_A_SESSION: &str =
     "needs a connected sensor and a gateway with monitoring.api_token; tests/tests/api.rs makes these calls against the binary";
 const CHANGES_THE_HOST: &str =
     "changes the host's users, packages or services; tests/tests/service.rs and tests/tests/package.rs check the unit, the configuration and the package";
+const NEEDS_A_RADIO: &str =
+    "reads a serial radio on USB; tests/tests/serial.rs runs mqttsn dump --serial on pseudo-terminals in every framing";
 const A_MEASUREMENT: &str =
     "a measurement, minutes on a quiet machine; clippy --all-targets builds it in the test command";
 
@@ -312,6 +314,8 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
     ("docs/tools.md", "mqttsn bench -c 100 -n 0 --down-count 100 --fanout 10 --down-qos 2", Env::Gateway, Run(Output("\"exit_code\":0"))),
     ("docs/tools.md", "mqttsn bench -c 100 -n 200 -q 1 --compare-direct --gateway-pid \"$(pgrep -n mqttsn-gateway)\"", Env::Gateway, Run(Output("\"exit_code\":0"))),
     ("docs/tools.md", "mqttsn bench -c 100 -n 200 -q 1 --direct", Env::Gateway, Run(Output("\"exit_code\":0"))),
+    ("docs/tools.md", "mqttsn dump --serial /dev/ttyUSB0 --baud 9600 --framing xbee-api2", Env::Bare, Skip(NEEDS_A_RADIO)),
+    ("docs/radio-links.md", "mqttsn dump --serial /dev/ttyUSB0 --baud 9600 --framing xbee-api2", Env::Bare, Skip(NEEDS_A_RADIO)),
     ("docs/tools.md", "mqttsn dump --listen 0.0.0.0:1884", Env::Bare, Serve(Some("listening on udp://0.0.0.0:1884"), Output("PUBLISH"))),
     (
         "docs/tools.md",

@@ -1,6 +1,9 @@
 //! `mqttsn dump`: print every MQTT-SN datagram, decoded, one line each;
 //! optionally relaying between sensors and a gateway (on the relay's
-//! sockets, `relay::peers`, shared with `mqttsn relay`).
+//! sockets, `relay::peers`, shared with `mqttsn relay`), or reading the
+//! frames of a serial line ([`serial`]).
+
+pub mod serial;
 
 use std::fmt::Write as _;
 use std::io::ErrorKind;
@@ -39,6 +42,13 @@ pub fn format_datagram(time: &str, peer: SocketAddr, dir: Direction, datagram: &
         Direction::ToGateway => format!("{time} sensor {peer} -> gw"),
         Direction::FromGateway => format!("{time} sensor {peer} <- gw"),
     };
+    push_decoded(&mut line, datagram);
+    line
+}
+
+/// Appends ` len=N ` and the decoded frame, or the decode error and the
+/// first 64 octets in hex.
+fn push_decoded(line: &mut String, datagram: &[u8]) {
     let _ = write!(line, " len={} ", datagram.len());
     match Frame::decode(datagram) {
         Ok(frame) => {
@@ -54,7 +64,6 @@ pub fn format_datagram(time: &str, peer: SocketAddr, dir: Direction, datagram: &
             }
         }
     }
-    line
 }
 
 /// Options of `mqttsn dump`.
@@ -68,6 +77,8 @@ pub struct DumpOptions {
     pub count: Option<u64>,
     /// Relay mode: how many sensors, for how long.
     pub limits: PeerLimits,
+    /// Read this serial line instead of a UDP socket.
+    pub serial: Option<serial::SerialSource>,
 }
 
 /// Prints datagram lines to stdout and counts them.
@@ -100,6 +111,12 @@ impl Printer {
 /// Runs `mqttsn dump` until the count is reached or stdout is closed (or
 /// forever). `bound` receives the address actually listened on.
 pub async fn run(opts: DumpOptions, bound: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+    if let Some(source) = opts.serial {
+        let count = opts.count;
+        return tokio::task::spawn_blocking(move || serial::run(&source, count))
+            .await
+            .map_err(std::io::Error::other)?;
+    }
     let mut printer = Printer { printed: 0, limit: opts.count };
     match opts.relay_to {
         None => {

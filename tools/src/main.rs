@@ -38,6 +38,17 @@ enum Tool {
         /// Relay mode: its bounds.
         #[command(flatten)]
         peers: PeerArgs,
+        /// Read the MQTT-SN messages of this serial line instead of a UDP
+        /// socket (a radio module or a sensor on a serial port).
+        #[arg(long, value_name = "DEVICE", conflicts_with = "relay_to")]
+        serial: Option<std::path::PathBuf>,
+        /// The serial line's baud rate.
+        #[arg(long, default_value_t = 9600, value_name = "N", requires = "serial")]
+        baud: u32,
+        /// The serial line's framing: raw (mqtt-sn-tools' serial bridge),
+        /// slip, xbee-api1 or xbee-api2.
+        #[arg(long, default_value = "raw", value_parser = parse_framing, requires = "serial")]
+        framing: mqttsn_codec::serial::Framing,
     },
     /// Relay between sensors and a gateway with loss, duplication,
     /// reordering, delay and jitter, per direction; a summary at the end.
@@ -693,8 +704,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Tool::Relay(a) => run_relay(&a).await?,
-        Tool::Dump { listen, relay_to, count, peers } => {
-            let opts = DumpOptions { listen, relay_to, count, limits: peers.limits()? };
+        Tool::Dump { listen, relay_to, count, peers, serial, baud, framing } => {
+            let serial = serial.map(|device| dump::serial::SerialSource { device, baud, framing });
+            let opts = DumpOptions { listen, relay_to, count, limits: peers.limits()?, serial };
             dump::run(opts, |addr| match relay_to {
                 Some(gw) => eprintln!("relaying udp://{addr} <-> udp://{gw}"),
                 None => eprintln!("listening on udp://{addr}"),
@@ -703,4 +715,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A serial framing by name.
+fn parse_framing(name: &str) -> Result<mqttsn_codec::serial::Framing, String> {
+    mqttsn_codec::serial::Framing::from_name(name).ok_or_else(|| {
+        format!("not a framing: {name} (one of {})", mqttsn_codec::serial::Framing::NAMES)
+    })
 }
