@@ -152,7 +152,7 @@ fn client(c: &Common, prefix: &str) -> Result<ToolClient, Failure> {
     let mut client = match &c.dtls {
         None => ToolClient::new(gateway, &id, settings).map_err(|e| failure("gateway address", e)),
         Some(dtls) => ToolClient::new_dtls(gateway, &id, settings, &dtls.settings(&id)?, c.wait)
-            .map_err(|e| failure("DTLS handshake", e)),
+            .map_err(|e| failure("connecting", e)),
     }?;
     client.debug = c.debug;
     Ok(client)
