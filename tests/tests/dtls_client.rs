@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use mqttsn_client::std_dtls::{CertificateRefusal, DtlsError, DtlsSettings};
 use mqttsn_client::std_udp::{UdpClient, UdpError};
-use mqttsn_client::Settings;
+use mqttsn_client::{QoS, Settings, Topic};
 use mqttsn_tests::broker::unique;
+
+/// Datagrams up to 4 KiB, as the tools'.
+type Client = UdpClient<16, 4, 4096>;
 
 const WAIT: Duration = Duration::from_secs(5);
 const KEY: &str = "00112233445566778899aabbccddeeff";
@@ -60,6 +63,10 @@ fn self_signed(dir: &Path, name: &str) {
     );
 }
 
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// `openssl s_server -dtls1_2` on a free port of 127.0.0.1, killed (by its
 /// own handle) when dropped.
 struct SServer {
@@ -72,7 +79,10 @@ struct SServer {
 
 impl SServer {
     fn start(dir: &Path, args: &[&str]) -> Self {
-        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(dir, free_port(), args)
+    }
+
+    fn start_on(dir: &Path, port: u16, args: &[&str]) -> Self {
         let accept = format!("127.0.0.1:{port}");
         let mut child = Command::new("openssl")
             .current_dir(dir)
@@ -135,9 +145,13 @@ fn connect_frame(id: &str) -> Vec<u8> {
 
 /// Connects over DTLS: the CONNECT frame must reach s_server, whose
 /// CONNACK (written to its standard input) must come back.
-fn connect_through(server: &mut SServer, dtls: &DtlsSettings, id: &str) {
-    let mut client: UdpClient =
-        UdpClient::new_dtls(server.gateway(), id, Settings::default(), dtls, WAIT).unwrap();
+fn connect_through(server: &mut SServer, dtls: &DtlsSettings, id: &str) -> Client {
+    let client = Client::new_dtls(server.gateway(), id, Settings::default(), dtls, WAIT).unwrap();
+    connect_over(server, client, id)
+}
+
+/// CONNECT on a client whose handshake is done, as above.
+fn connect_over(server: &mut SServer, mut client: Client, id: &str) -> Client {
     let frame = connect_frame(id);
     std::thread::scope(|s| {
         let answer = s.spawn(|| {
@@ -150,6 +164,7 @@ fn connect_through(server: &mut SServer, dtls: &DtlsSettings, id: &str) {
         answer.join().unwrap();
     });
     assert!(server.printed(&frame));
+    client
 }
 
 #[test]
@@ -160,7 +175,33 @@ fn psk_connect_reaches_s_server_and_its_connack_comes_back() {
         &["-nocert", "-psk", KEY, "-psk_identity", "sensor-psk", "-cipher", "PSK-AES128-CCM8"],
     );
     let dtls = DtlsSettings::psk(b"sensor-psk", KEY).unwrap();
-    connect_through(&mut server, &dtls, "sensor-psk");
+    let mut client = connect_through(&mut server, &dtls, "sensor-psk");
+    // A message over dimpl's MTU (1150) still goes as one record.
+    let payload: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    client.publish(Topic::Short(*b"ab"), &payload, QoS::AtMostOnce, false, WAIT).unwrap();
+    server.wait_for(&payload);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_lost_client_hello_is_sent_again() {
+    let dir = temp_dir();
+    let port = free_port();
+    let dtls = DtlsSettings::psk(b"sensor-late", KEY).unwrap();
+    // The first ClientHello goes to a port nobody listens on yet; dimpl's
+    // timer (1 s, with jitter) sends it again once s_server is there.
+    let handshake = std::thread::spawn(move || {
+        let gateway = format!("127.0.0.1:{port}");
+        Client::new_dtls(gateway, "sensor-late", Settings::default(), &dtls, WAIT)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut server = SServer::start_on(
+        &dir,
+        port,
+        &["-nocert", "-psk", KEY, "-psk_identity", "sensor-late", "-cipher", "PSK-AES128-CCM8"],
+    );
+    let client = handshake.join().unwrap().unwrap();
+    connect_over(&mut server, client, "sensor-late");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -174,8 +215,8 @@ fn a_wrong_psk_fails_the_handshake() {
     let wrong = DtlsSettings::psk(b"sensor-psk", "ffeeddccbbaa99887766554433221100").unwrap();
     let wait = Duration::from_secs(2);
     let started = Instant::now();
-    let result: Result<UdpClient, _> =
-        UdpClient::new_dtls(server.gateway(), "sensor-psk", Settings::default(), &wrong, wait);
+    let result: Result<Client, _> =
+        Client::new_dtls(server.gateway(), "sensor-psk", Settings::default(), &wrong, wait);
     let err = result.err().expect("a wrong PSK must not complete the handshake");
     // OpenSSL drops the Finished it cannot decrypt, as DTLS does with any
     // bad record: the handshake never completes.
@@ -232,8 +273,8 @@ fn a_certificate_not_in_the_ca_file_is_refused() {
     self_signed(&dir, "stranger");
     let server = SServer::start(&dir, &["-cert", "server.pem", "-key", "server.key"]);
     let dtls = DtlsSettings::certificate(&dir.join("stranger.pem"), None).unwrap();
-    let result: Result<UdpClient, _> =
-        UdpClient::new_dtls(server.gateway(), "sensor-x", Settings::default(), &dtls, WAIT);
+    let result: Result<Client, _> =
+        Client::new_dtls(server.gateway(), "sensor-x", Settings::default(), &dtls, WAIT);
     let err = result.err().expect("an untrusted certificate must be refused");
     assert!(
         matches!(
