@@ -259,7 +259,9 @@ fn mutual_authentication_with_a_client_certificate() {
             "-verify_return_error",
         ],
     );
-    let client = Some((dir.join("client.pem"), dir.join("client.key")));
+    // The key as SEC1 (EC PRIVATE KEY), as `openssl ec` writes it.
+    openssl(&dir, &["ec", "-in", "client.key", "-out", "client-sec1.key"]);
+    let client = Some((dir.join("client.pem"), dir.join("client-sec1.key")));
     let client = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let dtls = DtlsSettings::certificate(&dir.join("server.pem"), client).unwrap();
     connect_through(&mut server, &dtls, "sensor-mutual");
