@@ -1,8 +1,9 @@
 //! The client's DTLS 1.2 adapter against OpenSSL's `s_server -dtls1_2` on
 //! 127.0.0.1: the PSK suite and ECDHE-ECDSA with the server's certificate
-//! checked against a CA file. s_server prints what it receives and sends
-//! what it reads on standard input, so the CONNECT frame is seen there and
-//! a CONNACK written back completes `connect`.
+//! checked against a CA file, each after the cookie exchange (`-listen`:
+//! a HelloVerifyRequest first, as the gateway does). s_server prints what
+//! it receives and sends what it reads on standard input, so the CONNECT
+//! frame is seen there and a CONNACK written back completes `connect`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -86,7 +87,7 @@ impl SServer {
         let accept = format!("127.0.0.1:{port}");
         let mut child = Command::new("openssl")
             .current_dir(dir)
-            .args(["s_server", "-dtls1_2", "-accept", &accept, "-naccept", "1"])
+            .args(["s_server", "-dtls1_2", "-listen", "-accept", &accept, "-naccept", "1"])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
