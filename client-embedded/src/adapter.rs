@@ -18,6 +18,9 @@ pub enum UdpError {
     Timeout,
     /// The gateway sent DISCONNECT, or went silent past Nretry.
     GatewayGone,
+    /// The DTLS association failed or could not be made.
+    #[cfg(feature = "dtls")]
+    Dtls(crate::std_dtls::DtlsError),
 }
 
 impl core::fmt::Display for UdpError {
@@ -28,11 +31,20 @@ impl core::fmt::Display for UdpError {
             Self::Refused(rc) => write!(f, "refused by the gateway: {rc}"),
             Self::Timeout => f.write_str("no answer from the gateway"),
             Self::GatewayGone => f.write_str("the gateway disconnected or is unreachable"),
+            #[cfg(feature = "dtls")]
+            Self::Dtls(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for UdpError {}
+
+#[cfg(feature = "dtls")]
+impl From<crate::std_dtls::DtlsError> for UdpError {
+    fn from(e: crate::std_dtls::DtlsError) -> Self {
+        Self::Dtls(e)
+    }
+}
 
 impl From<std::io::Error> for UdpError {
     fn from(e: std::io::Error) -> Self {

@@ -11,7 +11,8 @@
 //! the largest datagram.
 //!
 //! With the `std` feature, [`std_udp::UdpClient`] runs it over a blocking
-//! `std::net::UdpSocket`; with `tokio`, `tokio_udp::TokioClient` over a
+//! `std::net::UdpSocket`, and with `dtls` over DTLS 1.2 on one
+//! (`std_dtls`); with `tokio`, `tokio_udp::TokioClient` over a
 //! tokio socket. With `embassy-net` (no `std`, no allocation),
 //! `embassy_udp::EmbassyClient` runs it over an embassy-net `UdpSocket`
 //! with embassy-time.
@@ -25,6 +26,10 @@ mod client;
 pub mod discovery;
 #[cfg(feature = "embassy-net")]
 pub mod embassy_udp;
+#[cfg(feature = "std")]
+mod link;
+#[cfg(feature = "dtls")]
+pub mod std_dtls;
 #[cfg(feature = "std")]
 pub mod std_udp;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use mqttsn_codec::{Packet, QoS, TopicFilter};
 
 use crate::adapter::{aside, message, topic_text};
 pub use crate::adapter::{describe, Message, UdpError};
+use crate::link::Link;
 use crate::wait;
 use crate::{Client, Event, Settings, Topic};
 
@@ -15,7 +16,7 @@ use crate::{Client, Event, Settings, Topic};
 pub struct UdpClient<const T: usize = 16, const F: usize = 4, const B: usize = 1024> {
     /// The state machine.
     pub client: Client<T, F, B>,
-    sock: UdpSocket,
+    link: Link,
     gateway: SocketAddr,
     epoch: Instant,
     rx: Vec<u8>,
@@ -36,6 +37,17 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
         client_id: &str,
         settings: Settings,
     ) -> Result<Self, UdpError> {
+        Self::with_link(gateway, client_id, settings, |sock, _| Ok(Link::Udp(sock)))
+    }
+
+    /// A client whose datagrams go over what `link` makes of an ephemeral
+    /// socket and the gateway's address.
+    pub(crate) fn with_link(
+        gateway: impl ToSocketAddrs,
+        client_id: &str,
+        settings: Settings,
+        link: impl FnOnce(UdpSocket, SocketAddr) -> Result<Link, UdpError>,
+    ) -> Result<Self, UdpError> {
         let gateway = gateway
             .to_socket_addrs()?
             .next()
@@ -44,7 +56,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
             if gateway.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         Ok(Self {
             client: Client::new(client_id.as_bytes(), settings)?,
-            sock: UdpSocket::bind(bind)?,
+            link: link(UdpSocket::bind(bind)?, gateway)?,
             gateway,
             epoch: Instant::now(),
             rx: vec![0; 65_536],
@@ -66,7 +78,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
             if self.debug {
                 eprintln!("-> {}", describe(&self.tx[..n]));
             }
-            self.sock.send_to(&self.tx[..n], self.gateway)?;
+            self.link.send_to(&self.tx[..n], self.gateway)?;
         }
         Ok(())
     }
@@ -90,8 +102,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
                 let left = Duration::from_millis(t.saturating_sub(self.now()));
                 until = until.min(left.max(Duration::from_millis(1)));
             }
-            self.sock.set_read_timeout(Some(until))?;
-            match self.sock.recv_from(&mut self.rx) {
+            match self.link.recv_from(&mut self.rx, until) {
                 Ok((n, from)) if from == self.gateway => {
                     let now = self.now();
                     let datagram = &self.rx[..n];
@@ -119,7 +130,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
                     aside(&self.client, &mut self.inbox, event)?;
                 }
                 Ok(_) => {}
-                Err(e)
+                Err(UdpError::Io(e))
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
@@ -130,7 +141,7 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
                         return Err(UdpError::GatewayGone);
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }

@@ -95,7 +95,7 @@ fn event(kind: u8, id: u64, flag: bool) -> Event {
         _ => Event::Message {
             delivery: flag.then_some(DeliveryId(id)),
             packet_id: id as u16,
-            topic: if id % 2 == 0 { "a/b".into() } else { "ab".into() },
+            topic: if id.is_multiple_of(2) { "a/b".into() } else { "ab".into() },
             payload: Bytes::from_static(b"m"),
             qos: if flag { QoS::AtLeastOnce } else { QoS::AtMostOnce },
             retain: false,

@@ -352,3 +352,88 @@ fn a_dtls_sensor_whose_port_changes_keeps_its_session() {
     let p = s.next_publish();
     assert_eq!(p.data, b"still subscribed");
 }
+
+/// The project's own client (`mqttsn pub`/`sub` over the client crate's
+/// DTLS adapter) against the gateway: PSK, and the gateway's certificate
+/// checked against a CA file with a pinned client certificate.
+#[test]
+fn mqttsn_pub_and_sub_over_dtls() {
+    let broker = Mosquitto::start();
+    let dir = tempdir("dtls-tools");
+    let certs = Certs::make(&dir);
+    let extra = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\nrequire_client_certificate = true\n{}\
+         [[clients]]\nclient_id = \"tool-cert\"\ndtls_cert_sha256 = \"{}\"\n",
+        certs.path("server.crt"),
+        certs.path("server.key"),
+        psk_clients(&["tool-psk", "tool-sub"]),
+        certs.fingerprint("client"),
+    );
+    let gw = gateway(&broker, &dir, &extra);
+    let to = gw.dtls.unwrap();
+    let (host, port) = (to.ip().to_string(), to.port().to_string());
+    let topic = unique("dtls/tools");
+    let mut watch = MqttClient::connect(broker.port(), &unique("watch"));
+    watch.subscribe(&topic, 1);
+    let tools = mqttsn_tests::gateway::tools_binary();
+    let run = |args: &[&str]| {
+        let out = Command::new(&tools).args(args).output().expect("mqttsn runs");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "pub", "-h", &host, "-p", &port, "-i", "tool-psk", "--psk", KEY, "-t", &topic, "-m", "psk",
+        "-q", "1",
+    ]);
+    assert_eq!(watch.recv().payload, b"psk");
+    let (ca, cert, key) =
+        (certs.path("server.crt"), certs.path("client.crt"), certs.path("client.key"));
+    run(&[
+        "pub",
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-i",
+        "tool-cert",
+        "--cafile",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-t",
+        &topic,
+        "-m",
+        "cert",
+        "-q",
+        "1",
+    ]);
+    assert_eq!(watch.recv().payload, b"cert");
+    // A wrong key: the tool fails, nothing is published.
+    let out = Command::new(&tools)
+        .args(["pub", "-h", &host, "-p", &port, "-i", "tool-psk", "--wait", "2"])
+        .args(["--psk", "ffeeddccbbaa99887766554433221100", "-t", &topic, "-m", "no", "-q", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(watch.recv_within(Duration::from_millis(500)).is_none());
+    // `mqttsn sub` over DTLS receives what the broker sends.
+    let mut sub = Command::new(&tools)
+        .args(["sub", "-h", &host, "-p", &port, "-i", "tool-sub", "--psk", KEY, "-t", &topic])
+        .args(["-q", "1", "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    // Published until the subscription is in place and the tool exits.
+    for _ in 0..50 {
+        if sub.try_wait().unwrap().is_some() {
+            break;
+        }
+        publisher.publish(&topic, b"to the tool", 1, false);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success(), "mqttsn sub: {:?}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("to the tool"));
+}

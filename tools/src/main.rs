@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -272,9 +273,9 @@ struct CommonArgs {
     /// The gateway host.
     #[arg(short = 'h', long, default_value = "127.0.0.1")]
     host: String,
-    /// The gateway UDP port.
-    #[arg(short, long, default_value_t = 1884)]
-    port: u16,
+    /// The gateway UDP port [default: 1884, 8884 with DTLS].
+    #[arg(short, long)]
+    port: Option<u16>,
     /// The ClientId (default: mqttsn-pub-PID / mqttsn-sub-PID).
     #[arg(short = 'i', long = "id")]
     client_id: Option<String>,
@@ -299,12 +300,40 @@ struct CommonArgs {
     /// Will retain.
     #[arg(long, requires = "will_topic")]
     will_retain: bool,
+    /// DTLS: the PSK identity (default: the ClientId).
+    #[arg(long, requires = "psk")]
+    psk_identity: Option<String>,
+    /// DTLS with a pre-shared key, in hex (the PSK-AES128-CCM8 suite).
+    #[arg(long, conflicts_with = "cafile")]
+    psk: Option<String>,
+    /// DTLS, the gateway's certificate checked against this CA file (PEM):
+    /// it must be in it or signed by a certificate in it.
+    #[arg(long)]
+    cafile: Option<PathBuf>,
+    /// DTLS: the client's certificate (PEM, ECDSA), for a gateway that
+    /// asks for one.
+    #[arg(long, requires_all = ["cafile", "key"])]
+    cert: Option<PathBuf>,
+    /// DTLS: the client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
 }
 
 impl CommonArgs {
+    fn dtls(&self) -> Option<pubsub::DtlsOptions> {
+        let any = self.psk.is_some() || self.cafile.is_some();
+        any.then(|| pubsub::DtlsOptions {
+            psk_identity: self.psk_identity.clone(),
+            psk: self.psk.clone(),
+            cafile: self.cafile.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        })
+    }
+
     fn common(&self) -> Result<Common, Failure> {
         let will = match &self.will_topic {
             Some(t) => {
@@ -316,14 +345,16 @@ impl CommonArgs {
             }
             None => None,
         };
+        let dtls = self.dtls();
         Ok(Common {
             host: self.host.clone(),
-            port: self.port,
+            port: self.port.unwrap_or(if dtls.is_some() { 8884 } else { 1884 }),
             client_id: self.client_id.clone(),
             keepalive: self.keepalive,
             debug: self.debug,
             wait: Duration::from_secs(self.wait),
             will,
+            dtls,
         })
     }
 }

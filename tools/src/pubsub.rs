@@ -2,8 +2,10 @@
 //! MQTT-SN, on the microcontroller client's `std` adapter.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use mqttsn_client::std_dtls::{DtlsError, DtlsSettings};
 use mqttsn_client::std_udp::{Message, UdpClient, UdpError};
 use mqttsn_client::{QoS, ReturnCode, Settings, Topic, TopicFilter};
 
@@ -65,6 +67,13 @@ fn failure(what: &str, e: UdpError) -> Failure {
         }
         UdpError::Io(e) => Failure::Io(format!("{what}: {e}")),
         UdpError::Client(e) => Failure::Usage(format!("{what}: {e}")),
+        UdpError::Dtls(
+            e @ (DtlsError::BadPsk(_)
+            | DtlsError::BadCaFile { .. }
+            | DtlsError::BadCertificate { .. }
+            | DtlsError::BadKey { .. }),
+        ) => Failure::Usage(e.to_string()),
+        UdpError::Dtls(e) => Failure::Unreachable(format!("{what}: {e}")),
     }
 }
 
@@ -85,6 +94,44 @@ pub struct Common {
     pub wait: Duration,
     /// Will topic, payload, QoS, retain.
     pub will: Option<(String, Vec<u8>, QoS, bool)>,
+    /// DTLS toward the gateway, when any of its options is given.
+    pub dtls: Option<DtlsOptions>,
+}
+
+/// `--psk-identity`, `--psk`, `--cafile`, `--cert`, `--key`.
+#[derive(Debug, Clone, Default)]
+pub struct DtlsOptions {
+    /// The PSK identity (default: the ClientId).
+    pub psk_identity: Option<String>,
+    /// The PSK, hex.
+    pub psk: Option<String>,
+    /// The CA file (PEM) the gateway's certificate is checked against.
+    pub cafile: Option<PathBuf>,
+    /// The client's certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// The client's key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl DtlsOptions {
+    fn settings(&self, client_id: &str) -> Result<DtlsSettings, Failure> {
+        let settings = match (&self.psk, &self.cafile) {
+            (Some(psk), None) => {
+                let identity = self.psk_identity.as_deref().unwrap_or(client_id);
+                DtlsSettings::psk(identity.as_bytes(), psk)
+            }
+            (None, Some(cafile)) => {
+                let client = match (&self.cert, &self.key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    (None, None) => None,
+                    _ => return Err(Failure::Usage("--cert and --key go together".into())),
+                };
+                DtlsSettings::certificate(cafile, client)
+            }
+            _ => return Err(Failure::Usage("DTLS needs either --psk or --cafile".into())),
+        };
+        settings.map_err(|e| failure("DTLS", e.into()))
+    }
 }
 
 /// The QoS for `-q`.
@@ -101,8 +148,12 @@ pub fn qos(level: i8) -> Result<QoS, Failure> {
 fn client(c: &Common, prefix: &str) -> Result<ToolClient, Failure> {
     let id = c.client_id.clone().unwrap_or_else(|| format!("{prefix}-{}", std::process::id()));
     let settings = Settings { retry_ms: 1000, max_retries: 3, ..Settings::default() };
-    let mut client = ToolClient::new((c.host.as_str(), c.port), &id, settings)
-        .map_err(|e| failure("gateway address", e))?;
+    let gateway = (c.host.as_str(), c.port);
+    let mut client = match &c.dtls {
+        None => ToolClient::new(gateway, &id, settings).map_err(|e| failure("gateway address", e)),
+        Some(dtls) => ToolClient::new_dtls(gateway, &id, settings, &dtls.settings(&id)?, c.wait)
+            .map_err(|e| failure("connecting", e)),
+    }?;
     client.debug = c.debug;
     Ok(client)
 }

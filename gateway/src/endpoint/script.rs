@@ -345,7 +345,7 @@ impl Run {
             1 => crate::mqtt::QoS::AtLeastOnce,
             _ => crate::mqtt::QoS::ExactlyOnce,
         };
-        let delivery = (b % 3 != 0).then(|| {
+        let delivery = (!b.is_multiple_of(3)).then(|| {
             self.next_delivery += 1;
             DeliveryId(self.next_delivery)
         });
