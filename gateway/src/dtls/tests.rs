@@ -95,6 +95,19 @@ fn exchange(c: &mut Dtls, g: &mut Associations, from: SocketAddr, now: Instant) 
     total
 }
 
+/// A client of sensor-a, and its first ClientHello.
+fn first_hello(now: Instant) -> (Dtls, Vec<u8>) {
+    let mut c = client("sensor-a", KEY, now);
+    c.handle_timeout(now).unwrap();
+    let ch0 = drain(&mut c).packets.remove(0);
+    (c, ch0)
+}
+
+/// A counter's value.
+fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn connect(id: &str) -> Vec<u8> {
     let mut out = [0u8; 64];
     let c = Connect {
@@ -121,8 +134,8 @@ fn a_psk_sensor_connects_and_its_frames_reach_the_endpoint() {
         g.poll_connected().map(|(a, who)| (a, who.to_string())),
         Some((addr(1), "sensor-a".into()))
     );
-    assert_eq!(m.dtls_hello_verify.load(std::sync::atomic::Ordering::Relaxed), 1);
-    assert_eq!(m.dtls_handshakes.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(get(&m.dtls_hello_verify), 1);
+    assert_eq!(get(&m.dtls_handshakes), 1);
 
     c.send_application_data(&connect("sensor-a")).unwrap();
     exchange(&mut c, &mut g, addr(1), now);
@@ -154,7 +167,7 @@ fn a_sensor_cannot_connect_as_another_client_id() {
     c.send_application_data(&ping[..n]).unwrap();
     exchange(&mut c, &mut g, addr(1), now);
     assert!(g.poll_plaintext().is_none());
-    assert_eq!(m.dtls_refused_identity.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(get(&m.dtls_refused_identity), 2);
 }
 
 #[test]
@@ -169,17 +182,15 @@ fn a_wrong_key_or_unknown_identity_fails_the_handshake() {
     // Failed handshakes are dropped, at the latest when they time out.
     g.handle_timeout(now + Duration::from_secs(31));
     assert!(g.is_empty());
-    assert_eq!(m.dtls_associations.load(std::sync::atomic::Ordering::Relaxed), 0);
-    assert!(m.dtls_handshakes_failed.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert_eq!(get(&m.dtls_associations), 0);
+    assert!(get(&m.dtls_handshakes_failed) >= 2);
 }
 
 #[test]
 fn a_first_client_hello_leaves_no_state_and_is_not_amplified() {
     let now = Instant::now();
     let (mut g, _) = gateway(now);
-    let mut c = client("sensor-a", KEY, now);
-    c.handle_timeout(now).unwrap();
-    let ch0 = drain(&mut c).packets.remove(0);
+    let (mut c, ch0) = first_hello(now);
     g.handle_datagram(now, addr(1), &ch0);
     assert!(g.is_empty(), "no state for a first ClientHello");
     let (_, hvr) = g.poll_transmit().unwrap();
@@ -199,9 +210,7 @@ fn a_first_client_hello_leaves_no_state_and_is_not_amplified() {
 fn hello_verify_requests_are_bounded_per_second() {
     let now = Instant::now();
     let (mut g, m) = gateway(now);
-    let mut c = client("sensor-a", KEY, now);
-    c.handle_timeout(now).unwrap();
-    let ch0 = drain(&mut c).packets.remove(0);
+    let (_c, ch0) = first_hello(now);
     for port in 0..1_500u16 {
         g.handle_datagram(now, addr(port), &ch0);
     }
@@ -210,7 +219,7 @@ fn hello_verify_requests_are_bounded_per_second() {
         sent += 1;
     }
     assert_eq!(sent, 1_000);
-    assert_eq!(m.dtls_refused_limit.load(std::sync::atomic::Ordering::Relaxed), 500);
+    assert_eq!(get(&m.dtls_refused_limit), 500);
     g.handle_datagram(now + Duration::from_secs(1), addr(1), &ch0);
     assert!(g.poll_transmit().is_some(), "the budget refills");
 }
@@ -219,9 +228,7 @@ fn hello_verify_requests_are_bounded_per_second() {
 fn a_lost_flight_is_sent_again_by_the_timer() {
     let now = Instant::now();
     let (mut g, _) = gateway(now);
-    let mut c = client("sensor-a", KEY, now);
-    c.handle_timeout(now).unwrap();
-    let ch0 = drain(&mut c).packets.remove(0);
+    let (mut c, ch0) = first_hello(now);
     g.handle_datagram(now, addr(1), &ch0);
     let (_, hvr) = g.poll_transmit().unwrap();
     c.handle_packet(&hvr).unwrap();
@@ -259,7 +266,7 @@ fn a_sensor_that_starts_over_gets_a_new_association() {
     let mut c = client("sensor-a", KEY, now);
     assert!(exchange(&mut c, &mut g, addr(1), now).connected);
     assert_eq!(g.len(), 1);
-    assert_eq!(m.dtls_associations.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(get(&m.dtls_associations), 1);
     c.send_application_data(&connect("sensor-a")).unwrap();
     exchange(&mut c, &mut g, addr(1), now);
     assert!(g.poll_plaintext().is_some());
@@ -273,16 +280,14 @@ fn idle_associations_are_dropped() {
     assert!(exchange(&mut c, &mut g, addr(1), now).connected);
     g.handle_timeout(now + Duration::from_secs(86_401));
     assert!(g.is_empty());
-    assert_eq!(m.dtls_associations.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(get(&m.dtls_associations), 0);
 }
 
 #[test]
 fn garbage_never_panics_and_is_counted() {
     let now = Instant::now();
     let (mut g, m) = gateway(now);
-    let mut c = client("sensor-a", KEY, now);
-    c.handle_timeout(now).unwrap();
-    let ch0 = drain(&mut c).packets.remove(0);
+    let (_c, ch0) = first_hello(now);
     for n in 0..ch0.len() {
         g.handle_datagram(now, addr(1), &ch0[..n]);
         let mut flipped = ch0.clone();
@@ -290,5 +295,5 @@ fn garbage_never_panics_and_is_counted() {
         g.handle_datagram(now, addr(2), &flipped);
     }
     assert!(g.is_empty());
-    assert!(m.dtls_dropped.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(get(&m.dtls_dropped) > 0);
 }
