@@ -15,6 +15,10 @@
 //! tokio socket. With `embassy-net` (no `std`, no allocation),
 //! `embassy_udp::EmbassyClient` runs it over an embassy-net `UdpSocket`
 //! with embassy-time.
+//!
+//! [`gateways::Gateways`] keeps a list of gateways; after
+//! [`Event::GatewayLost`] the session moves to the next with
+//! [`Client::fail_over`] (docs/failover.md).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
@@ -25,6 +29,9 @@ mod client;
 pub mod discovery;
 #[cfg(feature = "embassy-net")]
 pub mod embassy_udp;
+#[cfg(test)]
+mod failover_tests;
+pub mod gateways;
 #[cfg(feature = "std")]
 pub mod std_udp;
 #[cfg(test)]
