@@ -258,9 +258,11 @@ async fn run_relay(a: &RelayArgs) -> anyhow::Result<()> {
 /// Options of `pub` and `sub` as in mosquitto's tools (`-h` is the host).
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// The gateway host.
-    #[arg(short = 'h', long, default_value = "127.0.0.1")]
-    host: String,
+    /// The gateway host, or HOST:PORT; repeat for several gateways
+    /// (`-h gw1 -h gw2`): the session fails over to the next when one is
+    /// lost or sends DISCONNECT.
+    #[arg(short = 'h', long, default_value = "127.0.0.1", action = clap::ArgAction::Append)]
+    host: Vec<String>,
     /// The gateway UDP port.
     #[arg(short, long, default_value_t = 1884)]
     port: u16,
@@ -306,7 +308,7 @@ impl CommonArgs {
             None => None,
         };
         Ok(Common {
-            host: self.host.clone(),
+            hosts: self.host.clone(),
             port: self.port,
             client_id: self.client_id.clone(),
             keepalive: self.keepalive,
