@@ -493,8 +493,9 @@ fn pub_fails_over_to_the_next_gateway() {
     let topic = unique("failover");
     let mut sub = MqttClient::connect(broker.port(), &unique("sub"));
     sub.subscribe(&topic, 1);
+    let bin = tools_binary();
     let started = std::time::Instant::now();
-    let out = Command::new(tools_binary())
+    let out = Command::new(bin)
         .args(["pub", "-h", &silent.local_addr().unwrap().to_string()])
         .args(["-h", &gw.addr().to_string(), "-t", &topic, "-m", "moved", "-q", "1"])
         .args(["--wait", "10"])
