@@ -175,6 +175,7 @@ enum State {
     Lost,
     /// After a fail-over's CONNACK: registering topics and subscribing
     /// again, one request at a time.
+    #[cfg(feature = "failover")]
     Restoring,
 }
 
@@ -200,6 +201,7 @@ struct Pending<const B: usize> {
     retries: u8,
     /// The topic table slot of a PUBLISH to a normal topic id, so that a
     /// fail-over sends it with the next gateway's id.
+    #[cfg_attr(not(feature = "failover"), allow(dead_code))]
     topic_slot: Option<usize>,
 }
 
@@ -207,12 +209,14 @@ struct Pending<const B: usize> {
 const PARKED: Millis = Millis::MAX;
 
 /// A subscription, kept to be renewed at the next gateway.
+#[cfg(feature = "failover")]
 #[derive(Debug, Clone, Copy)]
 struct Sub {
     filter: SubFilter,
     qos: QoS,
 }
 
+#[cfg(feature = "failover")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SubFilter {
     Name(Buf<MAX_NAME>),
@@ -220,6 +224,7 @@ enum SubFilter {
     Short([u8; 2]),
 }
 
+#[cfg(feature = "failover")]
 impl SubFilter {
     fn of(filter: &TopicFilter<'_>) -> Option<Self> {
         match filter {
@@ -264,16 +269,20 @@ pub struct Client<const T: usize = 8, const F: usize = 2, const B: usize = 128> 
     last_sent: Millis,
     /// No requests before this time (T_WAIT after congestion).
     congested_until: Millis,
+    #[cfg(feature = "failover")]
     /// Subscriptions acknowledged, renewed after a fail-over.
     subs: [Option<Sub>; T],
     /// The fail-over's own request (CONNECT, then each REGISTER and
     /// SUBSCRIBE of the restore), beside the application's in flight.
     control: Option<Pending<B>>,
+    #[cfg(feature = "failover")]
     /// While restoring: the next topic slot (`0..T`), then subscription
     /// (`T..2T`) to renew.
     restore_at: usize,
+    #[cfg(feature = "failover")]
     /// CleanSession of the last [`Client::connect`].
     clean_requested: bool,
+    #[cfg(feature = "failover")]
     /// A CONNACK accepted since the last [`Client::connect`]: a fail-over
     /// resumes that session (CleanSession false).
     established: bool,
@@ -299,10 +308,14 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             next_msg_id: 0,
             last_sent: 0,
             congested_until: 0,
+            #[cfg(feature = "failover")]
             subs: [None; T],
             control: None,
+            #[cfg(feature = "failover")]
             restore_at: 0,
+            #[cfg(feature = "failover")]
             clean_requested: false,
+            #[cfg(feature = "failover")]
             established: false,
         })
     }
@@ -355,13 +368,19 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         };
         if clean_session {
             self.topics = [TopicEntry::default(); T];
-            self.subs = [None; T];
+            #[cfg(feature = "failover")]
+            {
+                self.subs = [None; T];
+            }
             self.qos2_rx = [0; 4];
         }
         self.pending = [None; F];
         self.control = None;
-        self.clean_requested = clean_session;
-        self.established = false;
+        #[cfg(feature = "failover")]
+        {
+            self.clean_requested = clean_session;
+            self.established = false;
+        }
         self.keepalive_ms = u64::from(keepalive_s) * 1000;
         let client_id = self.client_id;
         let packet = Packet::Connect(Connect {
@@ -419,6 +438,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         match qos {
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 self.request(now, Kind::Publish { qos, released: false }, msg_id, &packet)?;
+                #[cfg(feature = "failover")]
                 if let TopicId::Normal(id) = topic {
                     let slot = self.topics.iter().position(|t| t.known && t.id == id);
                     let kind = |k| matches!(k, Kind::Publish { .. });
@@ -445,9 +465,12 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         qos: QoS,
     ) -> Result<u16, Error> {
         self.require_connected()?;
-        let kept = SubFilter::of(&filter).ok_or(Error::TooLong)?;
-        if !self.subs.iter().any(|s| s.is_none() || s.is_some_and(|s| s.filter == kept)) {
-            return Err(Error::TopicsFull);
+        #[cfg(feature = "failover")]
+        {
+            let kept = SubFilter::of(&filter).ok_or(Error::TooLong)?;
+            if !self.subs.iter().any(|s| s.is_none() || s.is_some_and(|s| s.filter == kept)) {
+                return Err(Error::TopicsFull);
+            }
         }
         let msg_id = self.alloc_msg_id();
         let packet = Packet::Subscribe(Subscribe { dup: false, qos, msg_id, topic: filter });
@@ -538,6 +561,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     /// [`Event::GatewayChanged`] reports the move ([`Event::Connected`]
     /// when no gateway had accepted the session before). A refused CONNACK,
     /// or Nretry without an answer, is [`Event::GatewayLost`] again.
+    #[cfg(feature = "failover")]
     pub fn fail_over(&mut self, now: Millis) -> Result<(), Error> {
         if self.state == State::Asleep {
             return Err(Error::NotConnected);
@@ -577,6 +601,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             self.congested_until = now + u64::from(self.settings.congestion_wait_ms);
         }
         Ok(match packet {
+            #[cfg(feature = "failover")]
             Packet::ConnAck(rc) if self.control.is_some_and(|c| c.kind == Kind::Connect) => {
                 self.control = None;
                 if rc.is_accepted() {
@@ -592,7 +617,10 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                 self.finish(Kind::Connect, 0)?;
                 if rc.is_accepted() {
                     self.state = State::Connected;
-                    self.established = true;
+                    #[cfg(feature = "failover")]
+                    {
+                        self.established = true;
+                    }
                     Some(Event::Connected)
                 } else {
                     self.state = State::Disconnected;
@@ -621,6 +649,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                 self.push_tx(now, p);
                 None
             }
+            #[cfg(feature = "failover")]
             Packet::RegAck(a) if self.is_control(a.msg_id) => {
                 if let (Some(Kind::Register { name_slot }), true) =
                     (self.control.map(|c| c.kind), a.return_code.is_accepted())
@@ -710,6 +739,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                 self.push_tx(now, Buf::encode(&Packet::PubComp(msg_id)).ok_or(Error::TooLong)?);
                 None
             }
+            #[cfg(feature = "failover")]
             Packet::SubAck(s) if self.is_control(s.msg_id) => {
                 if let Some(c) = self.control.take() {
                     self.learn_from_suback(&c.datagram, s.topic_id, s.return_code);
@@ -720,10 +750,10 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                 let Some(slot) = self.pending_slot(|k| k == Kind::Subscribe, s.msg_id) else {
                     return Ok(None);
                 };
-                if let Some(p) = self.pending[slot].take() {
-                    if s.return_code.is_accepted() {
-                        self.keep_sub(&p.datagram);
-                    }
+                let _taken = self.pending[slot].take();
+                #[cfg(feature = "failover")]
+                if let (Some(p), true) = (_taken, s.return_code.is_accepted()) {
+                    self.keep_sub(&p.datagram);
                 }
                 Some(Event::Subscribed {
                     msg_id: s.msg_id,
@@ -737,7 +767,9 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             Packet::UnsubAck(msg_id) => {
                 let slot = self.pending_slot(|k| k == Kind::Unsubscribe, msg_id);
                 let Some(slot) = slot else { return Ok(None) };
-                if let Some(p) = self.pending[slot].take() {
+                let _taken = self.pending[slot].take();
+                #[cfg(feature = "failover")]
+                if let Some(p) = _taken {
                     self.drop_sub(&p.datagram);
                 }
                 Some(Event::Unsubscribed { msg_id })
@@ -947,10 +979,12 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         }
     }
 
+    #[cfg(feature = "failover")]
     fn is_control(&self, msg_id: u16) -> bool {
         msg_id != 0 && self.control.is_some_and(|c| c.msg_id == msg_id)
     }
 
+    #[cfg(feature = "failover")]
     fn control_request(
         &mut self,
         now: Millis,
@@ -971,6 +1005,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         Ok(())
     }
 
+    #[cfg(feature = "failover")]
     /// The next REGISTER or SUBSCRIBE of the restore; at the end, the
     /// parked requests go out and the move is reported.
     fn restore_next(&mut self, now: Millis) -> Result<Option<Event<'static>>, Error> {
@@ -1008,6 +1043,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         Ok(Some(event))
     }
 
+    #[cfg(feature = "failover")]
     /// Sends the parked requests to the new gateway.
     fn resume(&mut self, now: Millis) {
         let retry = u64::from(self.settings.retry_ms);
@@ -1033,6 +1069,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         }
     }
 
+    #[cfg(feature = "failover")]
     /// A restore's SUBACK: a concrete name's topic id.
     fn learn_from_suback(&mut self, subscribe: &Buf<B>, topic_id: u16, rc: ReturnCode) {
         if !rc.is_accepted() || topic_id == 0 {
@@ -1047,6 +1084,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         }
     }
 
+    #[cfg(feature = "failover")]
     /// An accepted SUBSCRIBE of the application, to renew after a
     /// fail-over.
     fn keep_sub(&mut self, subscribe: &Buf<B>) {
@@ -1061,6 +1099,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         }
     }
 
+    #[cfg(feature = "failover")]
     /// An acknowledged UNSUBSCRIBE: not renewed any more.
     fn drop_sub(&mut self, unsubscribe: &Buf<B>) {
         let Ok(Packet::Unsubscribe(u)) = Packet::decode(unsubscribe.as_slice()) else { return };
@@ -1188,6 +1227,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     }
 }
 
+#[cfg(feature = "failover")]
 /// A stored PUBLISH with another topic id (the next gateway's).
 fn with_topic_id<const B: usize>(d: &Buf<B>, id: u16) -> Option<Buf<B>> {
     match Packet::decode(d.as_slice()).ok()? {

@@ -18,7 +18,7 @@
 //!
 //! [`gateways::Gateways`] keeps a list of gateways; after
 //! [`Event::GatewayLost`] the session moves to the next with
-//! [`Client::fail_over`] (docs/failover.md).
+//! `Client::fail_over` (feature `failover`, on by default; docs/failover.md).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
@@ -29,7 +29,7 @@ mod client;
 pub mod discovery;
 #[cfg(feature = "embassy-net")]
 pub mod embassy_udp;
-#[cfg(test)]
+#[cfg(all(test, feature = "failover"))]
 mod failover_tests;
 pub mod gateways;
 #[cfg(feature = "std")]
