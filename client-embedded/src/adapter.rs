@@ -3,7 +3,68 @@
 
 use mqttsn_codec::{QoS, ReturnCode};
 
+use std::net::SocketAddr;
+
+use crate::gateways::Gateways;
 use crate::{Client, Error, Event, MessageTopic};
+
+/// How many gateways an adapter keeps.
+pub const MAX_GATEWAYS: usize = 8;
+
+/// An adapter's gateways.
+pub(crate) type GatewayList = Gateways<SocketAddr, MAX_GATEWAYS>;
+
+/// The list of `gateways` (at least one, at most [`MAX_GATEWAYS`]).
+pub(crate) fn gateway_list(gateways: &[SocketAddr]) -> Result<GatewayList, UdpError> {
+    let mut list = GatewayList::new();
+    for g in gateways {
+        list.add(*g).map_err(|_| std::io::Error::other("more gateways than the list holds"))?;
+    }
+    if list.is_empty() {
+        return Err(std::io::Error::other("no address for the gateway").into());
+    }
+    Ok(list)
+}
+
+/// The gateway is lost or sent DISCONNECT: the session moves to the next
+/// gateway of the list, or, when every gateway failed since the last
+/// CONNACK (always with one gateway) or the client sleeps, the gateways
+/// are gone.
+pub(crate) fn fail_over<const T: usize, const F: usize, const B: usize>(
+    client: &mut Client<T, F, B>,
+    gateways: &mut GatewayList,
+    now: u64,
+) -> Result<SocketAddr, UdpError> {
+    if client.is_asleep() {
+        return Err(UdpError::GatewayGone);
+    }
+    let next = gateways.fail_over().ok_or(UdpError::GatewayGone)?;
+    client.fail_over(now)?;
+    Ok(next)
+}
+
+/// What an adapter does with an event before its caller sees it: a lost
+/// gateway (or its DISCONNECT) is a fail-over, an accepted CONNACK resets
+/// the list's failures. True when the event is the adapter's own.
+pub(crate) fn steer<const T: usize, const F: usize, const B: usize>(
+    client: &mut Client<T, F, B>,
+    gateways: &mut GatewayList,
+    gateway: &mut SocketAddr,
+    now: u64,
+    event: &Event<'_>,
+) -> Result<bool, UdpError> {
+    match event {
+        Event::GatewayLost | Event::DisconnectedByGateway => {
+            *gateway = fail_over(client, gateways, now)?;
+            Ok(true)
+        }
+        Event::Connected | Event::GatewayChanged => {
+            gateways.connected();
+            Ok(false)
+        }
+        _ => Ok(false),
+    }
+}
 
 /// What can go wrong in an adapter.
 #[derive(Debug)]

@@ -149,9 +149,15 @@ pub enum Event<'a> {
     DisconnectedByGateway,
     /// WILLTOPICRESP or WILLMSGRESP.
     WillUpdated(ReturnCode),
-    /// A message was sent Nretry times without an answer: the gateway is
-    /// considered lost.
+    /// A message was sent Nretry times without an answer (a missing
+    /// PINGRESP included), or the CONNACK of a fail-over refused: the
+    /// gateway is considered lost. Requests in flight are kept for
+    /// [`Client::fail_over`]; [`Client::connect`] drops them.
     GatewayLost,
+    /// After [`Client::fail_over`]: the next gateway accepted the session,
+    /// every topic name is registered again, every subscription renewed,
+    /// and the requests that were in flight have been sent to it again.
+    GatewayChanged,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +170,13 @@ enum State {
     /// PINGREQ with ClientId sent, receiving buffered messages.
     Awake,
     Disconnecting,
+    /// Lost the gateway (Nretry): waiting for [`Client::fail_over`] or
+    /// [`Client::connect`].
+    Lost,
+    /// After a fail-over's CONNACK: registering topics and subscribing
+    /// again, one request at a time.
+    #[cfg(feature = "failover")]
+    Restoring,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,8 +196,52 @@ struct Pending<const B: usize> {
     kind: Kind,
     msg_id: u16,
     datagram: Buf<B>,
+    /// [`PARKED`] while the gateway is lost.
     deadline: Millis,
     retries: u8,
+    /// The topic table slot of a PUBLISH to a normal topic id, so that a
+    /// fail-over sends it with the next gateway's id.
+    #[cfg_attr(not(feature = "failover"), allow(dead_code))]
+    topic_slot: Option<usize>,
+}
+
+/// The deadline of a request kept across a fail-over: never due.
+const PARKED: Millis = Millis::MAX;
+
+/// A subscription, kept to be renewed at the next gateway.
+#[cfg(feature = "failover")]
+#[derive(Debug, Clone, Copy)]
+struct Sub {
+    filter: SubFilter,
+    qos: QoS,
+}
+
+#[cfg(feature = "failover")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubFilter {
+    Name(Buf<MAX_NAME>),
+    Predefined(u16),
+    Short([u8; 2]),
+}
+
+#[cfg(feature = "failover")]
+impl SubFilter {
+    fn of(filter: &TopicFilter<'_>) -> Option<Self> {
+        match filter {
+            TopicFilter::Name(n) => Buf::from_slice(n).map(Self::Name),
+            TopicFilter::Predefined(id) => Some(Self::Predefined(*id)),
+            TopicFilter::Short(s) => Some(Self::Short(*s)),
+            TopicFilter::Reserved(_) => None,
+        }
+    }
+
+    fn filter(&self) -> TopicFilter<'_> {
+        match self {
+            Self::Name(n) => TopicFilter::Name(n.as_slice()),
+            Self::Predefined(id) => TopicFilter::Predefined(*id),
+            Self::Short(s) => TopicFilter::Short(*s),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -212,6 +269,23 @@ pub struct Client<const T: usize = 8, const F: usize = 2, const B: usize = 128> 
     last_sent: Millis,
     /// No requests before this time (T_WAIT after congestion).
     congested_until: Millis,
+    #[cfg(feature = "failover")]
+    /// Subscriptions acknowledged, renewed after a fail-over.
+    subs: [Option<Sub>; T],
+    /// The fail-over's own request (CONNECT, then each REGISTER and
+    /// SUBSCRIBE of the restore), beside the application's in flight.
+    control: Option<Pending<B>>,
+    #[cfg(feature = "failover")]
+    /// While restoring: the next topic slot (`0..T`), then subscription
+    /// (`T..2T`) to renew.
+    restore_at: usize,
+    #[cfg(feature = "failover")]
+    /// CleanSession of the last [`Client::connect`].
+    clean_requested: bool,
+    #[cfg(feature = "failover")]
+    /// A CONNACK accepted since the last [`Client::connect`]: a fail-over
+    /// resumes that session (CleanSession false).
+    established: bool,
 }
 
 impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
@@ -234,6 +308,15 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             next_msg_id: 0,
             last_sent: 0,
             congested_until: 0,
+            #[cfg(feature = "failover")]
+            subs: [None; T],
+            control: None,
+            #[cfg(feature = "failover")]
+            restore_at: 0,
+            #[cfg(feature = "failover")]
+            clean_requested: false,
+            #[cfg(feature = "failover")]
+            established: false,
         })
     }
 
@@ -285,9 +368,19 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         };
         if clean_session {
             self.topics = [TopicEntry::default(); T];
+            #[cfg(feature = "failover")]
+            {
+                self.subs = [None; T];
+            }
             self.qos2_rx = [0; 4];
         }
         self.pending = [None; F];
+        self.control = None;
+        #[cfg(feature = "failover")]
+        {
+            self.clean_requested = clean_session;
+            self.established = false;
+        }
         self.keepalive_ms = u64::from(keepalive_s) * 1000;
         let client_id = self.client_id;
         let packet = Packet::Connect(Connect {
@@ -345,6 +438,16 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         match qos {
             QoS::AtLeastOnce | QoS::ExactlyOnce => {
                 self.request(now, Kind::Publish { qos, released: false }, msg_id, &packet)?;
+                #[cfg(feature = "failover")]
+                if let TopicId::Normal(id) = topic {
+                    let slot = self.topics.iter().position(|t| t.known && t.id == id);
+                    let kind = |k| matches!(k, Kind::Publish { .. });
+                    if let Some(p) =
+                        self.pending_slot(kind, msg_id).and_then(|i| self.pending[i].as_mut())
+                    {
+                        p.topic_slot = slot;
+                    }
+                }
                 Ok(Some(msg_id))
             }
             _ => {
@@ -362,6 +465,13 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         qos: QoS,
     ) -> Result<u16, Error> {
         self.require_connected()?;
+        #[cfg(feature = "failover")]
+        {
+            let kept = SubFilter::of(&filter).ok_or(Error::TooLong)?;
+            if !self.subs.iter().any(|s| s.is_none() || s.is_some_and(|s| s.filter == kept)) {
+                return Err(Error::TopicsFull);
+            }
+        }
         let msg_id = self.alloc_msg_id();
         let packet = Packet::Subscribe(Subscribe { dup: false, qos, msg_id, topic: filter });
         self.request(now, Kind::Subscribe, msg_id, &packet)?;
@@ -437,6 +547,41 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         self.request(now, Kind::WillUpdate, 0, &Packet::WillMsgUpd(msg))
     }
 
+    /// Moves the session to the next gateway, after [`Event::GatewayLost`]
+    /// or [`Event::DisconnectedByGateway`]: the caller sends from now on
+    /// to the next gateway of its list (see [`crate::gateways`]) and
+    /// calls this. CONNECT goes out with CleanSession false (with the
+    /// first CONNECT's CleanSession when no gateway accepted it yet), the
+    /// same keepalive and will; after CONNACK every topic name is
+    /// registered again (topic ids are the gateway's) and every
+    /// subscription is renewed, whether or not the gateway knew the
+    /// session (one that did not answers CONNACK all the same and forgets
+    /// the subscriptions). Then the requests that were in flight are sent
+    /// again (a PUBLISH with the new id of its topic, DUP set), and
+    /// [`Event::GatewayChanged`] reports the move ([`Event::Connected`]
+    /// when no gateway had accepted the session before). A refused CONNACK,
+    /// or Nretry without an answer, is [`Event::GatewayLost`] again.
+    #[cfg(feature = "failover")]
+    pub fn fail_over(&mut self, now: Millis) -> Result<(), Error> {
+        if self.state == State::Asleep {
+            return Err(Error::NotConnected);
+        }
+        self.park();
+        for t in self.topics.iter_mut() {
+            t.known = false;
+        }
+        let client_id = self.client_id;
+        let packet = Packet::Connect(Connect {
+            will: self.will.is_some(),
+            clean_session: !self.established && self.clean_requested,
+            protocol_id: mqttsn_codec::PROTOCOL_ID,
+            duration: u16::try_from(self.keepalive_ms / 1000).unwrap_or(u16::MAX),
+            client_id: client_id.as_slice(),
+        });
+        self.state = State::Connecting;
+        self.control_request(now, Kind::Connect, 0, &packet)
+    }
+
     // ----- inputs -----
 
     /// A datagram from the gateway. The event, if any, may borrow from it.
@@ -456,10 +601,26 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             self.congested_until = now + u64::from(self.settings.congestion_wait_ms);
         }
         Ok(match packet {
+            #[cfg(feature = "failover")]
+            Packet::ConnAck(rc) if self.control.is_some_and(|c| c.kind == Kind::Connect) => {
+                self.control = None;
+                if rc.is_accepted() {
+                    self.state = State::Restoring;
+                    self.restore_at = 0;
+                    self.restore_next(now)?
+                } else {
+                    self.state = State::Lost;
+                    Some(Event::GatewayLost)
+                }
+            }
             Packet::ConnAck(rc) => {
                 self.finish(Kind::Connect, 0)?;
                 if rc.is_accepted() {
                     self.state = State::Connected;
+                    #[cfg(feature = "failover")]
+                    {
+                        self.established = true;
+                    }
                     Some(Event::Connected)
                 } else {
                     self.state = State::Disconnected;
@@ -487,6 +648,19 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                 let p = Buf::<B>::encode(&Packet::WillMsg(msg.as_slice())).ok_or(Error::TooLong)?;
                 self.push_tx(now, p);
                 None
+            }
+            #[cfg(feature = "failover")]
+            Packet::RegAck(a) if self.is_control(a.msg_id) => {
+                if let (Some(Kind::Register { name_slot }), true) =
+                    (self.control.map(|c| c.kind), a.return_code.is_accepted())
+                {
+                    if let Some(t) = self.topics.get_mut(name_slot) {
+                        t.id = a.topic_id;
+                        t.known = true;
+                    }
+                }
+                self.control = None;
+                self.restore_next(now)?
             }
             Packet::RegAck(a) => {
                 let Some(slot) =
@@ -565,11 +739,22 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                 self.push_tx(now, Buf::encode(&Packet::PubComp(msg_id)).ok_or(Error::TooLong)?);
                 None
             }
+            #[cfg(feature = "failover")]
+            Packet::SubAck(s) if self.is_control(s.msg_id) => {
+                if let Some(c) = self.control.take() {
+                    self.learn_from_suback(&c.datagram, s.topic_id, s.return_code);
+                }
+                self.restore_next(now)?
+            }
             Packet::SubAck(s) => {
                 let Some(slot) = self.pending_slot(|k| k == Kind::Subscribe, s.msg_id) else {
                     return Ok(None);
                 };
-                self.pending[slot] = None;
+                let _taken = self.pending[slot].take();
+                #[cfg(feature = "failover")]
+                if let (Some(p), true) = (_taken, s.return_code.is_accepted()) {
+                    self.keep_sub(&p.datagram);
+                }
                 Some(Event::Subscribed {
                     msg_id: s.msg_id,
                     result: if s.return_code.is_accepted() {
@@ -582,7 +767,11 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             Packet::UnsubAck(msg_id) => {
                 let slot = self.pending_slot(|k| k == Kind::Unsubscribe, msg_id);
                 let Some(slot) = slot else { return Ok(None) };
-                self.pending[slot] = None;
+                let _taken = self.pending[slot].take();
+                #[cfg(feature = "failover")]
+                if let Some(p) = _taken {
+                    self.drop_sub(&p.datagram);
+                }
                 Some(Event::Unsubscribed { msg_id })
             }
             Packet::PingReq(_) => {
@@ -606,7 +795,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                     Some(Event::Disconnected)
                 } else {
                     self.state = State::Disconnected;
-                    self.pending = [None; F];
+                    self.park();
                     Some(Event::DisconnectedByGateway)
                 }
             }
@@ -692,8 +881,8 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                 continue;
             }
             if p.retries >= self.settings.max_retries {
+                // Kept (parked below) for the next gateway.
                 lost = true;
-                *slot = None;
                 continue;
             }
             p.retries += 1;
@@ -706,12 +895,25 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         for d in resend.into_iter().flatten() {
             self.push_tx(now, d);
         }
+        if let Some(c) = self.control.as_mut().filter(|c| now >= c.deadline) {
+            if c.retries >= self.settings.max_retries {
+                self.control = None;
+                lost = true;
+            } else {
+                c.retries += 1;
+                c.deadline = now + retry;
+                set_dup(&mut c.datagram);
+                let d = c.datagram;
+                self.push_tx(now, d);
+            }
+        }
         if lost {
-            self.pending = [None; F];
             if self.state == State::Awake {
+                self.pending = [None; F];
                 self.state = State::Asleep;
             } else {
-                self.state = State::Disconnected;
+                self.park();
+                self.state = State::Lost;
             }
             return Some(Event::GatewayLost);
         }
@@ -743,12 +945,169 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
 
     /// When [`Client::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let retry = self.pending.iter().flatten().map(|p| p.deadline).min();
+        let retry = self
+            .pending
+            .iter()
+            .chain(core::iter::once(&self.control))
+            .flatten()
+            .map(|p| p.deadline)
+            .filter(|d| *d != PARKED)
+            .min();
         let keepalive = (self.state == State::Connected && self.keepalive_ms > 0)
             .then_some(self.last_sent + self.keepalive_ms);
         match (retry, keepalive) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    // ----- fail-over -----
+
+    /// Keeps the application's requests for the next gateway: never due
+    /// until [`Client::resume`]. CONNECT and PINGREQ are not kept.
+    fn park(&mut self) {
+        self.control = None;
+        for slot in self.pending.iter_mut() {
+            match slot {
+                Some(p) if matches!(p.kind, Kind::Connect | Kind::Ping) => *slot = None,
+                Some(p) => {
+                    p.deadline = PARKED;
+                    p.retries = 0;
+                }
+                None => {}
+            }
+        }
+    }
+
+    #[cfg(feature = "failover")]
+    fn is_control(&self, msg_id: u16) -> bool {
+        msg_id != 0 && self.control.is_some_and(|c| c.msg_id == msg_id)
+    }
+
+    #[cfg(feature = "failover")]
+    fn control_request(
+        &mut self,
+        now: Millis,
+        kind: Kind,
+        msg_id: u16,
+        packet: &Packet<'_>,
+    ) -> Result<(), Error> {
+        let datagram = Buf::<B>::encode(packet).ok_or(Error::TooLong)?;
+        self.control = Some(Pending {
+            kind,
+            msg_id,
+            datagram,
+            deadline: now + u64::from(self.settings.retry_ms),
+            retries: 0,
+            topic_slot: None,
+        });
+        self.push_tx(now, datagram);
+        Ok(())
+    }
+
+    #[cfg(feature = "failover")]
+    /// The next REGISTER or SUBSCRIBE of the restore; at the end, the
+    /// parked requests go out and the move is reported.
+    fn restore_next(&mut self, now: Millis) -> Result<Option<Event<'static>>, Error> {
+        while self.restore_at < 2 * T {
+            let i = self.restore_at;
+            self.restore_at += 1;
+            if let Some(t) = self.topics.get(i).copied() {
+                if t.name.as_slice().is_empty() || t.known {
+                    continue;
+                }
+                let msg_id = self.alloc_msg_id();
+                let packet = Packet::Register(Register {
+                    topic_id: 0,
+                    msg_id,
+                    topic_name: t.name.as_slice(),
+                });
+                self.control_request(now, Kind::Register { name_slot: i }, msg_id, &packet)?;
+                return Ok(None);
+            }
+            let Some(sub) = self.subs.get(i - T).copied().flatten() else { continue };
+            let msg_id = self.alloc_msg_id();
+            let packet = Packet::Subscribe(Subscribe {
+                dup: false,
+                qos: sub.qos,
+                msg_id,
+                topic: sub.filter.filter(),
+            });
+            self.control_request(now, Kind::Subscribe, msg_id, &packet)?;
+            return Ok(None);
+        }
+        self.resume(now);
+        self.state = State::Connected;
+        let event = if self.established { Event::GatewayChanged } else { Event::Connected };
+        self.established = true;
+        Ok(Some(event))
+    }
+
+    #[cfg(feature = "failover")]
+    /// Sends the parked requests to the new gateway.
+    fn resume(&mut self, now: Millis) {
+        let retry = u64::from(self.settings.retry_ms);
+        for i in 0..F {
+            let Some(mut p) = self.pending.get(i).copied().flatten() else { continue };
+            if p.deadline != PARKED {
+                continue;
+            }
+            if let (Kind::Publish { released: false, .. }, Some(t)) =
+                (p.kind, p.topic_slot.and_then(|s| self.topics.get(s)))
+            {
+                if let Some(d) = t.known.then(|| with_topic_id(&p.datagram, t.id)).flatten() {
+                    p.datagram = d;
+                }
+            }
+            set_dup(&mut p.datagram);
+            p.deadline = now + retry;
+            p.retries = 0;
+            if let Some(slot) = self.pending.get_mut(i) {
+                *slot = Some(p);
+            }
+            self.push_tx(now, p.datagram);
+        }
+    }
+
+    #[cfg(feature = "failover")]
+    /// A restore's SUBACK: a concrete name's topic id.
+    fn learn_from_suback(&mut self, subscribe: &Buf<B>, topic_id: u16, rc: ReturnCode) {
+        if !rc.is_accepted() || topic_id == 0 {
+            return;
+        }
+        if let Ok(Packet::Subscribe(s)) = Packet::decode(subscribe.as_slice()) {
+            if let TopicFilter::Name(n) = s.topic {
+                if !n.iter().any(|c| matches!(c, b'#' | b'+')) {
+                    let _ = self.remember(n, topic_id);
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "failover")]
+    /// An accepted SUBSCRIBE of the application, to renew after a
+    /// fail-over.
+    fn keep_sub(&mut self, subscribe: &Buf<B>) {
+        let Ok(Packet::Subscribe(s)) = Packet::decode(subscribe.as_slice()) else { return };
+        let Some(filter) = SubFilter::of(&s.topic) else { return };
+        let slot = match self.subs.iter().position(|x| x.is_some_and(|x| x.filter == filter)) {
+            Some(i) => self.subs.get_mut(i),
+            None => self.subs.iter_mut().find(|x| x.is_none()),
+        };
+        if let Some(slot) = slot {
+            *slot = Some(Sub { filter, qos: s.qos });
+        }
+    }
+
+    #[cfg(feature = "failover")]
+    /// An acknowledged UNSUBSCRIBE: not renewed any more.
+    fn drop_sub(&mut self, unsubscribe: &Buf<B>) {
+        let Ok(Packet::Unsubscribe(u)) = Packet::decode(unsubscribe.as_slice()) else { return };
+        let Some(filter) = SubFilter::of(&u.topic) else { return };
+        for slot in self.subs.iter_mut() {
+            if slot.is_some_and(|x| x.filter == filter) {
+                *slot = None;
+            }
         }
     }
 
@@ -766,7 +1125,8 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         loop {
             self.next_msg_id = self.next_msg_id.wrapping_add(1);
             let id = self.next_msg_id;
-            if id != 0 && !self.pending.iter().flatten().any(|p| p.msg_id == id) {
+            let busy = self.pending.iter().chain(core::iter::once(&self.control)).flatten();
+            if id != 0 && !busy.clone().any(|p| p.msg_id == id) {
                 return id;
             }
         }
@@ -796,6 +1156,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             datagram,
             deadline: now + u64::from(self.settings.retry_ms),
             retries: 0,
+            topic_slot: None,
         });
         self.push_tx(now, datagram);
         Ok(())
@@ -863,6 +1224,17 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         self.topics[i].id = id;
         self.topics[i].known = true;
         Ok(())
+    }
+}
+
+#[cfg(feature = "failover")]
+/// A stored PUBLISH with another topic id (the next gateway's).
+fn with_topic_id<const B: usize>(d: &Buf<B>, id: u16) -> Option<Buf<B>> {
+    match Packet::decode(d.as_slice()).ok()? {
+        Packet::Publish(p) => {
+            Buf::encode(&Packet::Publish(Publish { topic: TopicId::Normal(id), ..p }))
+        }
+        _ => None,
     }
 }
 

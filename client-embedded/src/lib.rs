@@ -16,6 +16,10 @@
 //! tokio socket. With `embassy-net` (no `std`, no allocation),
 //! `embassy_udp::EmbassyClient` runs it over an embassy-net `UdpSocket`
 //! with embassy-time.
+//!
+//! [`gateways::Gateways`] keeps a list of gateways; after
+//! [`Event::GatewayLost`] the session moves to the next with
+//! `Client::fail_over` (feature `failover`, on by default; docs/failover.md).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
@@ -26,6 +30,9 @@ mod client;
 pub mod discovery;
 #[cfg(feature = "embassy-net")]
 pub mod embassy_udp;
+#[cfg(all(test, feature = "failover"))]
+mod failover_tests;
+pub mod gateways;
 #[cfg(feature = "std")]
 mod link;
 #[cfg(feature = "dtls")]

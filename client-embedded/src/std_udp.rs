@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use mqttsn_codec::{Packet, QoS, TopicFilter};
 
-use crate::adapter::{aside, message, topic_text};
-pub use crate::adapter::{describe, Message, UdpError};
+use crate::adapter::{aside, gateway_list, message, steer, topic_text, GatewayList};
+pub use crate::adapter::{describe, Message, UdpError, MAX_GATEWAYS};
 use crate::link::Link;
 use crate::wait;
 use crate::{Client, Event, Settings, Topic};
@@ -18,6 +18,7 @@ pub struct UdpClient<const T: usize = 16, const F: usize = 4, const B: usize = 1
     pub client: Client<T, F, B>,
     link: Link,
     gateway: SocketAddr,
+    gateways: GatewayList,
     epoch: Instant,
     rx: Vec<u8>,
     tx: Vec<u8>,
@@ -52,12 +53,42 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| std::io::Error::other("no address for the gateway"))?;
+        Self::build(&[gateway], client_id, settings, link)
+    }
+
+    /// A client with a list of gateways (at most
+    /// [`MAX_GATEWAYS`], all of one address
+    /// family): it talks to the first and, when one is lost (Nretry
+    /// without an answer, a missing PINGRESP) or sends DISCONNECT, moves
+    /// the session to the next ([`crate::Client::fail_over`]); datagrams
+    /// from any other address are ignored. A call fails with
+    /// [`UdpError::GatewayGone`] once every gateway failed in a row.
+    pub fn with_gateways(
+        gateways: &[SocketAddr],
+        client_id: &str,
+        settings: Settings,
+    ) -> Result<Self, UdpError> {
+        Self::build(gateways, client_id, settings, |sock, _| Ok(Link::Udp(sock)))
+    }
+
+    /// A client with these gateways, over what `link` makes of an
+    /// ephemeral socket and the first gateway's address.
+    fn build(
+        gateways: &[SocketAddr],
+        client_id: &str,
+        settings: Settings,
+        link: impl FnOnce(UdpSocket, SocketAddr) -> Result<Link, UdpError>,
+    ) -> Result<Self, UdpError> {
+        let list = gateway_list(gateways)?;
+        let gateway =
+            list.current().ok_or_else(|| std::io::Error::other("no address for the gateway"))?;
         let bind: SocketAddr =
             if gateway.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         Ok(Self {
             client: Client::new(client_id.as_bytes(), settings)?,
             link: link(UdpSocket::bind(bind)?, gateway)?,
             gateway,
+            gateways: list,
             epoch: Instant::now(),
             rx: vec![0; 65_536],
             tx: vec![0; B],
@@ -65,6 +96,11 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
             debug: false,
             unreleased: Vec::new(),
         })
+    }
+
+    /// The gateway the client talks to now.
+    pub fn gateway(&self) -> SocketAddr {
+        self.gateway
     }
 
     /// Milliseconds since the client was made.
@@ -127,6 +163,10 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
                     if let Some(r) = done(&event) {
                         return Ok(r);
                     }
+                    if steer(&mut self.client, &mut self.gateways, &mut self.gateway, now, &event)?
+                    {
+                        continue;
+                    }
                     aside(&self.client, &mut self.inbox, event)?;
                 }
                 Ok(_) => {}
@@ -137,8 +177,9 @@ impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
                     ) =>
                 {
                     let now = self.now();
-                    if let Some(Event::GatewayLost) = self.client.handle_timeout(now) {
-                        return Err(UdpError::GatewayGone);
+                    if let Some(event) = self.client.handle_timeout(now) {
+                        let (client, gateways) = (&mut self.client, &mut self.gateways);
+                        steer(client, gateways, &mut self.gateway, now, &event)?;
                     }
                 }
                 Err(e) => return Err(e),

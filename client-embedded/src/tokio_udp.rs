@@ -8,7 +8,7 @@ use mqttsn_codec::{QoS, TopicFilter};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::adapter::{aside, message, topic_text};
+use crate::adapter::{aside, gateway_list, message, steer, topic_text, GatewayList};
 pub use crate::adapter::{describe, Message, UdpError};
 use crate::wait;
 use crate::{Client, Event, Settings, Topic};
@@ -19,6 +19,7 @@ pub struct TokioClient<const T: usize = 16, const F: usize = 4, const B: usize =
     pub client: Client<T, F, B>,
     sock: UdpSocket,
     gateway: SocketAddr,
+    gateways: GatewayList,
     epoch: Instant,
     rx: Vec<u8>,
     tx: Vec<u8>,
@@ -33,17 +34,36 @@ impl<const T: usize, const F: usize, const B: usize> TokioClient<T, F, B> {
         client_id: &str,
         settings: Settings,
     ) -> Result<Self, UdpError> {
+        Self::with_gateways(&[gateway], client_id, settings).await
+    }
+
+    /// A client with a list of gateways that fails over between them, as
+    /// [`crate::std_udp::UdpClient::with_gateways`] does.
+    pub async fn with_gateways(
+        gateways: &[SocketAddr],
+        client_id: &str,
+        settings: Settings,
+    ) -> Result<Self, UdpError> {
+        let list = gateway_list(gateways)?;
+        let gateway =
+            list.current().ok_or_else(|| std::io::Error::other("no address for the gateway"))?;
         let bind: SocketAddr =
             if gateway.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         Ok(Self {
             client: Client::new(client_id.as_bytes(), settings)?,
             sock: UdpSocket::bind(bind).await?,
             gateway,
+            gateways: list,
             epoch: Instant::now(),
             rx: vec![0; 65_536],
             tx: vec![0; B],
             inbox: Vec::new(),
         })
+    }
+
+    /// The gateway the client talks to now.
+    pub fn gateway(&self) -> SocketAddr {
+        self.gateway
     }
 
     /// Milliseconds since the client was made.
@@ -89,6 +109,9 @@ impl<const T: usize, const F: usize, const B: usize> TokioClient<T, F, B> {
                     if let Some(r) = done(&event) {
                         return Ok(r);
                     }
+                    if steer(&mut self.client, &mut self.gateways, &mut self.gateway, now, &event)? {
+                        continue;
+                    }
                     aside(&self.client, &mut self.inbox, event)?;
                 }
                 () = tokio::time::sleep_until(until) => {
@@ -96,8 +119,9 @@ impl<const T: usize, const F: usize, const B: usize> TokioClient<T, F, B> {
                         return Err(UdpError::Timeout);
                     }
                     let now = self.now();
-                    if let Some(Event::GatewayLost) = self.client.handle_timeout(now) {
-                        return Err(UdpError::GatewayGone);
+                    if let Some(event) = self.client.handle_timeout(now) {
+                        let (client, gateways) = (&mut self.client, &mut self.gateways);
+                        steer(client, gateways, &mut self.gateway, now, &event)?;
                     }
                 }
             }

@@ -289,6 +289,7 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
     ("docs/tools.md", "cargo install --path tools", Env::Bare, Run(Nothing)),
     ("docs/tools.md", "mqttsn pub --help", Env::Bare, Run(Output("--stdin-file"))),
     ("docs/tools.md", "mqttsn pub -h 192.168.1.10 -t sensors/1/temp -m 21.5 -q 1", Env::Gateway, Run(Broker("sensors/1/temp 21.5"))),
+    ("docs/tools.md", "mqttsn pub -h 192.168.1.10 -h 192.168.1.20 -t sensors/1/temp -m 21.5 -q 1", Env::Gateway, Run(Broker("sensors/1/temp 21.5"))),
     ("docs/tools.md", "mqttsn pub -T 7 -m 21.5 -q -1", Env::Gateway, Run(Broker("sensors/7/temp 21.5"))),
     ("docs/tools.md", "mqttsn pub -t ab -m x", Env::Gateway, Run(Broker("ab x"))),
     ("docs/tools.md", "tail -f readings.log | mqttsn pub -t logs/pi -l", Env::Gateway, Serve(None, Broker("logs/pi 21.5"))),

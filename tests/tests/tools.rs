@@ -483,3 +483,27 @@ fn pub_and_sub_over_ipv6() {
     }
     assert_eq!(ok(child.wait_with_output().unwrap()), "six\n");
 }
+
+#[test]
+fn pub_fails_over_to_the_next_gateway() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    // A gateway that never answers: a bound socket nobody reads.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let topic = unique("failover");
+    let mut sub = MqttClient::connect(broker.port(), &unique("sub"));
+    sub.subscribe(&topic, 1);
+    let bin = tools_binary();
+    let started = std::time::Instant::now();
+    let out = Command::new(bin)
+        .args(["pub", "-h", &silent.local_addr().unwrap().to_string()])
+        .args(["-h", &gw.addr().to_string(), "-t", &topic, "-m", "moved", "-q", "1"])
+        .args(["--wait", "10"])
+        .output()
+        .unwrap();
+    ok(out);
+    let m = sub.recv();
+    assert_eq!((m.topic.as_str(), &m.payload[..]), (topic.as_str(), &b"moved"[..]));
+    // Tretry 1 s, Nretry 3: the silent gateway is left after 4 s.
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+}

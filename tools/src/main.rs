@@ -270,9 +270,11 @@ async fn run_relay(a: &RelayArgs) -> anyhow::Result<()> {
 /// Options of `pub` and `sub` as in mosquitto's tools (`-h` is the host).
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// The gateway host.
-    #[arg(short = 'h', long, default_value = "127.0.0.1")]
-    host: String,
+    /// The gateway host, or HOST:PORT; repeat for several gateways
+    /// (`-h gw1 -h gw2`): the session fails over to the next when one is
+    /// lost or sends DISCONNECT (one gateway only with DTLS).
+    #[arg(short = 'h', long, default_value = "127.0.0.1", action = clap::ArgAction::Append)]
+    host: Vec<String>,
     /// The gateway UDP port [default: 1884, 8884 with DTLS].
     #[arg(short, long)]
     port: Option<u16>,
@@ -347,7 +349,7 @@ impl CommonArgs {
         };
         let dtls = self.dtls();
         Ok(Common {
-            host: self.host.clone(),
+            hosts: self.host.clone(),
             port: self.port.unwrap_or(if dtls.is_some() { 8884 } else { 1884 }),
             client_id: self.client_id.clone(),
             keepalive: self.keepalive,

@@ -2,11 +2,12 @@
 //! MQTT-SN, on the microcontroller client's `std` adapter.
 
 use std::io::{BufRead, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mqttsn_client::std_dtls::{DtlsError, DtlsSettings};
-use mqttsn_client::std_udp::{Message, UdpClient, UdpError};
+use mqttsn_client::std_udp::{Message, UdpClient, UdpError, MAX_GATEWAYS};
 use mqttsn_client::{QoS, ReturnCode, Settings, Topic, TopicFilter};
 
 /// The client the tools use: 32 topics, 4 requests in flight, datagrams up
@@ -80,9 +81,9 @@ fn failure(what: &str, e: UdpError) -> Failure {
 /// Options both tools share.
 #[derive(Debug, Clone)]
 pub struct Common {
-    /// Gateway host.
-    pub host: String,
-    /// Gateway port.
+    /// Gateway hosts (or HOST:PORT), in the order they are tried.
+    pub hosts: Vec<String>,
+    /// Gateway port, for the hosts without one.
     pub port: u16,
     /// ClientId; a generated one when `None`.
     pub client_id: Option<String>,
@@ -148,14 +149,47 @@ pub fn qos(level: i8) -> Result<QoS, Failure> {
 fn client(c: &Common, prefix: &str) -> Result<ToolClient, Failure> {
     let id = c.client_id.clone().unwrap_or_else(|| format!("{prefix}-{}", std::process::id()));
     let settings = Settings { retry_ms: 1000, max_retries: 3, ..Settings::default() };
-    let gateway = (c.host.as_str(), c.port);
+    let gateways = gateway_addresses(c)?;
     let mut client = match &c.dtls {
-        None => ToolClient::new(gateway, &id, settings).map_err(|e| failure("gateway address", e)),
-        Some(dtls) => ToolClient::new_dtls(gateway, &id, settings, &dtls.settings(&id)?, c.wait)
-            .map_err(|e| failure("connecting", e)),
+        None => ToolClient::with_gateways(&gateways, &id, settings)
+            .map_err(|e| failure("gateway address", e)),
+        Some(_) if gateways.len() > 1 => Err(Failure::Usage(
+            "several -h with DTLS: failover over DTLS is not supported yet".into(),
+        )),
+        Some(dtls) => {
+            ToolClient::new_dtls(gateways[0], &id, settings, &dtls.settings(&id)?, c.wait)
+                .map_err(|e| failure("connecting", e))
+        }
     }?;
     client.debug = c.debug;
     Ok(client)
+}
+
+/// The address of every `-h`: HOST:PORT as given, HOST with `-p`'s port.
+/// The first address's family decides the socket's; a host of the other
+/// family is left out.
+fn gateway_addresses(c: &Common) -> Result<Vec<SocketAddr>, Failure> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for host in &c.hosts {
+        let resolved = match host.parse::<SocketAddr>() {
+            Ok(a) => Ok(vec![a]),
+            Err(_) => (host.as_str(), c.port).to_socket_addrs().map(Iterator::collect),
+        };
+        let addrs: Vec<SocketAddr> =
+            resolved.map_err(|e| Failure::Usage(format!("-h {host}: {e}")))?;
+        let first = out.first().map(SocketAddr::is_ipv4);
+        let addr =
+            addrs.into_iter().find(|a| first.is_none_or(|v4| a.is_ipv4() == v4)).ok_or_else(
+                || Failure::Usage(format!("-h {host}: no address of the first gateway's family")),
+            )?;
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    if out.len() > MAX_GATEWAYS {
+        return Err(Failure::Usage(format!("-h: at most {MAX_GATEWAYS} gateways")));
+    }
+    Ok(out)
 }
 
 /// What `mqttsn pub` sends.
