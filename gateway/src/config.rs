@@ -618,7 +618,8 @@ pub struct ClientSection {
     /// The key of that certificate, PEM.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// Its DTLS pre-shared key, hexadecimal (16 to 64 octets); the PSK
+    /// Its DTLS pre-shared key, hexadecimal (16 to 64 octets; reloaded by
+    /// SIGHUP); the PSK
     /// identity is the ClientId. With it, the sensor may connect only
     /// over DTLS.
     #[serde(default)]

@@ -225,9 +225,12 @@ async fn run() -> anyhow::Result<()> {
     let buffers = Buffers { receive: opts.udp_receive_buffer, send: opts.udp_send_buffer };
     let mut listener = Listener::bind(listen, workers, buffers)
         .with_context(|| format!("cannot listen on udp://{listen}"))?;
+    let mut dtls_credentials = None;
     match cfg.dtls_settings()? {
         Some((addr, settings)) => {
-            let what = match (settings.credentials.has_psks(), settings.certificate.is_some()) {
+            dtls_credentials = Some(settings.credentials.clone());
+            let what = match (settings.credentials.get().has_psks(), settings.certificate.is_some())
+            {
                 (true, true) => "pre-shared keys and a certificate",
                 (true, false) => "pre-shared keys",
                 _ => "a certificate",
@@ -265,7 +268,7 @@ async fn run() -> anyhow::Result<()> {
     };
     #[cfg(unix)]
     if let Some(hangups) = hangups {
-        tokio::spawn(reload_on_hangup(hangups, args, cfg, live));
+        tokio::spawn(reload_on_hangup(hangups, args, cfg, live, dtls_credentials));
     }
     server::run(listener, upstream, session, opts, metrics, controls, shutdown_signal()).await?;
     info!("stopped");
@@ -310,9 +313,10 @@ async fn reload_on_hangup(
     args: Args,
     mut cfg: Config,
     live: Arc<Live>,
+    dtls: Option<Arc<mqttsn_gateway::dtls::LiveCredentials>>,
 ) {
     while hangups.recv().await.is_some() {
-        reload(&args, &mut cfg, &live);
+        reload(&args, &mut cfg, &live, dtls.as_deref());
     }
 }
 
@@ -320,8 +324,13 @@ async fn reload_on_hangup(
 /// reloadable settings (credentials, policy, predefined topics, the topic
 /// ACL, per-sensor timers and limits) and the others are named as needing
 /// a restart; an invalid one changes nothing. A new ACL applies to the
-/// sensors already connected too.
-fn reload(args: &Args, cfg: &mut Config, live: &Live) {
+/// sensors already connected too; new DTLS keys to the next handshakes.
+fn reload(
+    args: &Args,
+    cfg: &mut Config,
+    live: &Live,
+    dtls: Option<&mqttsn_gateway::dtls::LiveCredentials>,
+) {
     let Some(path) = &args.config else {
         tracing::warn!("SIGHUP: no configuration file (-c) to reload");
         return;
@@ -338,9 +347,21 @@ fn reload(args: &Args, cfg: &mut Config, live: &Live) {
     };
     let reload = mqttsn_gateway::reload::merge(cfg, &next);
     let Some((_, before)) = live.get() else { return };
+    let keys = match reload.config.dtls_settings() {
+        Ok(s) => s.map(|(_, s)| s.credentials.get()),
+        Err(e) => return not_reloaded(&e),
+    };
     match mqttsn_gateway::reload::settings(&reload.config, &before) {
         Ok(current) => live.replace(current),
         Err(e) => return not_reloaded(&e),
+    }
+    match (dtls, keys) {
+        (Some(dtls), Some(keys)) => dtls.replace(keys),
+        (Some(dtls), None) => dtls.replace(Default::default()),
+        (None, Some(_)) => tracing::warn!(
+            "SIGHUP: DTLS credentials given, but the DTLS listener starts only with a restart"
+        ),
+        (None, None) => {}
     }
     if reload.applied.is_empty() {
         info!("SIGHUP: {} reloaded, nothing reloadable changed", path.display());

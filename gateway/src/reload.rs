@@ -127,22 +127,6 @@ pub fn merge(old: &Config, new: &Config) -> Reload {
     differs(config.qos_minus_one != new.qos_minus_one, "qos_minus_one");
     differs(config.monitoring != new.monitoring, "monitoring");
     differs(old.dtls != new.dtls, "dtls");
-    // The DTLS listener reads its keys at start; the plain-UDP refusal of
-    // a ClientId with DTLS credentials follows `clients` at once.
-    let dtls_credentials = |c: &Config| {
-        c.clients
-            .iter()
-            .filter(|e| e.psk.is_some() || e.dtls_cert_sha256.is_some())
-            .map(|e| {
-                (
-                    e.client_id.clone(),
-                    e.psk.as_ref().map(|p| p.expose().to_owned()),
-                    e.dtls_cert_sha256.clone(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    differs(dtls_credentials(old) != dtls_credentials(new), "clients[].psk/dtls_cert_sha256");
     differs(config.serial != new.serial, "serial");
     differs(config.limits.max_sessions != new.limits.max_sessions, "limits.max_sessions");
     differs(

@@ -437,3 +437,39 @@ fn mqttsn_pub_and_sub_over_dtls() {
     assert!(out.status.success(), "mqttsn sub: {:?}", out.status);
     assert!(String::from_utf8_lossy(&out.stdout).contains("to the tool"));
 }
+
+/// A SIGHUP gives a new sensor its key without a restart; one whose key
+/// was removed cannot handshake any more.
+#[test]
+fn a_reload_changes_the_keys() {
+    let broker = Mosquitto::start();
+    let dir = tempdir("dtls-reload");
+    let gw = gateway(&broker, &dir, &psk_clients(&["old-key"]));
+    let to = gw.dtls.unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[broker]\nurl = \"{}\"\n[dtls]\nlisten = \"127.0.0.1:0\"\n{}",
+            broker.url(),
+            psk_clients(&["new-key"])
+        ),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let line = gw.wait_for_line("SIGHUP:");
+    assert!(line.contains("clients"), "{line}");
+    let bridge = Bridge::openssl_psk(to, "new-key", KEY);
+    let mut s = Sensor::new(bridge.addr);
+    assert_eq!(connect(&mut s, "new-key", true), ReturnCode::Accepted);
+    let gone = Bridge::openssl_psk(to, "old-key", KEY);
+    let mut s = Sensor::new(gone.addr);
+    s.send(Packet::Connect(Connect {
+        will: false,
+        clean_session: true,
+        protocol_id: 1,
+        duration: 60,
+        client_id: b"old-key",
+    }));
+    s.expect_silence(Duration::from_secs(2));
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -51,7 +51,7 @@ impl CredentialsError {
     }
 }
 
-/// The DTLS credentials of the sensors.
+/// The DTLS credentials of the sensors, as one configuration gives them.
 #[derive(Default)]
 pub struct Credentials {
     psks: HashMap<String, Vec<u8>>,
@@ -65,6 +65,42 @@ impl std::fmt::Debug for Credentials {
             .field("psks", &self.psks.len())
             .field("certificates", &self.certificates.len())
             .finish()
+    }
+}
+
+/// The credentials the DTLS listener uses now: shared with the DTLS
+/// engines (as their PSK resolver) and replaced by a reload (SIGHUP), so a
+/// new sensor's key works without a restart. Handshakes that completed
+/// keep their association.
+#[derive(Debug, Default)]
+pub struct LiveCredentials(RwLock<Arc<Credentials>>);
+
+impl LiveCredentials {
+    /// These credentials, until replaced.
+    pub fn new(c: Credentials) -> Self {
+        Self(RwLock::new(Arc::new(c)))
+    }
+
+    /// The credentials now.
+    pub fn get(&self) -> Arc<Credentials> {
+        match self.0.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Takes these from now on.
+    pub fn replace(&self, c: Arc<Credentials>) {
+        match self.0.write() {
+            Ok(mut cur) => *cur = c,
+            Err(poisoned) => *poisoned.into_inner() = c,
+        }
+    }
+}
+
+impl dimpl::PskResolver for LiveCredentials {
+    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        self.get().resolve(identity)
     }
 }
 
@@ -201,5 +237,9 @@ mod tests {
         assert_eq!(c.certificate_client(der).as_deref(), Some("b"));
         assert!(c.certificate_client(b"other").is_none());
         assert!(c.has_dtls_credentials(b"b"));
+        let live = LiveCredentials::new(c);
+        assert!(live.resolve(b"a").is_some());
+        live.replace(Arc::default());
+        assert!(live.resolve(b"a").is_none() && !live.get().has_dtls_credentials(b"b"));
     }
 }

@@ -33,7 +33,7 @@ use dimpl::{Dtls, Output};
 use mqttsn_codec::{Frame, Packet, ReturnCode};
 use tracing::{debug, info};
 
-pub use credentials::{Credentials, CredentialsError};
+pub use credentials::{Credentials, CredentialsError, LiveCredentials};
 use hello::{ClientHello, Cookies};
 
 use crate::metrics::Metrics;
@@ -47,8 +47,8 @@ const ECDHE_ECDSA: [u16; 3] = [0xc02b, 0xc02c, 0xcca9];
 /// How the DTLS listener is set up.
 #[derive(Clone)]
 pub struct DtlsSettings {
-    /// PSKs and pinned client certificates.
-    pub credentials: Arc<Credentials>,
+    /// PSKs and pinned client certificates (replaced by a reload).
+    pub credentials: Arc<LiveCredentials>,
     /// The server certificate and key (DER), for certificate handshakes.
     pub certificate: Option<dimpl::DtlsCertificate>,
     /// Certificate handshakes must present a client certificate pinned
@@ -82,7 +82,7 @@ impl DtlsSettings {
     /// Settings with these credentials and the defaults.
     pub fn new(credentials: Credentials) -> Self {
         Self {
-            credentials: Arc::new(credentials),
+            credentials: Arc::new(LiveCredentials::new(credentials)),
             certificate: None,
             require_client_certificate: false,
             max_associations: 10_000,
@@ -129,7 +129,7 @@ struct Association {
 /// The DTLS associations of one listener.
 pub struct Associations {
     settings: DtlsSettings,
-    psk_config: Option<Arc<dimpl::Config>>,
+    psk_config: Arc<dimpl::Config>,
     cert_config: Option<Arc<dimpl::Config>>,
     cookies: Cookies,
     table: HashMap<SocketAddr, Association>,
@@ -161,17 +161,18 @@ impl Associations {
         now: Instant,
     ) -> Result<Self, DtlsError> {
         let cfg = |e: dimpl::Error| DtlsError::Config(e.to_string());
-        let psk_config = if settings.credentials.has_psks() {
-            let c = dimpl::Config::builder()
+        // The PSK engine is there even without keys yet: a reload may
+        // bring some.
+        // The PSK engine is there even without keys yet: a reload may
+        // bring some.
+        let psk_config = Arc::new(
+            dimpl::Config::builder()
                 .with_psk_server(None, settings.credentials.clone())
                 .dtls12_cipher_suites(&[dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8])
                 .handshake_timeout(settings.handshake_timeout)
                 .build()
-                .map_err(cfg)?;
-            Some(Arc::new(c))
-        } else {
-            None
-        };
+                .map_err(cfg)?,
+        );
         let cert_config = if settings.certificate.is_some() {
             let c = dimpl::Config::builder()
                 .require_client_certificate(settings.require_client_certificate)
@@ -361,7 +362,7 @@ impl Associations {
             Metrics::inc(&self.metrics.dtls_refused_limit);
             return;
         }
-        let psk = hello.offers(PSK_AES128_CCM_8).then_some(()).and(self.psk_config.clone());
+        let psk = hello.offers(PSK_AES128_CCM_8).then(|| self.psk_config.clone());
         let mut dtls = match (psk, &self.cert_config, &self.settings.certificate) {
             (Some(c), _, _) => Dtls::new_12_psk(c, now),
             (None, Some(c), Some(cert)) if ECDHE_ECDSA.iter().any(|s| hello.offers(*s)) => {
@@ -438,7 +439,7 @@ impl Associations {
                     break;
                 }
                 Output::PeerCert(der) => {
-                    a.who = match self.settings.credentials.certificate_client(der) {
+                    a.who = match self.settings.credentials.get().certificate_client(der) {
                         Some(id) => Who::Client(id),
                         None if self.settings.require_client_certificate => Who::Unknown,
                         None => Who::Anonymous,
@@ -501,7 +502,7 @@ impl Associations {
             _ => None,
         };
         if let Some((id, connect)) = named {
-            let creds = &self.settings.credentials;
+            let creds = self.settings.credentials.get();
             let allowed = match who {
                 Who::Client(me) => me.as_bytes() == id,
                 Who::Anonymous => !creds.has_dtls_credentials(id),
