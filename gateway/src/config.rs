@@ -292,6 +292,10 @@ pub struct BrokerSection {
     pub cert_file: Option<PathBuf>,
     /// `mqtts://`: the client certificate's private key (PEM).
     pub key_file: Option<PathBuf>,
+    /// Local IP addresses the broker connections are made from, in turn;
+    /// empty: the system chooses (see
+    /// [`crate::upstream::connection::SourceAddresses`]).
+    pub source_addresses: Vec<String>,
 }
 
 impl Default for BrokerSection {
@@ -309,6 +313,7 @@ impl Default for BrokerSection {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            source_addresses: Vec::new(),
         }
     }
 }
@@ -724,10 +729,26 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The local addresses of the broker connections
+    /// (`broker.source_addresses`).
+    pub fn source_addresses(&self) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        self.broker
+            .source_addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse().map_err(|_| {
+                    invalid(&format!("broker.source_addresses[{i}]"), a, "not an IP address")
+                })
+            })
+            .collect()
+    }
+
     /// Checks values that parse but cannot be used.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.broker_target()?;
+        self.source_addresses()?;
         let g = &self.gateway;
         if g.workers > 1024 {
             return Err(invalid("gateway.workers", g.workers, "must be 0 (one per core) to 1024"));

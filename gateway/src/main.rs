@@ -14,7 +14,9 @@ use mqttsn_gateway::mqtt::client::ClientOptions;
 use mqttsn_gateway::reload::{Current, Live};
 use mqttsn_gateway::server::{self, UpstreamSetup};
 use mqttsn_gateway::udp::{Buffers, Listener};
-use mqttsn_gateway::upstream::connection::{Backoff, Connector, TcpConnector, UpstreamOptions};
+use mqttsn_gateway::upstream::connection::{
+    Backoff, Connector, SourceAddresses, TcpConnector, UpstreamOptions,
+};
 use mqttsn_gateway::upstream::tls::TlsConnector;
 use tracing::info;
 
@@ -160,12 +162,18 @@ async fn run() -> anyhow::Result<()> {
     init_logs(&args);
     let cfg = load_config(&args)?;
     let listen = cfg.listen_addr()?;
+    let sources = Arc::new(SourceAddresses::new(cfg.source_addresses()?));
+    if !cfg.broker.source_addresses.is_empty() {
+        info!("broker connections from {} in turn", cfg.broker.source_addresses.join(", "));
+    }
     let connector: Arc<dyn Connector> = match cfg.broker_target()? {
-        BrokerTarget::Remote(addr) => Arc::new(TcpConnector { addr }),
+        BrokerTarget::Remote(addr) => Arc::new(TcpConnector { addr, sources }),
         BrokerTarget::Tls { host, port } => {
-            Arc::new(TlsConnector::new(&host, port, &cfg.tls_settings())?)
+            Arc::new(TlsConnector::new(&host, port, &cfg.tls_settings())?.with_sources(sources))
         }
-        BrokerTarget::Embedded(addr) => Arc::new(TcpConnector { addr: start_embedded(addr)? }),
+        BrokerTarget::Embedded(addr) => {
+            Arc::new(TcpConnector { addr: start_embedded(addr)?, sources })
+        }
     };
     let broker = connector.describe();
     let session = Arc::new(cfg.session_config()?);

@@ -113,7 +113,7 @@ impl Gateway {
                 let listener = Listener::bind(listen, workers, Buffers::default()).expect("bind");
                 addr_tx.send(listener.local_addr()).expect("send addr");
                 let upstream = UpstreamSetup {
-                    connector: Arc::new(TcpConnector { addr: format!("127.0.0.1:{broker_port}") }),
+                    connector: Arc::new(TcpConnector::new(format!("127.0.0.1:{broker_port}"))),
                     opts: UpstreamOptions {
                         client: ClientOptions {
                             keep_alive: Duration::from_secs(30),

@@ -4,10 +4,13 @@
 
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::tls::ClientCert;
 use crate::mqtt::client::ClientOptions;
@@ -33,11 +36,68 @@ pub trait Connector: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
+/// The local addresses the broker connections are made from, in turn
+/// (`broker.source_addresses`). Each local address gives the connections
+/// to one broker address its own range of ephemeral ports (about 28,000
+/// with Linux's default `ip_local_port_range`), so N addresses lift
+/// transparent mode's ceiling to N times that. Empty: the system chooses.
+#[derive(Debug, Default)]
+pub struct SourceAddresses {
+    addrs: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl SourceAddresses {
+    /// Connections from these addresses, in turn.
+    pub fn new(addrs: Vec<IpAddr>) -> Self {
+        Self { addrs, next: AtomicUsize::new(0) }
+    }
+
+    /// A TCP connection to `addr` (`host:port`), from the next source
+    /// address of its family (the first resolved address that has one).
+    pub async fn connect(&self, addr: &str) -> io::Result<TcpStream> {
+        if self.addrs.is_empty() {
+            return TcpStream::connect(addr).await;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for target in tokio::net::lookup_host(addr).await? {
+            let n = self.addrs.len();
+            let Some(src) = (0..n)
+                .map(|i| self.addrs[(start + i) % n])
+                .find(|a| a.is_ipv4() == target.is_ipv4())
+            else {
+                continue;
+            };
+            let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            match socket.bind(SocketAddr::new(src, 0)) {
+                Ok(()) => match socket.connect(target).await {
+                    Ok(tcp) => return Ok(tcp),
+                    Err(e) => last = Some(e),
+                },
+                Err(e) => last = Some(io::Error::new(e.kind(), format!("bind {src}: {e}"))),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::other(format!("{addr}: no address of a source address's family"))
+        }))
+    }
+}
+
 /// Plain TCP to `host:port`.
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
     /// `host:port`.
     pub addr: String,
+    /// Where the connections are made from.
+    pub sources: Arc<SourceAddresses>,
+}
+
+impl TcpConnector {
+    /// Connections to `addr` from addresses the system chooses.
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self { addr: addr.into(), sources: Arc::default() }
+    }
 }
 
 impl Connector for TcpConnector {
@@ -46,7 +106,7 @@ impl Connector for TcpConnector {
         _cert: Option<&'a ClientCert>,
     ) -> Pin<Box<dyn Future<Output = io::Result<Transport>> + Send + 'a>> {
         Box::pin(async move {
-            let tcp = TcpStream::connect(&self.addr).await?;
+            let tcp = self.sources.connect(&self.addr).await?;
             tcp.set_nodelay(true)?;
             Ok(Transport { tcp, tls: None })
         })

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
 
 use super::connection::{Connector, Transport};
 
@@ -102,12 +101,19 @@ impl std::fmt::Debug for ClientCert {
 /// TLS over TCP to one broker.
 pub struct TlsConnector {
     addr: String,
+    sources: Arc<super::connection::SourceAddresses>,
     name: ServerName<'static>,
     inner: tokio_rustls::TlsConnector,
     roots: Arc<rustls::RootCertStore>,
 }
 
 impl TlsConnector {
+    /// Makes the connections from these local addresses, in turn.
+    pub fn with_sources(mut self, sources: Arc<super::connection::SourceAddresses>) -> Self {
+        self.sources = sources;
+        self
+    }
+
     /// A connector to `host:port`.
     pub fn new(host: &str, port: u16, settings: &TlsSettings) -> Result<Self, TlsError> {
         let ca = settings.ca_file.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
@@ -135,6 +141,7 @@ impl TlsConnector {
         let name = ServerName::try_from(bare.to_owned())
             .map_err(|_| TlsError::ServerName(bare.to_owned()))?;
         Ok(Self {
+            sources: Arc::default(),
             addr: format!("{host}:{port}"),
             name,
             inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
@@ -172,7 +179,7 @@ impl Connector for TlsConnector {
                     tokio_rustls::TlsConnector::from(Arc::new(config))
                 }
             };
-            let tcp = TcpStream::connect(&self.addr).await?;
+            let tcp = self.sources.connect(&self.addr).await?;
             tcp.set_nodelay(true)?;
             // The handshake runs here; the driver then moves the records
             // itself over the same stream.
