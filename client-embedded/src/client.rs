@@ -195,6 +195,24 @@ struct TopicEntry {
     known: bool,
 }
 
+/// A QoS 2 message from the gateway released lately (PUBREL), to tell a
+/// late copy (DUP set, same MsgId and payload) from a new message.
+#[derive(Debug, Clone, Copy, Default)]
+struct Released {
+    /// 0: a free slot.
+    msg_id: u16,
+    fingerprint: u32,
+    at: Millis,
+}
+
+/// Released QoS 2 MsgIds remembered; the oldest goes first.
+pub(crate) const RELEASED: usize = 4;
+
+/// FNV-1a of a payload: copies of one message have the same.
+fn fingerprint(payload: &[u8]) -> u32 {
+    payload.iter().fold(0x811c_9dc5, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
 /// The MQTT-SN client: `T` topic names, `F` requests in flight, datagrams
 /// of up to `B` octets.
 pub struct Client<const T: usize = 8, const F: usize = 2, const B: usize = 128> {
@@ -207,7 +225,9 @@ pub struct Client<const T: usize = 8, const F: usize = 2, const B: usize = 128> 
     pending: [Option<Pending<B>>; F],
     tx: [Option<Buf<B>>; 4],
     tx_head: usize,
-    qos2_rx: [u16; 4],
+    qos2_rx: [(u16, u32); 4],
+    /// QoS 2 messages released lately: late copies are not delivered.
+    released: [Released; RELEASED],
     next_msg_id: u16,
     last_sent: Millis,
     /// No requests before this time (T_WAIT after congestion).
@@ -230,7 +250,8 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             pending: [None; F],
             tx: [None; 4],
             tx_head: 0,
-            qos2_rx: [0; 4],
+            qos2_rx: [(0, 0); 4],
+            released: [Released::default(); RELEASED],
             next_msg_id: 0,
             last_sent: 0,
             congested_until: 0,
@@ -285,7 +306,8 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         };
         if clean_session {
             self.topics = [TopicEntry::default(); T];
-            self.qos2_rx = [0; 4];
+            self.qos2_rx = [(0, 0); 4];
+            self.released = [Released::default(); RELEASED];
         }
         self.pending = [None; F];
         self.keepalive_ms = u64::from(keepalive_s) * 1000;
@@ -559,8 +581,10 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             }
             Packet::Publish(p) => self.incoming(now, p)?,
             Packet::PubRel(msg_id) => {
-                if let Some(x) = self.qos2_rx.iter_mut().find(|x| **x == msg_id) {
-                    *x = 0;
+                if let Some(x) = self.qos2_rx.iter_mut().find(|x| x.0 == msg_id && msg_id != 0) {
+                    let fingerprint = x.1;
+                    *x = (0, 0);
+                    self.remember_released(msg_id, fingerprint, now);
                 }
                 self.push_tx(now, Buf::encode(&Packet::PubComp(msg_id)).ok_or(Error::TooLong)?);
                 None
@@ -619,10 +643,15 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     }
 
     fn incoming<'a>(&mut self, now: Millis, p: Publish<'a>) -> Result<Option<Event<'a>>, Error> {
-        if p.qos == QoS::ExactlyOnce && p.msg_id != 0 && self.qos2_rx.contains(&p.msg_id) {
-            // A retransmission of a message delivered already: PUBREC
-            // again, whatever its topic id has become since (the gateway
-            // may have named the topic again in between).
+        let received = |c: &Self| c.qos2_rx.iter().any(|x| x.0 == p.msg_id);
+        if p.qos == QoS::ExactlyOnce
+            && p.msg_id != 0
+            && (received(self) || p.dup && self.is_late_copy(now, p.msg_id, p.data))
+        {
+            // A retransmission of a message delivered already, or a late
+            // copy of one released since: PUBREC again, whatever its topic
+            // id has become since (the gateway may have named the topic
+            // again in between).
             self.push_tx(now, Buf::encode(&Packet::PubRec(p.msg_id)).ok_or(Error::TooLong)?);
             return Ok(None);
         }
@@ -655,16 +684,17 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             }
             QoS::ExactlyOnce => {
                 self.push_tx(now, Buf::encode(&Packet::PubRec(p.msg_id)).ok_or(Error::TooLong)?);
-                if self.qos2_rx.contains(&p.msg_id) {
-                    // A retransmission: delivered already.
-                    return Ok(None);
+                // A new message with the MsgId of a released one.
+                if let Some(r) = self.released.iter_mut().find(|r| r.msg_id == p.msg_id) {
+                    *r = Released::default();
                 }
-                if let Some(x) = self.qos2_rx.iter_mut().find(|x| **x == 0) {
-                    *x = p.msg_id;
+                let entry = (p.msg_id, fingerprint(p.data));
+                if let Some(x) = self.qos2_rx.iter_mut().find(|x| x.0 == 0) {
+                    *x = entry;
                 } else {
                     self.qos2_rx.rotate_left(1);
                     if let Some(last) = self.qos2_rx.last_mut() {
-                        *last = p.msg_id;
+                        *last = entry;
                     }
                 }
             }
@@ -753,6 +783,43 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     }
 
     // ----- internals -----
+
+    /// How long a released QoS 2 MsgId is remembered: while the gateway
+    /// may still be retransmitting its PUBLISH, Tretry × (Nretry + 1).
+    fn qos2_window(&self) -> Millis {
+        u64::from(self.settings.retry_ms) * (u64::from(self.settings.max_retries) + 1)
+    }
+
+    /// True when a PUBLISH with DUP set, `msg_id` and `payload` is a late
+    /// copy of a QoS 2 message released less than the window ago. A
+    /// PUBLISH without DUP, or with another payload, is a new message:
+    /// the gateway may use a MsgId again once its exchange is over.
+    fn is_late_copy(&self, now: Millis, msg_id: u16, payload: &[u8]) -> bool {
+        let window = self.qos2_window();
+        let f = fingerprint(payload);
+        self.released
+            .iter()
+            .any(|r| r.msg_id == msg_id && r.fingerprint == f && now.saturating_sub(r.at) < window)
+    }
+
+    /// Remembers a released QoS 2 message, in the free or expired slot,
+    /// else in place of the oldest.
+    fn remember_released(&mut self, msg_id: u16, fingerprint: u32, now: Millis) {
+        let window = self.qos2_window();
+        let free = |r: &Released| r.msg_id == 0 || now.saturating_sub(r.at) >= window;
+        let oldest = || self.released.iter().enumerate().min_by_key(|(_, r)| r.at).map(|(i, _)| i);
+        let slot = self.released.iter().position(free).or_else(oldest);
+        if let Some(r) = slot.and_then(|i| self.released.get_mut(i)) {
+            *r = Released { msg_id, fingerprint, at: now };
+        }
+    }
+
+    /// How many released QoS 2 MsgIds are remembered now.
+    #[cfg(test)]
+    pub(crate) fn released_count(&self, now: Millis) -> usize {
+        let window = self.qos2_window();
+        self.released.iter().filter(|r| r.msg_id != 0 && now.saturating_sub(r.at) < window).count()
+    }
 
     fn require_connected(&self) -> Result<(), Error> {
         if self.is_connected() {
