@@ -196,7 +196,7 @@ struct TopicEntry {
 }
 
 /// A QoS 2 message from the gateway released lately (PUBREL), to tell a
-/// late copy (DUP set, same MsgId and payload) from a new message.
+/// late copy (same MsgId and payload) from a new message.
 #[derive(Debug, Clone, Copy, Default)]
 struct Released {
     /// 0: a free slot.
@@ -228,6 +228,8 @@ pub struct Client<const T: usize = 8, const F: usize = 2, const B: usize = 128> 
     qos2_rx: [(u16, u32); 4],
     /// QoS 2 messages released lately: late copies are not delivered.
     released: [Released; RELEASED],
+    /// Where the next released message goes (the oldest).
+    released_head: u8,
     next_msg_id: u16,
     last_sent: Millis,
     /// No requests before this time (T_WAIT after congestion).
@@ -252,6 +254,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             tx_head: 0,
             qos2_rx: [(0, 0); 4],
             released: [Released::default(); RELEASED],
+            released_head: 0,
             next_msg_id: 0,
             last_sent: 0,
             congested_until: 0,
@@ -646,7 +649,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         let received = |c: &Self| c.qos2_rx.iter().any(|x| x.0 == p.msg_id);
         if p.qos == QoS::ExactlyOnce
             && p.msg_id != 0
-            && (received(self) || p.dup && self.is_late_copy(now, p.msg_id, p.data))
+            && (received(self) || self.is_late_copy(now, p.msg_id, p.data))
         {
             // A retransmission of a message delivered already, or a late
             // copy of one released since: PUBREC again, whatever its topic
@@ -684,17 +687,14 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             }
             QoS::ExactlyOnce => {
                 self.push_tx(now, Buf::encode(&Packet::PubRec(p.msg_id)).ok_or(Error::TooLong)?);
-                // A new message with the MsgId of a released one.
-                if let Some(r) = self.released.iter_mut().find(|r| r.msg_id == p.msg_id) {
-                    *r = Released::default();
-                }
                 let entry = (p.msg_id, fingerprint(p.data));
                 if let Some(x) = self.qos2_rx.iter_mut().find(|x| x.0 == 0) {
                     *x = entry;
                 } else {
-                    self.qos2_rx.rotate_left(1);
-                    if let Some(last) = self.qos2_rx.last_mut() {
-                        *last = entry;
+                    // Full: the oldest goes, the others move up one.
+                    let mut carry = entry;
+                    for x in self.qos2_rx.iter_mut().rev() {
+                        core::mem::swap(x, &mut carry);
                     }
                 }
             }
@@ -790,10 +790,11 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         u64::from(self.settings.retry_ms) * (u64::from(self.settings.max_retries) + 1)
     }
 
-    /// True when a PUBLISH with DUP set, `msg_id` and `payload` is a late
-    /// copy of a QoS 2 message released less than the window ago. A
-    /// PUBLISH without DUP, or with another payload, is a new message:
-    /// the gateway may use a MsgId again once its exchange is over.
+    /// True when a PUBLISH with `msg_id` and `payload` is a late copy (a
+    /// retransmission with DUP set, or a datagram the network duplicated)
+    /// of a QoS 2 message released less than the window ago. Another
+    /// payload is a new message: the gateway may use a MsgId again once
+    /// its exchange is over.
     fn is_late_copy(&self, now: Millis, msg_id: u16, payload: &[u8]) -> bool {
         let window = self.qos2_window();
         let f = fingerprint(payload);
@@ -802,16 +803,13 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             .any(|r| r.msg_id == msg_id && r.fingerprint == f && now.saturating_sub(r.at) < window)
     }
 
-    /// Remembers a released QoS 2 message, in the free or expired slot,
-    /// else in place of the oldest.
+    /// Remembers a released QoS 2 message in place of the oldest.
     fn remember_released(&mut self, msg_id: u16, fingerprint: u32, now: Millis) {
-        let window = self.qos2_window();
-        let free = |r: &Released| r.msg_id == 0 || now.saturating_sub(r.at) >= window;
-        let oldest = || self.released.iter().enumerate().min_by_key(|(_, r)| r.at).map(|(i, _)| i);
-        let slot = self.released.iter().position(free).or_else(oldest);
-        if let Some(r) = slot.and_then(|i| self.released.get_mut(i)) {
+        let i = usize::from(self.released_head) % RELEASED;
+        if let Some(r) = self.released.get_mut(i) {
             *r = Released { msg_id, fingerprint, at: now };
         }
+        self.released_head = self.released_head.wrapping_add(1) % RELEASED as u8;
     }
 
     /// How many released QoS 2 MsgIds are remembered now.

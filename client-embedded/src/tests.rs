@@ -276,13 +276,17 @@ fn a_qos2_msg_id_used_again_after_pubrel_is_a_new_message() {
     let mut c = connected();
     c.learn_topic("t", 4).unwrap();
     released(&mut c, 1, 8, b"one");
-    // Without DUP: new, even with the same payload.
-    released(&mut c, 2, 8, b"one");
+    // Without DUP and with another payload: new.
+    released(&mut c, 2, 8, b"two");
+    // A copy of the first one, duplicated by the network, DUP not set:
+    // not delivered again (the same MsgId and payload).
+    assert_eq!(c.handle_datagram(3, &qos2(false, 8, b"one")).unwrap(), None);
+    assert_eq!(sent(&mut c), [enc(Packet::PubRec(8))]);
     // With DUP and another payload: the retransmission of a new message
     // whose first copy was lost.
-    let d = qos2(true, 8, b"two");
+    let d = qos2(true, 8, b"three");
     let e = c.handle_datagram(3, &d).unwrap();
-    assert!(matches!(e, Some(Event::Message { payload: b"two", .. })), "{e:?}");
+    assert!(matches!(e, Some(Event::Message { payload: b"three", .. })), "{e:?}");
 }
 
 #[test]

@@ -153,7 +153,7 @@ impl Session {
                 }
                 let id = self.forward_publish(&topic, p, MqttQoS::ExactlyOnce, now);
                 // A new message with the MsgId of a completed one.
-                self.released.forget(p.msg_id);
+                self.released.forget_unknown(p.msg_id);
                 // Kept (possibly long, across a broker outage): a copy,
                 // not a slice that would hold the whole receive buffer.
                 let message = (topic.clone(), Bytes::copy_from_slice(p.data), p.retain);
@@ -173,14 +173,14 @@ impl Session {
     }
 
     /// True when `p` is a copy, arrived late, of a QoS 2 PUBLISH whose
-    /// exchange ended less than [`Session::qos2_window`] ago: DUP set, the
-    /// same MsgId and payload (see `released`).
+    /// exchange ended less than [`Session::qos2_window`] ago: the same
+    /// MsgId and payload (see `released`).
     fn is_late_copy(&mut self, p: &Publish<'_>, now: Instant) -> bool {
-        if !p.dup || p.qos != QoS::ExactlyOnce || self.qos2_in.contains_key(&p.msg_id) {
+        if p.qos != QoS::ExactlyOnce || self.qos2_in.contains_key(&p.msg_id) {
             return false;
         }
-        let window = self.qos2_window();
-        self.released.is_late_copy(p.msg_id, released::fingerprint(p.data), now, window)
+        let (window, f) = (self.qos2_window(), released::fingerprint(p.data));
+        self.released.is_late_copy(p.msg_id, f, p.dup, now, window)
     }
 
     /// Sends a QoS 1 or 2 PUBLISH upstream and remembers it until the

@@ -382,7 +382,7 @@ fn qos2_from_the_sensor_is_published_once() {
     h.sensor(Packet::PubRel(3));
     h.expect_tx(&[Packet::PubComp(3)]);
     // The MsgId is free again: a new message with it is a new publish.
-    h.sensor(p);
+    h.sensor(publish(QoS::ExactlyOnce, TopicId::Short(*b"q2"), 3, b"twice"));
     assert_eq!(h.cmds().len(), 1);
 }
 
@@ -442,9 +442,17 @@ fn a_late_qos2_copy_after_pubcomp_is_answered_with_pubrec_and_not_published() {
 fn a_qos2_msg_id_used_again_after_pubcomp_is_a_new_message() {
     let mut h = H::connected(false, 0);
     complete_qos2(&mut h, 3, b"first");
-    // Without DUP: new, whatever its payload.
-    complete_qos2(&mut h, 3, b"first");
+    // Without DUP and with another payload: new.
     complete_qos2(&mut h, 3, b"second");
+    // A copy of the first, duplicated by the network (DUP not set): the
+    // same MsgId and payload, not published again.
+    h.sensor(publish(QoS::ExactlyOnce, TopicId::Short(*b"q2"), 3, b"first"));
+    h.expect_tx(&[Packet::PubRec(3)]);
+    assert!(h.cmds().is_empty(), "published again");
+    assert_eq!(late_duplicates(&mut h), 1);
+    // After the window, the same payload under the same MsgId is new.
+    h.advance(300 * MS);
+    complete_qos2(&mut h, 3, b"first");
     // With DUP but another payload: the retransmission of a new message
     // whose first copy was lost.
     h.sensor(dup_publish(3, b"third"));
