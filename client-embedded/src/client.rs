@@ -202,11 +202,12 @@ struct Released {
     /// 0: a free slot.
     msg_id: u16,
     fingerprint: u32,
-    at: Millis,
+    /// When, in milliseconds modulo 2^32 (the window is far shorter).
+    at: u32,
 }
 
 /// Released QoS 2 MsgIds remembered; the oldest goes first.
-pub(crate) const RELEASED: usize = 4;
+pub(crate) const RELEASED: usize = 8;
 
 /// FNV-1a of a payload: copies of one message have the same.
 fn fingerprint(payload: &[u8]) -> u32 {
@@ -798,16 +799,17 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     fn is_late_copy(&self, now: Millis, msg_id: u16, payload: &[u8]) -> bool {
         let window = self.qos2_window();
         let f = fingerprint(payload);
-        self.released
-            .iter()
-            .any(|r| r.msg_id == msg_id && r.fingerprint == f && now.saturating_sub(r.at) < window)
+        let now = now as u32;
+        self.released.iter().any(|r| {
+            r.msg_id == msg_id && r.fingerprint == f && u64::from(now.wrapping_sub(r.at)) < window
+        })
     }
 
     /// Remembers a released QoS 2 message in place of the oldest.
     fn remember_released(&mut self, msg_id: u16, fingerprint: u32, now: Millis) {
         let i = usize::from(self.released_head) % RELEASED;
         if let Some(r) = self.released.get_mut(i) {
-            *r = Released { msg_id, fingerprint, at: now };
+            *r = Released { msg_id, fingerprint, at: now as u32 };
         }
         self.released_head = self.released_head.wrapping_add(1) % RELEASED as u8;
     }
@@ -816,7 +818,11 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     #[cfg(test)]
     pub(crate) fn released_count(&self, now: Millis) -> usize {
         let window = self.qos2_window();
-        self.released.iter().filter(|r| r.msg_id != 0 && now.saturating_sub(r.at) < window).count()
+        let now = now as u32;
+        self.released
+            .iter()
+            .filter(|r| r.msg_id != 0 && u64::from(now.wrapping_sub(r.at)) < window)
+            .count()
     }
 
     fn require_connected(&self) -> Result<(), Error> {

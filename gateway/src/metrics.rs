@@ -56,8 +56,9 @@ pub struct Metrics {
     pub messages_out: [AtomicU64; 3],
     /// REGISTER, PUBLISH and PUBREL sent to sensors again.
     pub retransmissions: AtomicU64,
-    /// Late copies (DUP set) of sensors' QoS 2 PUBLISHes whose exchange
-    /// had ended, answered with PUBREC and not published again.
+    /// Late copies (the same MsgId and payload) of sensors' QoS 2
+    /// PUBLISHes whose exchange had ended, answered with PUBREC and not
+    /// published again.
     pub qos2_late_duplicates: AtomicU64,
     /// Upstream connections established (first connects and reconnects).
     pub upstream_connects: AtomicU64,

@@ -149,8 +149,8 @@ pub enum SessionEvent {
     /// The ACL refused a topic of the sensor's (answered with the return
     /// code `0x02`; nothing went to the broker).
     AclRefused(crate::acl::Action),
-    /// A late copy (DUP set) of a QoS 2 PUBLISH whose exchange had ended
-    /// was answered with PUBREC and not published again.
+    /// A late copy (the same MsgId and payload) of a QoS 2 PUBLISH whose
+    /// exchange had ended was answered with PUBREC and not published again.
     LateDuplicate,
 }
 
