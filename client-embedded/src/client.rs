@@ -201,6 +201,9 @@ struct TopicEntry {
 struct Released {
     /// 0: a free slot.
     msg_id: u16,
+    /// Refused with "invalid topic id" rather than delivered: the gateway
+    /// sends it again under a new MsgId, so a copy is refused too.
+    refused: bool,
     fingerprint: u32,
     /// When, in milliseconds modulo 2^32 (the window is far shorter).
     at: u32,
@@ -588,7 +591,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
                 if let Some(x) = self.qos2_rx.iter_mut().find(|x| x.0 == msg_id && msg_id != 0) {
                     let fingerprint = x.1;
                     *x = (0, 0);
-                    self.remember_released(msg_id, fingerprint, now);
+                    self.remember_released(msg_id, fingerprint, false, now);
                 }
                 self.push_tx(now, Buf::encode(&Packet::PubComp(msg_id)).ok_or(Error::TooLong)?);
                 None
@@ -647,11 +650,9 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     }
 
     fn incoming<'a>(&mut self, now: Millis, p: Publish<'a>) -> Result<Option<Event<'a>>, Error> {
-        let received = |c: &Self| c.qos2_rx.iter().any(|x| x.0 == p.msg_id);
-        if p.qos == QoS::ExactlyOnce
-            && p.msg_id != 0
-            && (received(self) || self.is_late_copy(now, p.msg_id, p.data))
-        {
+        let qos2 = p.qos == QoS::ExactlyOnce && p.msg_id != 0;
+        let late = if qos2 { self.late_copy(now, p.msg_id, p.data) } else { None };
+        if qos2 && (self.qos2_rx.iter().any(|x| x.0 == p.msg_id) || late == Some(false)) {
             // A retransmission of a message delivered already, or a late
             // copy of one released since: PUBREC again, whatever its topic
             // id has become since (the gateway may have named the topic
@@ -661,14 +662,20 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         }
         let topic = match p.topic {
             TopicId::Normal(id) => {
-                if self.topic_name(id).is_none() {
-                    // Unknown id (spec 6.10): tell the gateway.
+                if late == Some(true) || self.topic_name(id).is_none() {
+                    // Unknown id (spec 6.10): tell the gateway, which
+                    // names the topic and sends the message again under a
+                    // new MsgId; so a copy of a QoS 2 message refused is
+                    // refused again, even once the id is known.
                     let ack = Packet::PubAck(Ack {
                         topic_id: id,
                         msg_id: p.msg_id,
                         return_code: ReturnCode::InvalidTopicId,
                     });
                     self.push_tx(now, Buf::encode(&ack).ok_or(Error::TooLong)?);
+                    if qos2 && late.is_none() {
+                        self.remember_released(p.msg_id, fingerprint(p.data), true, now);
+                    }
                     return Ok(None);
                 }
                 MessageTopic::Id(id)
@@ -796,20 +803,28 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     /// of a QoS 2 message released less than the window ago. Another
     /// payload is a new message: the gateway may use a MsgId again once
     /// its exchange is over.
-    fn is_late_copy(&self, now: Millis, msg_id: u16, payload: &[u8]) -> bool {
+    /// `Some(refused)`: whether that message was refused (see
+    /// [`Released`]).
+    fn late_copy(&self, now: Millis, msg_id: u16, payload: &[u8]) -> Option<bool> {
         let window = self.qos2_window();
         let f = fingerprint(payload);
         let now = now as u32;
-        self.released.iter().any(|r| {
-            r.msg_id == msg_id && r.fingerprint == f && u64::from(now.wrapping_sub(r.at)) < window
-        })
+        self.released
+            .iter()
+            .find(|r| {
+                r.msg_id == msg_id
+                    && r.fingerprint == f
+                    && u64::from(now.wrapping_sub(r.at)) < window
+            })
+            .map(|r| r.refused)
     }
 
-    /// Remembers a released QoS 2 message in place of the oldest.
-    fn remember_released(&mut self, msg_id: u16, fingerprint: u32, now: Millis) {
+    /// Remembers a released (or refused) QoS 2 message in place of the
+    /// oldest.
+    fn remember_released(&mut self, msg_id: u16, fingerprint: u32, refused: bool, now: Millis) {
         let i = usize::from(self.released_head) % RELEASED;
         if let Some(r) = self.released.get_mut(i) {
-            *r = Released { msg_id, fingerprint, at: now as u32 };
+            *r = Released { msg_id, refused, fingerprint, at: now as u32 };
         }
         self.released_head = self.released_head.wrapping_add(1) % RELEASED as u8;
     }

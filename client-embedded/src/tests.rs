@@ -319,6 +319,29 @@ fn released_qos2_msg_ids_are_bounded_the_oldest_forgotten_first() {
 }
 
 #[test]
+fn a_copy_of_a_qos2_message_refused_for_its_topic_id_is_refused_again() {
+    // The message overtakes the SUBACK that names its topic: refused, and
+    // the gateway sends it again under a new MsgId once it named the
+    // topic. A copy of the refused one arriving after the SUBACK is
+    // refused too, not delivered (simulation seed 9385).
+    let mut c = connected();
+    let refused = enc(Packet::PubAck(Ack {
+        topic_id: 4,
+        msg_id: 8,
+        return_code: ReturnCode::InvalidTopicId,
+    }));
+    assert_eq!(c.handle_datagram(1, &qos2(false, 8, b"once")).unwrap(), None);
+    assert_eq!(sent(&mut c), [refused.clone()]);
+    c.learn_topic("t", 4).unwrap();
+    assert_eq!(c.handle_datagram(2, &qos2(false, 8, b"once")).unwrap(), None);
+    assert_eq!(sent(&mut c), [refused.clone()]);
+    assert_eq!(c.handle_datagram(3, &qos2(true, 8, b"once")).unwrap(), None);
+    assert_eq!(sent(&mut c), [refused]);
+    // The message sent again under its new MsgId is delivered.
+    assert!(c.handle_datagram(4, &qos2(false, 9, b"once")).unwrap().is_some());
+}
+
+#[test]
 fn subscribe_retransmission_sets_dup_and_suback_reports() {
     let mut c = connected();
     let m = c.subscribe(1, TopicFilter::Name(b"a/#"), QoS::AtLeastOnce).unwrap();
