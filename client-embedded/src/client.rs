@@ -252,6 +252,28 @@ struct TopicEntry {
     known: bool,
 }
 
+/// A QoS 2 message from the gateway released lately (PUBREL), to tell a
+/// late copy (same MsgId and payload) from a new message.
+#[derive(Debug, Clone, Copy, Default)]
+struct Released {
+    /// 0: a free slot.
+    msg_id: u16,
+    /// Refused with "invalid topic id" rather than delivered: the gateway
+    /// sends it again under a new MsgId, so a copy is refused too.
+    refused: bool,
+    fingerprint: u32,
+    /// When, in milliseconds modulo 2^32 (the window is far shorter).
+    at: u32,
+}
+
+/// Released QoS 2 MsgIds remembered; the oldest goes first.
+pub(crate) const RELEASED: usize = 8;
+
+/// FNV-1a of a payload: copies of one message have the same.
+fn fingerprint(payload: &[u8]) -> u32 {
+    payload.iter().fold(0x811c_9dc5, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
 /// The MQTT-SN client: `T` topic names, `F` requests in flight, datagrams
 /// of up to `B` octets.
 pub struct Client<const T: usize = 8, const F: usize = 2, const B: usize = 128> {
@@ -264,7 +286,11 @@ pub struct Client<const T: usize = 8, const F: usize = 2, const B: usize = 128> 
     pending: [Option<Pending<B>>; F],
     tx: [Option<Buf<B>>; 4],
     tx_head: usize,
-    qos2_rx: [u16; 4],
+    qos2_rx: [(u16, u32); 4],
+    /// QoS 2 messages released lately: late copies are not delivered.
+    released: [Released; RELEASED],
+    /// Where the next released message goes (the oldest).
+    released_head: u8,
     next_msg_id: u16,
     last_sent: Millis,
     /// No requests before this time (T_WAIT after congestion).
@@ -304,7 +330,9 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             pending: [None; F],
             tx: [None; 4],
             tx_head: 0,
-            qos2_rx: [0; 4],
+            qos2_rx: [(0, 0); 4],
+            released: [Released::default(); RELEASED],
+            released_head: 0,
             next_msg_id: 0,
             last_sent: 0,
             congested_until: 0,
@@ -372,7 +400,8 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             {
                 self.subs = [None; T];
             }
-            self.qos2_rx = [0; 4];
+            self.qos2_rx = [(0, 0); 4];
+            self.released = [Released::default(); RELEASED];
         }
         self.pending = [None; F];
         self.control = None;
@@ -733,8 +762,10 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             }
             Packet::Publish(p) => self.incoming(now, p)?,
             Packet::PubRel(msg_id) => {
-                if let Some(x) = self.qos2_rx.iter_mut().find(|x| **x == msg_id) {
-                    *x = 0;
+                if let Some(x) = self.qos2_rx.iter_mut().find(|x| x.0 == msg_id && msg_id != 0) {
+                    let fingerprint = x.1;
+                    *x = (0, 0);
+                    self.remember_released(msg_id, fingerprint, false, now);
                 }
                 self.push_tx(now, Buf::encode(&Packet::PubComp(msg_id)).ok_or(Error::TooLong)?);
                 None
@@ -808,23 +839,32 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     }
 
     fn incoming<'a>(&mut self, now: Millis, p: Publish<'a>) -> Result<Option<Event<'a>>, Error> {
-        if p.qos == QoS::ExactlyOnce && p.msg_id != 0 && self.qos2_rx.contains(&p.msg_id) {
-            // A retransmission of a message delivered already: PUBREC
-            // again, whatever its topic id has become since (the gateway
-            // may have named the topic again in between).
+        let qos2 = p.qos == QoS::ExactlyOnce && p.msg_id != 0;
+        let late = if qos2 { self.late_copy(now, p.msg_id, p.data) } else { None };
+        if qos2 && (self.qos2_rx.iter().any(|x| x.0 == p.msg_id) || late == Some(false)) {
+            // A retransmission of a message delivered already, or a late
+            // copy of one released since: PUBREC again, whatever its topic
+            // id has become since (the gateway may have named the topic
+            // again in between).
             self.push_tx(now, Buf::encode(&Packet::PubRec(p.msg_id)).ok_or(Error::TooLong)?);
             return Ok(None);
         }
         let topic = match p.topic {
             TopicId::Normal(id) => {
-                if self.topic_name(id).is_none() {
-                    // Unknown id (spec 6.10): tell the gateway.
+                if late == Some(true) || self.topic_name(id).is_none() {
+                    // Unknown id (spec 6.10): tell the gateway, which
+                    // names the topic and sends the message again under a
+                    // new MsgId; so a copy of a QoS 2 message refused is
+                    // refused again, even once the id is known.
                     let ack = Packet::PubAck(Ack {
                         topic_id: id,
                         msg_id: p.msg_id,
                         return_code: ReturnCode::InvalidTopicId,
                     });
                     self.push_tx(now, Buf::encode(&ack).ok_or(Error::TooLong)?);
+                    if qos2 && late.is_none() {
+                        self.remember_released(p.msg_id, fingerprint(p.data), true, now);
+                    }
                     return Ok(None);
                 }
                 MessageTopic::Id(id)
@@ -844,16 +884,14 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
             }
             QoS::ExactlyOnce => {
                 self.push_tx(now, Buf::encode(&Packet::PubRec(p.msg_id)).ok_or(Error::TooLong)?);
-                if self.qos2_rx.contains(&p.msg_id) {
-                    // A retransmission: delivered already.
-                    return Ok(None);
-                }
-                if let Some(x) = self.qos2_rx.iter_mut().find(|x| **x == 0) {
-                    *x = p.msg_id;
+                let entry = (p.msg_id, fingerprint(p.data));
+                if let Some(x) = self.qos2_rx.iter_mut().find(|x| x.0 == 0) {
+                    *x = entry;
                 } else {
-                    self.qos2_rx.rotate_left(1);
-                    if let Some(last) = self.qos2_rx.last_mut() {
-                        *last = p.msg_id;
+                    // Full: the oldest goes, the others move up one.
+                    let mut carry = entry;
+                    for x in self.qos2_rx.iter_mut().rev() {
+                        core::mem::swap(x, &mut carry);
                     }
                 }
             }
@@ -1112,6 +1150,54 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
     }
 
     // ----- internals -----
+
+    /// How long a released QoS 2 MsgId is remembered: while the gateway
+    /// may still be retransmitting its PUBLISH, Tretry × (Nretry + 1).
+    fn qos2_window(&self) -> Millis {
+        u64::from(self.settings.retry_ms) * (u64::from(self.settings.max_retries) + 1)
+    }
+
+    /// True when a PUBLISH with `msg_id` and `payload` is a late copy (a
+    /// retransmission with DUP set, or a datagram the network duplicated)
+    /// of a QoS 2 message released less than the window ago. Another
+    /// payload is a new message: the gateway may use a MsgId again once
+    /// its exchange is over.
+    /// `Some(refused)`: whether that message was refused (see
+    /// [`Released`]).
+    fn late_copy(&self, now: Millis, msg_id: u16, payload: &[u8]) -> Option<bool> {
+        let window = self.qos2_window();
+        let f = fingerprint(payload);
+        let now = now as u32;
+        self.released
+            .iter()
+            .find(|r| {
+                r.msg_id == msg_id
+                    && r.fingerprint == f
+                    && u64::from(now.wrapping_sub(r.at)) < window
+            })
+            .map(|r| r.refused)
+    }
+
+    /// Remembers a released (or refused) QoS 2 message in place of the
+    /// oldest.
+    fn remember_released(&mut self, msg_id: u16, fingerprint: u32, refused: bool, now: Millis) {
+        let i = usize::from(self.released_head) % RELEASED;
+        if let Some(r) = self.released.get_mut(i) {
+            *r = Released { msg_id, refused, fingerprint, at: now as u32 };
+        }
+        self.released_head = self.released_head.wrapping_add(1) % RELEASED as u8;
+    }
+
+    /// How many released QoS 2 MsgIds are remembered now.
+    #[cfg(test)]
+    pub(crate) fn released_count(&self, now: Millis) -> usize {
+        let window = self.qos2_window();
+        let now = now as u32;
+        self.released
+            .iter()
+            .filter(|r| r.msg_id != 0 && u64::from(now.wrapping_sub(r.at)) < window)
+            .count()
+    }
 
     fn require_connected(&self) -> Result<(), Error> {
         if self.is_connected() {

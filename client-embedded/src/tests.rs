@@ -236,6 +236,111 @@ fn a_qos2_retransmission_is_not_delivered_again_after_its_topic_id_changed() {
     assert_eq!(sent(&mut c), [enc(Packet::PubRec(5))]);
 }
 
+/// A QoS 2 PUBLISH from the gateway on topic id 4.
+fn qos2(dup: bool, msg_id: u16, data: &[u8]) -> Vec<u8> {
+    enc(Packet::Publish(Publish {
+        dup,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: TopicId::Normal(4),
+        msg_id,
+        data,
+    }))
+}
+
+/// A client that took QoS 2 message `msg_id` at `now` and had it released.
+fn released(c: &mut C, now: u64, msg_id: u16, data: &[u8]) {
+    assert!(c.handle_datagram(now, &qos2(false, msg_id, data)).unwrap().is_some());
+    assert_eq!(sent(c), [enc(Packet::PubRec(msg_id))]);
+    c.handle_datagram(now, &enc(Packet::PubRel(msg_id))).unwrap();
+    assert_eq!(sent(c), [enc(Packet::PubComp(msg_id))]);
+}
+
+#[test]
+fn a_late_qos2_copy_after_pubrel_is_answered_with_pubrec_and_not_delivered() {
+    let mut c = connected();
+    c.learn_topic("t", 4).unwrap();
+    released(&mut c, 1, 8, b"once");
+    // A retransmission the network held back arrives after PUBREL.
+    assert_eq!(c.handle_datagram(50, &qos2(true, 8, b"once")).unwrap(), None);
+    assert_eq!(sent(&mut c), [enc(Packet::PubRec(8))]);
+    // The gateway may release it again: PUBCOMP.
+    c.handle_datagram(51, &enc(Packet::PubRel(8))).unwrap();
+    assert_eq!(sent(&mut c), [enc(Packet::PubComp(8))]);
+    assert_eq!(c.handle_datagram(52, &qos2(true, 8, b"once")).unwrap(), None);
+    assert_eq!(sent(&mut c), [enc(Packet::PubRec(8))]);
+}
+
+#[test]
+fn a_qos2_msg_id_used_again_after_pubrel_is_a_new_message() {
+    let mut c = connected();
+    c.learn_topic("t", 4).unwrap();
+    released(&mut c, 1, 8, b"one");
+    // Without DUP and with another payload: new.
+    released(&mut c, 2, 8, b"two");
+    // A copy of the first one, duplicated by the network, DUP not set:
+    // not delivered again (the same MsgId and payload).
+    assert_eq!(c.handle_datagram(3, &qos2(false, 8, b"one")).unwrap(), None);
+    assert_eq!(sent(&mut c), [enc(Packet::PubRec(8))]);
+    // With DUP and another payload: the retransmission of a new message
+    // whose first copy was lost.
+    let d = qos2(true, 8, b"three");
+    let e = c.handle_datagram(3, &d).unwrap();
+    assert!(matches!(e, Some(Event::Message { payload: b"three", .. })), "{e:?}");
+}
+
+#[test]
+fn a_released_qos2_msg_id_is_remembered_for_tretry_times_nretry_plus_one() {
+    // Tretry 100 ms, Nretry 2: 300 ms.
+    let mut c = connected();
+    c.learn_topic("t", 4).unwrap();
+    released(&mut c, 1000, 8, b"a");
+    released(&mut c, 1000, 9, b"b");
+    assert_eq!(c.handle_datagram(1299, &qos2(true, 8, b"a")).unwrap(), None);
+    assert_eq!(sent(&mut c), [enc(Packet::PubRec(8))]);
+    assert!(c.handle_datagram(1300, &qos2(true, 9, b"b")).unwrap().is_some(), "expired");
+    assert_eq!(c.released_count(1300), 0);
+}
+
+#[test]
+fn released_qos2_msg_ids_are_bounded_the_oldest_forgotten_first() {
+    let mut c = connected();
+    c.learn_topic("t", 4).unwrap();
+    let n = super::client::RELEASED as u16;
+    for msg_id in 1..=n + 1 {
+        released(&mut c, u64::from(msg_id), msg_id, &[msg_id as u8]);
+    }
+    assert_eq!(c.released_count(u64::from(n) + 1), usize::from(n));
+    assert!(c.handle_datagram(20, &qos2(true, 1, &[1])).unwrap().is_some(), "forgotten");
+    sent(&mut c);
+    for msg_id in 2..=n + 1 {
+        assert_eq!(c.handle_datagram(20, &qos2(true, msg_id, &[msg_id as u8])).unwrap(), None);
+    }
+}
+
+#[test]
+fn a_copy_of_a_qos2_message_refused_for_its_topic_id_is_refused_again() {
+    // The message overtakes the SUBACK that names its topic: refused, and
+    // the gateway sends it again under a new MsgId once it named the
+    // topic. A copy of the refused one arriving after the SUBACK is
+    // refused too, not delivered (simulation seed 9385).
+    let mut c = connected();
+    let refused = enc(Packet::PubAck(Ack {
+        topic_id: 4,
+        msg_id: 8,
+        return_code: ReturnCode::InvalidTopicId,
+    }));
+    assert_eq!(c.handle_datagram(1, &qos2(false, 8, b"once")).unwrap(), None);
+    assert_eq!(sent(&mut c), std::slice::from_ref(&refused));
+    c.learn_topic("t", 4).unwrap();
+    assert_eq!(c.handle_datagram(2, &qos2(false, 8, b"once")).unwrap(), None);
+    assert_eq!(sent(&mut c), std::slice::from_ref(&refused));
+    assert_eq!(c.handle_datagram(3, &qos2(true, 8, b"once")).unwrap(), None);
+    assert_eq!(sent(&mut c), [refused]);
+    // The message sent again under its new MsgId is delivered.
+    assert!(c.handle_datagram(4, &qos2(false, 9, b"once")).unwrap().is_some());
+}
+
 #[test]
 fn subscribe_retransmission_sets_dup_and_suback_reports() {
     let mut c = connected();

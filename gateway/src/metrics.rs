@@ -56,6 +56,10 @@ pub struct Metrics {
     pub messages_out: [AtomicU64; 3],
     /// REGISTER, PUBLISH and PUBREL sent to sensors again.
     pub retransmissions: AtomicU64,
+    /// Late copies (the same MsgId and payload) of sensors' QoS 2
+    /// PUBLISHes whose exchange had ended, answered with PUBREC and not
+    /// published again.
+    pub qos2_late_duplicates: AtomicU64,
     /// Upstream connections established (first connects and reconnects).
     pub upstream_connects: AtomicU64,
     /// Upstream connections lost or not made.
@@ -436,6 +440,12 @@ impl Metrics {
             "counter",
             "REGISTER, PUBLISH and PUBREL sent to sensors again.",
             &[("", get(&self.retransmissions))],
+        );
+        metric(
+            "qos2_late_duplicates_total",
+            "counter",
+            "Late copies of sensors' completed QoS 2 PUBLISHes, not published again.",
+            &[("", get(&self.qos2_late_duplicates))],
         );
         metric(
             "upstream_connects_total",

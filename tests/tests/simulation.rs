@@ -83,11 +83,25 @@ fn every_seed_keeps_every_invariant() {
 }
 
 /// Seeds that once failed, with what was fixed.
-const REGRESSIONS: &[(u64, &str)] = &[(
-    17_912,
-    "the client answered a QoS 2 retransmission whose topic id it no longer knew with \
-     \"invalid topic id\" instead of PUBREC, and the message came again as a new one",
-)];
+const REGRESSIONS: &[(u64, &str)] = &[
+    (
+        17_912,
+        "the client answered a QoS 2 retransmission whose topic id it no longer knew with \
+         \"invalid topic id\" instead of PUBREC, and the message came again as a new one",
+    ),
+    (
+        7_538,
+        "a copy of a QoS 2 message, duplicated and held back by the network, reached the \
+         client after five more exchanges had completed: it remembered four released MsgIds \
+         and delivered the copy again",
+    ),
+    (
+        9_385,
+        "a QoS 2 message overtook the SUBACK naming its topic and was refused (\"invalid \
+         topic id\"); a copy arriving after the SUBACK was delivered, and so was the message \
+         the gateway sent again under a new MsgId",
+    ),
+];
 
 #[test]
 fn seeds_that_once_failed_pass() {

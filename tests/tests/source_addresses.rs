@@ -55,5 +55,8 @@ fn a_source_address_that_is_not_one_is_refused_by_name() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("broker.source_addresses[1]") && err.contains("not an IP address"), "{err}");
+    assert!(
+        err.contains("broker.source_addresses[1]") && err.contains("not an IP address"),
+        "{err}"
+    );
 }

@@ -888,6 +888,7 @@ impl Endpoint {
                 SessionEvent::Published { qos, latency } => self.metrics.published(qos, latency),
                 SessionEvent::Delivered { qos } => self.metrics.delivered(qos),
                 SessionEvent::Retransmitted => Metrics::inc(&self.metrics.retransmissions),
+                SessionEvent::LateDuplicate => Metrics::inc(&self.metrics.qos2_late_duplicates),
                 SessionEvent::AclRefused(action) => {
                     Metrics::inc(&self.metrics.acl_refused[action.index()]);
                     debug!(client_id = %e.cid, action = action.as_str(), "refused by the ACL");

@@ -1789,3 +1789,34 @@ fn addresses_told_disconnect_are_forgotten_once_they_may_be_told_again() {
     h.advance(interval + Duration::from_secs(2));
     assert_eq!(h.ep().unknown_sent.len(), 0);
 }
+
+#[test]
+fn late_qos2_copies_are_counted_in_the_metrics() {
+    let mut h = H::new();
+    let key = h.connected("s1", 5000);
+    let first = publish(QoS::ExactlyOnce, TopicId::Short(*b"q2"), 9, b"late");
+    h.send(5000, first);
+    let cmds = h.cmds();
+    let [(_, Command::Publish { id, .. })] = &cmds[..] else { panic!("{cmds:?}") };
+    let id = *id;
+    h.up(key, Event::PublishAcked { id });
+    h.send(5000, encode(Packet::PubRel(9)));
+    h.cmds();
+    h.up(key, Event::PublishCompleted { id });
+    h.out();
+    // A copy with DUP set, held back by the network, after PUBCOMP.
+    let copy = Packet::Publish(Publish {
+        dup: true,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: TopicId::Short(*b"q2"),
+        msg_id: 9,
+        data: b"late",
+    });
+    h.send(5000, encode(copy));
+    assert_eq!(h.out(), [(5000, encode(Packet::PubRec(9)).to_vec())]);
+    assert!(h.cmds().is_empty(), "published again");
+    h.ep().flush_metrics();
+    let page = h.metrics.prometheus();
+    assert!(page.contains("mqttsn_qos2_late_duplicates_total 1\n"), "{page}");
+}

@@ -13,7 +13,7 @@ use mqttsn_codec::{
 
 use super::topics::RegisterError;
 use super::{
-    mqtt_qos, sn_qos, DropReason, Qos2In, Session, SessionEvent, Step, UpRequest,
+    mqtt_qos, released, sn_qos, DropReason, Qos2In, Session, SessionEvent, Step, UpRequest,
     MAX_PENDING_REQUESTS,
 };
 use crate::acl::Action;
@@ -91,6 +91,13 @@ impl Session {
     }
 
     fn publish_from_sensor(&mut self, p: &Publish<'_>, now: Instant) {
+        if self.is_late_copy(p, now) {
+            // Its exchange is over: the sensor has had our PUBREC and
+            // PUBCOMP; answer as before, publish nothing.
+            self.events.push_back(SessionEvent::LateDuplicate);
+            self.send(Packet::PubRec(p.msg_id));
+            return;
+        }
         let refuse = |s: &mut Self, rc| {
             s.send(Packet::PubAck(Ack {
                 topic_id: p.topic.raw(),
@@ -145,6 +152,8 @@ impl Session {
                     return refuse(self, ReturnCode::Congestion);
                 }
                 let id = self.forward_publish(&topic, p, MqttQoS::ExactlyOnce, now);
+                // A new message with the MsgId of a completed one.
+                self.released.forget_unknown(p.msg_id);
                 // Kept (possibly long, across a broker outage): a copy,
                 // not a slice that would hold the whole receive buffer.
                 let message = (topic.clone(), Bytes::copy_from_slice(p.data), p.retain);
@@ -153,6 +162,7 @@ impl Session {
                     Qos2In {
                         request: id,
                         topic_id: p.topic.raw(),
+                        fingerprint: Some(released::fingerprint(p.data)),
                         message: Some(message),
                         recorded: false,
                         releasing: false,
@@ -160,6 +170,17 @@ impl Session {
                 );
             }
         }
+    }
+
+    /// True when `p` is a copy, arrived late, of a QoS 2 PUBLISH whose
+    /// exchange ended less than [`Session::qos2_window`] ago: the same
+    /// MsgId and payload (see `released`).
+    fn is_late_copy(&mut self, p: &Publish<'_>, now: Instant) -> bool {
+        if p.qos != QoS::ExactlyOnce || self.qos2_in.contains_key(&p.msg_id) {
+            return false;
+        }
+        let (window, f) = (self.qos2_window(), released::fingerprint(p.data));
+        self.released.is_late_copy(p.msg_id, f, p.dup, now, window)
     }
 
     /// Sends a QoS 1 or 2 PUBLISH upstream and remembers it until the
@@ -406,9 +427,11 @@ impl Session {
         }
     }
 
-    pub(super) fn publish_completed(&mut self, id: RequestId) {
+    pub(super) fn publish_completed(&mut self, id: RequestId, now: Instant) {
         if let Some(UpRequest::Publish { msg_id, .. }) = self.requests.remove(&id) {
-            self.qos2_in.remove(&msg_id);
+            if let Some(done) = self.qos2_in.remove(&msg_id) {
+                self.released.insert(msg_id, done.fingerprint, now);
+            }
             self.send(Packet::PubComp(msg_id));
         }
     }

@@ -23,6 +23,7 @@
 //! | `subs` | the filters the sensor subscribed to, with the granted QoS |
 //! | `queue`, `inflight` | messages from the broker not yet acknowledged by the sensor |
 //! | `qos2_in` | MsgIds of the sensor's QoS 2 PUBLISHes not yet released |
+//! | `released` | the last QoS 2 MsgIds completed, for a short while (not stored) |
 //! | `next_msg_id` | the gateway's MsgId counter toward the sensor |
 //!
 //! Everything else (timers, retry counters, the upstream plan) is rebuilt
@@ -33,6 +34,7 @@ mod config;
 mod from_sensor;
 mod outgoing;
 mod persist;
+mod released;
 mod sleep;
 #[cfg(test)]
 mod tests;
@@ -50,6 +52,7 @@ pub use admin::{SessionState, UpstreamPhase};
 pub use config::{BufferTotal, SessionConfig, Tolerance};
 pub use outgoing::Outgoing;
 pub use persist::{Persist, PersistError};
+use released::Released;
 use to_sensor::{Delivery, Inflight, PendingRegister};
 use topics::Registrations;
 
@@ -146,6 +149,9 @@ pub enum SessionEvent {
     /// The ACL refused a topic of the sensor's (answered with the return
     /// code `0x02`; nothing went to the broker).
     AclRefused(crate::acl::Action),
+    /// A late copy (the same MsgId and payload) of a QoS 2 PUBLISH whose
+    /// exchange had ended was answered with PUBREC and not published again.
+    LateDuplicate,
 }
 
 /// Why a sensor was lost.
@@ -252,6 +258,9 @@ struct Qos2In {
     request: RequestId,
     /// The sensor's TopicId, for the acknowledgements.
     topic_id: u16,
+    /// The payload's [`released::fingerprint`], remembered after PUBCOMP;
+    /// `None` when not known (restored after the broker recorded it).
+    fingerprint: Option<u64>,
     /// Topic name, payload and retain flag until the broker recorded it:
     /// a session restored from the store publishes it again with the same
     /// packet identifier.
@@ -294,6 +303,8 @@ pub struct Session {
     /// upstream, to ignore DUP retransmissions.
     pending_msg_ids: HashMap<u16, RequestId>,
     qos2_in: HashMap<u16, Qos2In>,
+    /// QoS 2 MsgIds completed lately, to recognise late copies.
+    released: Released,
 
     // Broker to sensor.
     queue: VecDeque<Delivery>,
@@ -377,6 +388,7 @@ impl Session {
             requests: HashMap::new(),
             pending_msg_ids: HashMap::new(),
             qos2_in: HashMap::new(),
+            released: Released::default(),
             queue: VecDeque::new(),
             inflight: VecDeque::new(),
             register: None,
@@ -501,6 +513,10 @@ impl Session {
         map(&mut self.requests);
         map(&mut self.pending_msg_ids);
         map(&mut self.qos2_in);
+        // Nothing is handled before `last_heard`: what expired by then is
+        // expired now.
+        self.released.expire(self.last_heard, self.qos2_window());
+        self.released.shrink_idle();
         if let Some(st) = self.stored.as_mut() {
             st.scratch = Vec::new();
         }
@@ -655,7 +671,7 @@ impl Session {
                 self.run_plan(now);
             }
             Event::PublishAcked { id } => self.publish_acked(id, now),
-            Event::PublishCompleted { id } => self.publish_completed(id),
+            Event::PublishCompleted { id } => self.publish_completed(id, now),
             Event::SubAcked { id, granted } => self.sub_acked(id, granted),
             Event::UnsubAcked { id } => self.unsub_acked(id),
             Event::Message { delivery, packet_id, topic, payload, qos, retain, dup: _ } => {
@@ -978,6 +994,7 @@ impl Session {
         self.regs.clear();
         self.subs.clear();
         self.qos2_in.clear();
+        self.released.clear();
         self.pending_msg_ids.clear();
         self.requests.clear();
     }
@@ -997,6 +1014,12 @@ impl Session {
 
     fn dropped(&mut self, reason: DropReason) {
         self.events.push_back(SessionEvent::Dropped(reason));
+    }
+
+    /// How long a completed QoS 2 MsgId is remembered: while the sensor
+    /// may still be retransmitting its PUBLISH, Tretry × (Nretry + 1).
+    fn qos2_window(&self) -> Duration {
+        self.cfg.retry_interval.saturating_mul(self.cfg.max_retries.saturating_add(1))
     }
 
     /// The next request id; never one whose packet identifier belongs to

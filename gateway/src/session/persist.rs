@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqttsn_codec::TopicId;
 
+use super::released;
 use super::to_sensor::{Delivery, Inflight, Stage};
 use super::{Phase, Qos2In, Session, SessionEvent, Step, UpRequest};
 use crate::mqtt::QoS as MqttQoS;
@@ -344,6 +345,7 @@ impl Session {
             let q = Qos2In {
                 request,
                 topic_id,
+                fingerprint: message.as_ref().map(|(_, payload, _)| released::fingerprint(payload)),
                 message,
                 recorded: flags & 1 != 0,
                 releasing: flags & 2 != 0,

@@ -382,8 +382,131 @@ fn qos2_from_the_sensor_is_published_once() {
     h.sensor(Packet::PubRel(3));
     h.expect_tx(&[Packet::PubComp(3)]);
     // The MsgId is free again: a new message with it is a new publish.
-    h.sensor(p);
+    h.sensor(publish(QoS::ExactlyOnce, TopicId::Short(*b"q2"), 3, b"twice"));
     assert_eq!(h.cmds().len(), 1);
+}
+
+/// A sensor's QoS 2 PUBLISH on `q2` with DUP set.
+fn dup_publish(msg_id: u16, data: &[u8]) -> Packet<'_> {
+    Packet::Publish(Publish {
+        dup: true,
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        topic: TopicId::Short(*b"q2"),
+        msg_id,
+        data,
+    })
+}
+
+/// A sensor's QoS 2 PUBLISH through PUBREC, PUBREL and PUBCOMP.
+fn complete_qos2(h: &mut H, msg_id: u16, data: &[u8]) {
+    h.sensor(publish(QoS::ExactlyOnce, TopicId::Short(*b"q2"), msg_id, data));
+    let id = match &h.cmds()[..] {
+        [Command::Publish { id, qos: MqttQoS::ExactlyOnce, .. }] => *id,
+        other => panic!("{other:?}"),
+    };
+    h.up(Event::PublishAcked { id });
+    h.expect_tx(&[Packet::PubRec(msg_id)]);
+    h.sensor(Packet::PubRel(msg_id));
+    assert_eq!(h.cmds(), [Command::Release { id }]);
+    h.up(Event::PublishCompleted { id });
+    h.expect_tx(&[Packet::PubComp(msg_id)]);
+    h.events();
+}
+
+fn late_duplicates(h: &mut H) -> usize {
+    h.events().iter().filter(|e| **e == SessionEvent::LateDuplicate).count()
+}
+
+#[test]
+fn a_late_qos2_copy_after_pubcomp_is_answered_with_pubrec_and_not_published() {
+    let mut h = H::connected(false, 0);
+    complete_qos2(&mut h, 3, b"once");
+    // A copy the network held back arrives after the exchange ended.
+    h.advance(50 * MS);
+    h.sensor(dup_publish(3, b"once"));
+    h.expect_tx(&[Packet::PubRec(3)]);
+    assert!(h.cmds().is_empty(), "published again");
+    assert_eq!(late_duplicates(&mut h), 1);
+    // The sensor, if it still cares, releases it again: PUBCOMP.
+    h.sensor(Packet::PubRel(3));
+    h.expect_tx(&[Packet::PubComp(3)]);
+    // Every copy within the window is stopped, not only the first.
+    h.sensor(dup_publish(3, b"once"));
+    h.expect_tx(&[Packet::PubRec(3)]);
+    assert!(h.cmds().is_empty());
+    assert_eq!(late_duplicates(&mut h), 1);
+}
+
+#[test]
+fn a_qos2_msg_id_used_again_after_pubcomp_is_a_new_message() {
+    let mut h = H::connected(false, 0);
+    complete_qos2(&mut h, 3, b"first");
+    // Without DUP and with another payload: new.
+    complete_qos2(&mut h, 3, b"second");
+    // A copy of the first, duplicated by the network (DUP not set): the
+    // same MsgId and payload, not published again.
+    h.sensor(publish(QoS::ExactlyOnce, TopicId::Short(*b"q2"), 3, b"first"));
+    h.expect_tx(&[Packet::PubRec(3)]);
+    assert!(h.cmds().is_empty(), "published again");
+    assert_eq!(late_duplicates(&mut h), 1);
+    // After the window, the same payload under the same MsgId is new.
+    h.advance(300 * MS);
+    complete_qos2(&mut h, 3, b"first");
+    // With DUP but another payload: the retransmission of a new message
+    // whose first copy was lost.
+    h.sensor(dup_publish(3, b"third"));
+    assert_eq!(h.cmds().len(), 1, "the new message is published");
+    assert_eq!(late_duplicates(&mut h), 0);
+}
+
+#[test]
+fn a_completed_qos2_msg_id_is_remembered_for_tretry_times_nretry_plus_one() {
+    // Tretry 100 ms, Nretry 2: 300 ms.
+    let mut h = H::connected(false, 0);
+    complete_qos2(&mut h, 3, b"a");
+    complete_qos2(&mut h, 4, b"b");
+    h.advance(299 * MS);
+    h.sensor(dup_publish(3, b"a"));
+    h.expect_tx(&[Packet::PubRec(3)]);
+    assert!(h.cmds().is_empty());
+    h.advance(MS);
+    h.sensor(dup_publish(4, b"b"));
+    assert_eq!(h.cmds().len(), 1, "after the window a copy is taken as new");
+    assert_eq!(late_duplicates(&mut h), 1);
+    // The session gives the memory back once the window has passed.
+    h.advance(400 * MS);
+    h.sensor(Packet::PingReq(None));
+    h.s.shrink_idle();
+    assert_eq!(h.s.released.len(), 0);
+}
+
+#[test]
+fn completed_qos2_msg_ids_are_bounded_the_oldest_forgotten_first() {
+    let mut h = H::connected(false, 0);
+    let n = super::released::CAPACITY as u16;
+    for msg_id in 1..=n + 1 {
+        complete_qos2(&mut h, msg_id, format!("m{msg_id}").as_bytes());
+    }
+    assert_eq!(h.s.released.len(), super::released::CAPACITY);
+    // The oldest is forgotten: its copy is published again.
+    h.sensor(dup_publish(1, b"m1"));
+    assert_eq!(h.cmds().len(), 1);
+    // The others are still stopped.
+    for msg_id in 2..=n + 1 {
+        h.sensor(dup_publish(msg_id, format!("m{msg_id}").as_bytes()));
+        h.expect_tx(&[Packet::PubRec(msg_id)]);
+        assert!(h.cmds().is_empty(), "{msg_id} published again");
+    }
+    assert_eq!(late_duplicates(&mut h), usize::from(n));
+}
+
+#[test]
+fn a_clean_connect_forgets_the_completed_qos2_msg_ids() {
+    let mut h = H::connected(true, 0);
+    complete_qos2(&mut h, 3, b"a");
+    h.connect(true, false, 0);
+    assert_eq!(h.s.released.len(), 0);
 }
 
 #[test]
