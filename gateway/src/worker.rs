@@ -331,7 +331,9 @@ impl<U: Upstreams> State<U> {
                 Some((d, _)) => {
                     d.send(now, to, &data);
                 }
-                None => Metrics::inc(&self.metrics.forwards_dropped),
+                // No DTLS listener (a session restored from a run that
+                // had one).
+                None => Metrics::inc(&self.metrics.dtls_unsendable),
             },
             f => self.endpoint.handle_forward(now, f),
         }
@@ -345,7 +347,7 @@ impl<U: Upstreams> State<U> {
         for _ in 0..BATCH {
             match socket.try_recv_from(&mut buf) {
                 Ok((n, from)) => {
-                    Metrics::inc(&self.metrics.datagrams_in);
+                    // The endpoint counts the MQTT-SN datagrams in them.
                     let Some(data) = buf.get(..n) else { continue };
                     d.handle_datagram(now, crate::udp::canonical(from), data);
                 }
@@ -435,6 +437,7 @@ impl<U: Upstreams> State<U> {
                     Some((d, _)) => {
                         d.send(now, t.to, data);
                     }
+                    None if self.id == 0 => Metrics::inc(&self.metrics.dtls_unsendable),
                     None => {
                         let f =
                             Forward::Seal { to: t.to, data: bytes::Bytes::copy_from_slice(data) };

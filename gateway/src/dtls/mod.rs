@@ -478,7 +478,6 @@ impl Associations {
             return self.remove(addr, false);
         }
         let who = a.who.clone();
-        let _ = now;
         for frame in frames {
             self.admit(now, addr, &who, frame);
         }
