@@ -147,6 +147,12 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
     ("docs/configuration.md", "openssl rand -hex 16", Env::Bare, Run(Nothing)),
     ("docs/benchmarks.md", "cargo bench -p mqttsn-codec --bench codec", Env::Bare, Skip(A_MEASUREMENT)),
     ("docs/benchmarks.md", "cargo bench -p mqttsn-gateway --bench dtls", Env::Bare, Skip(A_MEASUREMENT)),
+    (
+        "docs/benchmarks.md",
+        "nice -n -19 scripts/bench-gateway -r 2 -l q0,q1,q2 before=/work/target-before/release/mqttsn-gateway new=target/release/mqttsn-gateway",
+        Env::Bare,
+        Skip(A_MEASUREMENT),
+    ),
     ("docs/benchmarks.md", "cargo build --release -p mqttsn-gateway -p mqttsn-tools", Env::Bare, Run(Nothing)),
     (
         "docs/benchmarks.md",
