@@ -10,32 +10,9 @@ use mqttsn_codec::{Ack, Packet, QoS, ReturnCode, SubAck, TopicFilter, TopicId};
 
 use crate::discovery::DiscoveryEvent;
 use crate::gateways::{Full, Gateways};
-use crate::{Client, Event, Settings, Topic};
+use crate::{Event, Topic};
 
-type C = Client<4, 2, 128>;
-
-fn settings() -> Settings {
-    Settings { retry_ms: 100, max_retries: 2, congestion_wait_ms: 1_000 }
-}
-
-fn sent(c: &mut C) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 256];
-    while let Some(n) = c.poll_transmit(&mut buf) {
-        out.push(buf[..n].to_vec());
-    }
-    out
-}
-
-fn packet(d: &[u8]) -> Packet<'_> {
-    Packet::decode(d).unwrap()
-}
-
-fn enc(p: Packet<'_>) -> Vec<u8> {
-    let mut b = [0u8; 256];
-    let n = p.encode(&mut b).unwrap();
-    b[..n].to_vec()
-}
+use crate::tests::{enc, packet, sent, settings, C};
 
 fn accepted(topic_id: u16, msg_id: u16) -> Ack {
     Ack { topic_id, msg_id, return_code: ReturnCode::Accepted }

@@ -9,13 +9,14 @@ use mqttsn_codec::{Ack, Packet, Publish, QoS, Register, ReturnCode, SubAck, Topi
 
 use crate::{Client, Event, Settings, Topic};
 
-type C = Client<4, 2, 128>;
+/// The client the tests drive.
+pub(crate) type C = Client<4, 2, 128>;
 
-fn settings() -> Settings {
+pub(crate) fn settings() -> Settings {
     Settings { retry_ms: 100, max_retries: 2, congestion_wait_ms: 1_000 }
 }
 
-fn sent(c: &mut C) -> Vec<Vec<u8>> {
+pub(crate) fn sent(c: &mut C) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 256];
     while let Some(n) = c.poll_transmit(&mut buf) {
@@ -24,11 +25,11 @@ fn sent(c: &mut C) -> Vec<Vec<u8>> {
     out
 }
 
-fn packet(d: &[u8]) -> Packet<'_> {
+pub(crate) fn packet(d: &[u8]) -> Packet<'_> {
     Packet::decode(d).unwrap()
 }
 
-fn enc(p: Packet<'_>) -> Vec<u8> {
+pub(crate) fn enc(p: Packet<'_>) -> Vec<u8> {
     let mut b = [0u8; 256];
     let n = p.encode(&mut b).unwrap();
     b[..n].to_vec()
