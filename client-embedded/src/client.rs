@@ -1031,14 +1031,7 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         packet: &Packet<'_>,
     ) -> Result<(), Error> {
         let datagram = Buf::<B>::encode(packet).ok_or(Error::TooLong)?;
-        self.control = Some(Pending {
-            kind,
-            msg_id,
-            datagram,
-            deadline: now + u64::from(self.settings.retry_ms),
-            retries: 0,
-            topic_slot: None,
-        });
+        self.control = Some(self.fresh(now, kind, msg_id, datagram));
         self.push_tx(now, datagram);
         Ok(())
     }
@@ -1235,17 +1228,23 @@ impl<const T: usize, const F: usize, const B: usize> Client<T, F, B> {
         if let Some(slot) = self.pending.iter_mut().find(|s| s.as_ref().is_some_and(same)) {
             *slot = None;
         }
+        let fresh = self.fresh(now, kind, msg_id, datagram);
         let slot = self.pending.iter_mut().find(|s| s.is_none()).ok_or(Error::Busy)?;
-        *slot = Some(Pending {
+        *slot = Some(fresh);
+        self.push_tx(now, datagram);
+        Ok(())
+    }
+
+    /// A request just sent, waiting for its answer.
+    fn fresh(&self, now: Millis, kind: Kind, msg_id: u16, datagram: Buf<B>) -> Pending<B> {
+        Pending {
             kind,
             msg_id,
             datagram,
             deadline: now + u64::from(self.settings.retry_ms),
             retries: 0,
             topic_slot: None,
-        });
-        self.push_tx(now, datagram);
-        Ok(())
+        }
     }
 
     fn send(&mut self, now: Millis, packet: &Packet<'_>) -> Result<(), Error> {
