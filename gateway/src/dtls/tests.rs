@@ -297,3 +297,31 @@ fn garbage_never_panics_and_is_counted() {
     assert!(g.is_empty());
     assert!(get(&m.dtls_dropped) > 0);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Arbitrary datagrams, from a handshaking and an established peer's
+    /// address and from strangers, never panic and never make state for
+    /// a stranger.
+    #[test]
+    fn arbitrary_datagrams_never_panic(
+        datagrams in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 1..20)
+    ) {
+        let now = Instant::now();
+        let (mut g, _) = gateway(now);
+        let mut c = client("sensor-a", KEY, now);
+        assert!(exchange(&mut c, &mut g, addr(1), now).connected);
+        for (i, d) in datagrams.iter().enumerate() {
+            let mut hello = d.clone();
+            if let Some(b) = hello.get_mut(0) {
+                *b = 22;
+            }
+            g.handle_datagram(now, addr(1), d);
+            g.handle_datagram(now, addr(2 + (i % 3) as u16), &hello);
+            g.handle_timeout(now + Duration::from_secs(i as u64));
+            while g.poll_transmit().is_some() {}
+            while g.poll_plaintext().is_some() {}
+        }
+        proptest::prop_assert!(g.len() <= 1);
+    }
+}
