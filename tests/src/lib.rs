@@ -6,6 +6,7 @@ pub mod broker;
 pub mod gateway;
 pub mod http;
 pub mod mqtt_client;
+pub mod openssl;
 pub mod pcap;
 pub mod serial;
 pub mod sim;

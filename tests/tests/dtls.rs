@@ -21,6 +21,7 @@ use mqttsn_codec::{Connect, Packet, QoS, ReturnCode, TopicFilter, TopicId};
 use mqttsn_tests::broker::{unique, Mosquitto};
 use mqttsn_tests::gateway::GatewayProcess;
 use mqttsn_tests::mqtt_client::MqttClient;
+use mqttsn_tests::openssl::openssl;
 use mqttsn_tests::sn::Sensor;
 
 const KEY: &str = "00112233445566778899aabbccddeeff";
@@ -138,18 +139,28 @@ struct Certs {
 impl Certs {
     fn make(dir: &Path) -> Self {
         for name in ["server", "client", "stranger"] {
-            let status = Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-                .args(["-nodes", "-days", "2", "-subj", &format!("/CN={name}")])
-                .arg("-keyout")
-                .arg(dir.join(format!("{name}.key")))
-                .arg("-out")
-                .arg(dir.join(format!("{name}.crt")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl runs");
-            assert!(status.success(), "openssl req for {name}");
+            let (key, crt, subj) =
+                (format!("{name}.key"), format!("{name}.crt"), format!("/CN={name}"));
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &subj,
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &crt,
+                ],
+            );
         }
         Self { dir: dir.to_path_buf() }
     }
@@ -160,18 +171,8 @@ impl Certs {
 
     /// The SHA-256 fingerprint of `name`.crt, as openssl prints it.
     fn fingerprint(&self, name: &str) -> String {
-        let out = Command::new("openssl")
-            .args([
-                "x509",
-                "-noout",
-                "-fingerprint",
-                "-sha256",
-                "-in",
-                &self.path(&format!("{name}.crt")),
-            ])
-            .output()
-            .expect("openssl runs");
-        let text = String::from_utf8(out.stdout).unwrap();
+        let crt = format!("{name}.crt");
+        let text = openssl(&self.dir, &["x509", "-noout", "-fingerprint", "-sha256", "-in", &crt]);
         text.trim().rsplit('=').next().unwrap().to_owned()
     }
 }

@@ -17,21 +17,13 @@ use mqttsn_client::std_dtls::{CertificateRefusal, DtlsError, DtlsSettings};
 use mqttsn_client::std_udp::{UdpClient, UdpError};
 use mqttsn_client::{QoS, Settings, Topic};
 use mqttsn_tests::broker::unique;
+use mqttsn_tests::openssl::openssl;
 
 /// Datagrams up to 4 KiB, as the tools'.
 type Client = UdpClient<16, 4, 4096>;
 
 const WAIT: Duration = Duration::from_secs(5);
 const KEY: &str = "00112233445566778899aabbccddeeff";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is required ({e}); scripts/test installs it"));
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(unique("dtls-client"));

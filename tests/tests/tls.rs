@@ -4,22 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 
 use mqttsn_codec::{Ack, Packet, QoS, ReturnCode, TopicId};
 use mqttsn_tests::broker::{unique, Mosquitto};
 use mqttsn_tests::gateway::GatewayProcess;
 use mqttsn_tests::mqtt_client::MqttClient;
+use mqttsn_tests::openssl::openssl;
 use mqttsn_tests::sn::Sensor;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl is required ({e}); scripts/test installs it"));
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 fn make_certs(dir: &Path) {
