@@ -78,6 +78,43 @@ pub struct Config {
     pub dtls: DtlsSection,
     /// `[[serial]]`: serial sensor networks beside UDP.
     pub serial: Vec<SerialSection>,
+    /// `[aggregating]`: the shared broker connections of
+    /// `gateway.mode = "aggregating"`.
+    pub aggregating: AggregatingSection,
+}
+
+/// `gateway.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A broker connection per sensor, with the sensor's ClientId (spec
+    /// 4.2).
+    #[default]
+    Transparent,
+    /// All sensors share a few broker connections with the gateway's
+    /// identity (spec 4.3).
+    Aggregating,
+}
+
+/// `[aggregating]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatingSection {
+    /// Broker connections per worker.
+    pub connections: usize,
+    /// The pool connections' ClientIds start with this (then `-worker-N`);
+    /// empty: the gateway's own ClientId (`broker.client_id`).
+    pub client_id: String,
+    /// QoS 1 and 2 messages kept for one disconnected sensor with
+    /// CleanSession false, until it comes back; the oldest are dropped
+    /// beyond it (counted).
+    pub max_offline_messages: usize,
+}
+
+impl Default for AggregatingSection {
+    fn default() -> Self {
+        Self { connections: 2, client_id: String::new(), max_offline_messages: 1000 }
+    }
 }
 
 /// `[dtls]`: MQTT-SN over DTLS 1.2 (see [`crate::dtls`]).
@@ -247,6 +284,9 @@ pub struct GatewaySection {
     pub udp_receive_buffer: usize,
     /// The UDP send buffer, in octets; 0: the system default.
     pub udp_send_buffer: usize,
+    /// `transparent` (a broker connection per sensor) or `aggregating`
+    /// (a shared pool, `[aggregating]`).
+    pub mode: Mode,
 }
 
 impl Default for GatewaySection {
@@ -257,6 +297,7 @@ impl Default for GatewaySection {
             workers: 0,
             udp_receive_buffer: 4 << 20,
             udp_send_buffer: 1 << 20,
+            mode: Mode::Transparent,
         }
     }
 }
@@ -994,8 +1035,44 @@ impl Config {
             qos_minus_one,
             own_client_id: self.own_client_id()?,
             serial: self.serial_lines()?,
+            aggregating: self.pool_options()?,
             ..crate::server::ServerOptions::default()
         })
+    }
+
+    /// The pool of `gateway.mode = "aggregating"`, checked; `None` in
+    /// transparent mode.
+    pub fn pool_options(
+        &self,
+    ) -> Result<Option<crate::upstream::aggregating::PoolOptions>, ConfigError> {
+        if self.gateway.mode != Mode::Aggregating {
+            return Ok(None);
+        }
+        let a = &self.aggregating;
+        if a.connections == 0 || a.connections > 64 {
+            return Err(invalid("aggregating.connections", a.connections, "must be 1 to 64"));
+        }
+        if a.max_offline_messages == 0 {
+            return Err(invalid("aggregating.max_offline_messages", 0, "must be at least 1"));
+        }
+        if a.client_id.len() > 60_000 {
+            return Err(invalid("aggregating.client_id", &a.client_id, "longer than 60000"));
+        }
+        let own = self.own_client_id()?;
+        Ok(Some(crate::upstream::aggregating::PoolOptions {
+            connections: a.connections,
+            client_id: if a.client_id.is_empty() { own.clone() } else { a.client_id.clone() },
+            worker: 0,
+            keep_alive: self.broker.keepalive_secs,
+            username: self.broker.username.clone(),
+            password: self
+                .broker
+                .password
+                .as_ref()
+                .map(|p| bytes::Bytes::copy_from_slice(p.expose().as_bytes())),
+            own_client_id: own,
+            max_offline: a.max_offline_messages,
+        }))
     }
 
     /// The serial lines, checked.
@@ -1309,6 +1386,7 @@ impl Config {
                 self.sleep.total_buffer_messages,
                 self.sleep.total_buffer_bytes,
             )),
+            ack_on_receipt: self.gateway.mode == Mode::Aggregating,
         })
     }
 }

@@ -215,17 +215,35 @@ async fn run() -> anyhow::Result<()> {
                 .unwrap_or(u64::MAX)
         }
     };
-    // One broker connection per session: the sessions never take the
-    // descriptors the gateway itself needs.
-    let (sessions, lowered) = mqttsn_gateway::limits::session_budget(open_files, opts.max_sessions);
-    if lowered {
-        tracing::warn!(
-            "limits.max_sessions lowered to {sessions}: the open files limit is {open_files} \
-             ({} kept for the gateway itself)",
-            mqttsn_gateway::limits::RESERVED_DESCRIPTORS
-        );
-    }
-    opts.max_sessions = Some(sessions);
+    let aggregating = opts.aggregating.clone();
+    let sessions = match &aggregating {
+        // The sessions share the pool: they hold no descriptor.
+        Some(_) => opts.max_sessions,
+        None => {
+            // One broker connection per session: the sessions never take
+            // the descriptors the gateway itself needs.
+            let (sessions, lowered) =
+                mqttsn_gateway::limits::session_budget(open_files, opts.max_sessions);
+            if lowered {
+                tracing::warn!(
+                    "limits.max_sessions lowered to {sessions}: the open files limit is \
+                     {open_files} ({} kept for the gateway itself)",
+                    mqttsn_gateway::limits::RESERVED_DESCRIPTORS
+                );
+            }
+            opts.max_sessions = Some(sessions);
+            Some(sessions)
+        }
+    };
+    let sessions = sessions.map_or_else(|| "unbounded".to_string(), |n| n.to_string());
+    let mode = match &aggregating {
+        Some(p) => format!(
+            "aggregating mode ({} broker connection{} per worker)",
+            p.connections,
+            if p.connections == 1 { "" } else { "s" }
+        ),
+        None => "transparent mode".to_string(),
+    };
     let workers = match opts.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -256,7 +274,7 @@ async fn run() -> anyhow::Result<()> {
         None => {}
     }
     info!(
-        "MQTT-SN gateway listening on udp://{}, broker {broker}, {workers} worker{}, \
+        "MQTT-SN gateway listening on udp://{}, broker {broker}, {mode}, {workers} worker{}, \
          at most {sessions} sessions (open files limit {open_files})",
         listener.local_addr(),
         if workers == 1 { "" } else { "s" }

@@ -140,6 +140,25 @@ pub struct Metrics {
     /// Datagrams for a DTLS peer without an established association
     /// (restored sessions before their sensor's new handshake), dropped.
     pub dtls_unsendable: AtomicU64,
+    /// 1 in aggregating mode (`gateway.mode`), 0 in transparent mode.
+    pub mode_aggregating: AtomicU64,
+    /// Aggregating mode: pool connections, and those up.
+    pub pool_connections: AtomicU64,
+    /// See [`Metrics::pool_connections`].
+    pub pool_connections_up: AtomicU64,
+    /// Aggregating mode: distinct filters subscribed upstream.
+    pub pool_filters: AtomicU64,
+    /// Aggregating mode: sensor subscriptions (a filter of a sensor).
+    pub pool_subscriptions: AtomicU64,
+    /// Aggregating mode: messages kept for disconnected sensors.
+    pub pool_offline_messages: AtomicU64,
+    /// Aggregating mode: messages for disconnected sensors dropped beyond
+    /// `aggregating.max_offline_messages`.
+    pub pool_offline_dropped: AtomicU64,
+    /// Aggregating mode: copies of broker messages handed to sessions.
+    pub pool_fanout: AtomicU64,
+    /// Aggregating mode: wills the gateway published for lost sensors.
+    pub wills_published: AtomicU64,
 }
 
 /// Upper bounds of the latency histogram buckets, in milliseconds.
@@ -362,6 +381,61 @@ impl Metrics {
             "counter",
             "Datagrams for a DTLS peer without an established association, dropped.",
             &[("", get(&self.dtls_unsendable))],
+        );
+        let mode = get(&self.mode_aggregating);
+        metric(
+            "gateway_mode",
+            "gauge",
+            "The gateway's mode (gateway.mode): 1 for the one that runs.",
+            &[("{mode=\"transparent\"}", 1 - mode.min(1)), ("{mode=\"aggregating\"}", mode.min(1))],
+        );
+        metric(
+            "pool_connections",
+            "gauge",
+            "Aggregating mode: the shared broker connections, by state.",
+            &[
+                ("{state=\"up\"}", get(&self.pool_connections_up)),
+                (
+                    "{state=\"down\"}",
+                    get(&self.pool_connections).saturating_sub(get(&self.pool_connections_up)),
+                ),
+            ],
+        );
+        metric(
+            "pool_filters",
+            "gauge",
+            "Aggregating mode: distinct topic filters subscribed on the broker.",
+            &[("", get(&self.pool_filters))],
+        );
+        metric(
+            "pool_subscriptions",
+            "gauge",
+            "Aggregating mode: sensor subscriptions behind them (a filter of a sensor).",
+            &[("", get(&self.pool_subscriptions))],
+        );
+        metric(
+            "pool_offline_messages",
+            "gauge",
+            "Aggregating mode: messages kept for disconnected CleanSession-false sensors.",
+            &[("", get(&self.pool_offline_messages))],
+        );
+        metric(
+            "pool_offline_dropped_total",
+            "counter",
+            "Aggregating mode: messages for disconnected sensors dropped beyond aggregating.max_offline_messages.",
+            &[("", get(&self.pool_offline_dropped))],
+        );
+        metric(
+            "pool_fanout_total",
+            "counter",
+            "Aggregating mode: copies of broker messages handed to sensor sessions.",
+            &[("", get(&self.pool_fanout))],
+        );
+        metric(
+            "wills_published_total",
+            "counter",
+            "Aggregating mode: wills the gateway published for sensors it lost.",
+            &[("", get(&self.wills_published))],
         );
         metric(
             "replies_suppressed_total",

@@ -71,6 +71,11 @@ pub struct ServerOptions {
     /// Serial sensor networks beside the UDP socket (see
     /// [`crate::serial`]); line N is the N-th of the list.
     pub serial: Vec<crate::serial::SerialLine>,
+    /// `gateway.mode = "aggregating"`: the sensors of each worker share
+    /// this pool of broker connections (its `worker` and `own_client_id`
+    /// are filled in per worker). `None`: transparent, a connection per
+    /// sensor.
+    pub aggregating: Option<crate::upstream::aggregating::PoolOptions>,
 }
 
 /// Discovery on a multicast group.
@@ -104,6 +109,7 @@ impl Default for ServerOptions {
             udp_send_buffer: 1 << 20,
             live: None,
             serial: Vec::new(),
+            aggregating: None,
         }
     }
 }

@@ -21,7 +21,9 @@ use crate::peer::Peer;
 use crate::session::{Session, SessionConfig};
 use crate::store::{wall_now, Store};
 use crate::udp::Listener;
+use crate::upstream::aggregating::{Aggregating, PoolOptions};
 use crate::upstream::connection::{Connector, UpstreamOptions};
+use crate::upstream::mode::ByMode;
 use crate::upstream::transparent::Transparent;
 use crate::worker::Worker;
 
@@ -56,6 +58,17 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let mut opts = opts;
     let mut listener = listener;
+    // The pool's connections are shared: a session takes responsibility
+    // for a message as soon as it has queued it (docs/aggregating.md).
+    if opts.aggregating.is_some() {
+        metrics.mode_aggregating.store(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let cfg = match &opts.aggregating {
+        Some(_) if !cfg.ack_on_receipt => {
+            Arc::new(SessionConfig { ack_on_receipt: true, ..(*cfg).clone() })
+        }
+        _ => cfg,
+    };
     let mut dtls = match listener.take_dtls() {
         Some((socket, settings)) => {
             let assoc = crate::dtls::Associations::new(settings, metrics.clone(), Instant::now())
@@ -161,7 +174,22 @@ pub async fn run(
             group: if id == 0 { group.take() } else { None },
             dtls: if id == 0 { dtls.take() } else { None },
             endpoint,
-            upstreams: Transparent::new(upstream.opts, broker.clone(), seed),
+            upstreams: {
+                let inner = Transparent::new(upstream.opts, broker.clone(), seed);
+                match &opts.aggregating {
+                    Some(pool) => {
+                        let pool = PoolOptions {
+                            worker: id,
+                            own_client_id: opts.own_client_id.clone(),
+                            ..pool.clone()
+                        };
+                        ByMode::Aggregating(Box::new(
+                            Aggregating::new(pool, inner).with_metrics(metrics.clone()),
+                        ))
+                    }
+                    None => ByMode::Transparent(inner),
+                }
+            },
             connector: upstream.connector.clone(),
             close_timeout: upstream.opts.close_timeout,
             inbox,

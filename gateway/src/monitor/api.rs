@@ -112,6 +112,7 @@ async fn status(s: &Shared) -> Value {
             "started": s.started_wall,
             "uptime_secs": s.started.elapsed().as_secs(),
             "listen": m.info.listen,
+            "mode": m.info.mode,
             "workers": m.controls.workers(),
             "api": if m.api_token.is_some() { "read-write" } else { "read-only" },
         },

@@ -62,6 +62,8 @@ pub struct GatewayInfo {
     pub store: Option<String>,
     /// The `[limits]` section.
     pub limits: crate::config::LimitsSection,
+    /// `transparent` or `aggregating` (`gateway.mode`).
+    pub mode: &'static str,
 }
 
 impl GatewayInfo {
@@ -72,6 +74,10 @@ impl GatewayInfo {
             broker,
             store: Some(cfg.gateway.store.clone()).filter(|s| !s.is_empty()),
             limits: cfg.limits.clone(),
+            mode: match cfg.gateway.mode {
+                crate::config::Mode::Transparent => "transparent",
+                crate::config::Mode::Aggregating => "aggregating",
+            },
         }
     }
 }

@@ -119,6 +119,14 @@ pub struct SessionConfig {
     pub predefined_by_client: HashMap<String, Arc<Predefined>>,
     /// The topic ACL (`[acl]`); `None`: every topic allowed.
     pub acl: Option<Arc<crate::acl::Acl>>,
+    /// Take responsibility for a QoS 1 or 2 message from the broker as
+    /// soon as it is queued (acknowledge it upstream then, keep it in the
+    /// store for a persistent session), instead of after the sensor
+    /// acknowledged it. The aggregating gateway needs it: its upstream
+    /// connections are shared, and one slow sensor must not hold up the
+    /// acknowledgements of the others (docs/aggregating.md). QoS 1 and 2
+    /// are then bounded by `max_queued` too.
+    pub ack_on_receipt: bool,
 }
 
 impl Default for SessionConfig {
@@ -141,6 +149,7 @@ impl Default for SessionConfig {
             publish_rate: None,
             predefined_by_client: HashMap::new(),
             acl: None,
+            ack_on_receipt: false,
         }
     }
 }

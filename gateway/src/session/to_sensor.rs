@@ -87,6 +87,13 @@ impl Session {
         retain: bool,
         now: Instant,
     ) {
+        let mut delivery = delivery;
+        if self.cfg.ack_on_receipt && qos != MqttQoS::AtMostOnce {
+            if let Some(id) = delivery.take() {
+                // Queued, and (persistent) stored before this goes out.
+                self.commands.push_back(Command::Ack(id));
+            }
+        }
         if matches!(self.phase, Phase::Asleep { .. }) {
             return self.buffer(Delivery {
                 delivery,

@@ -7,8 +7,9 @@
 //! transport changes with an explicit `now`, and hands out events, bytes to
 //! write and transport requests ([`Io`]). [`transparent::Transparent`]
 //! gives every sensor its own MQTT 3.1.1 connection (the transparent
-//! gateway of spec 4.2); an aggregating mode or MQTT v5 are further
-//! implementations of the same trait. [`driver::Driver`] moves the bytes
+//! gateway of spec 4.2); [`aggregating::Aggregating`] shares a small pool
+//! of connections among all of them (the aggregating gateway of spec 4.3);
+//! [`mode::ByMode`] is whichever the configuration chose. [`driver::Driver`] moves the bytes
 //! of any implementation over TCP or TLS.
 
 use std::sync::Arc;
@@ -16,8 +17,10 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+pub mod aggregating;
 pub mod connection;
 pub mod driver;
+pub mod mode;
 pub mod tls;
 pub mod transparent;
 
