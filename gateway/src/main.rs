@@ -48,6 +48,10 @@ struct Args {
     /// discovery.multicast_group).
     #[arg(long, value_name = "ADDR:PORT")]
     multicast_group: Option<String>,
+    /// transparent (a broker connection per sensor) or aggregating (the
+    /// sensors share a few broker connections) (overrides gateway.mode).
+    #[arg(long, value_name = "MODE", value_parser = ["transparent", "aggregating"])]
+    mode: Option<String>,
     /// The log level: error, warn, info, debug or trace (default: info;
     /// RUST_LOG, when set, wins).
     #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
@@ -131,6 +135,11 @@ fn apply_overrides(cfg: &mut Config, args: &Args) {
     }
     if let Some(group) = &args.multicast_group {
         cfg.discovery.multicast_group = group.clone();
+    }
+    match args.mode.as_deref() {
+        Some("aggregating") => cfg.gateway.mode = mqttsn_gateway::config::Mode::Aggregating,
+        Some("transparent") => cfg.gateway.mode = mqttsn_gateway::config::Mode::Transparent,
+        _ => {}
     }
 }
 

@@ -64,9 +64,11 @@ pub async fn run(
         metrics.mode_aggregating.store(1, std::sync::atomic::Ordering::Relaxed);
     }
     let cfg = match &opts.aggregating {
-        Some(_) if !cfg.ack_on_receipt => {
-            Arc::new(SessionConfig { ack_on_receipt: true, ..(*cfg).clone() })
-        }
+        Some(_) if !cfg.ack_on_receipt || !cfg.keep_recorded_qos2 => Arc::new(SessionConfig {
+            ack_on_receipt: true,
+            keep_recorded_qos2: true,
+            ..(*cfg).clone()
+        }),
         _ => cfg,
     };
     let mut dtls = match listener.take_dtls() {

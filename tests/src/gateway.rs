@@ -84,6 +84,10 @@ impl Gateway {
         opts: ServerOptions,
         backoff: Backoff,
     ) -> Self {
+        let mut opts = opts;
+        if crate::mode::aggregating() && opts.aggregating.is_none() {
+            opts.aggregating = Some(crate::mode::pool(&opts.own_client_id));
+        }
         // This gateway's own logs, printed if the test fails; RUST_LOG
         // (default mqttsn_gateway=debug) chooses what is kept.
         let logs = LogBuffer::default();
@@ -241,6 +245,9 @@ impl GatewayProcess {
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         // The caller's environment over those defaults.
         cmd.envs(env.iter().copied());
+        if crate::mode::aggregating() && !args.contains(&"--mode") {
+            cmd.args(["--mode", "aggregating"]);
+        }
         cmd.args(args)
             // Tests run in parallel: never the fixed default metrics port.
             .args(["--metrics-listen", "127.0.0.1:0"]);

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod gateway;
 pub mod http;
+pub mod mode;
 pub mod mqtt_client;
 pub mod openssl;
 pub mod pcap;

@@ -275,7 +275,11 @@ fn an_ipv6_group_on_a_link_gets_gwinfo_and_advertise() {
         let out = cmd
             .args(["--", "sh", "-c", &setup])
             .arg(exe)
-            .args(["--exact", "an_ipv6_group_on_a_link_gets_gwinfo_and_advertise", "--nocapture"])
+            .args([
+                "--exact",
+                &this_test("an_ipv6_group_on_a_link_gets_gwinfo_and_advertise"),
+                "--nocapture",
+            ])
             .env(IPV6_LINK, "1")
             .output()
             .expect("unshare (util-linux) is required; scripts/test installs it");
@@ -342,5 +346,14 @@ fn an_ipv6_group_on_a_link_gets_gwinfo_and_advertise() {
         assert_eq!(from.port(), gw.addr().port(), "from the gateway's own socket");
         saw_gwinfo |= d == gwinfo;
         saw_advertise |= d == advertise;
+    }
+}
+
+/// The full name of a test of this file, as the test binary knows it (the
+/// file is compiled into the aggregating test binary too, as a module).
+fn this_test(name: &str) -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{name}"),
+        None => name.to_string(),
     }
 }

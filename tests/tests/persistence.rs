@@ -324,8 +324,17 @@ fn killed_at_random_moments_under_traffic() {
     while let Some(m) = sub.recv_within(Duration::from_millis(500)) {
         *count.entry(m.payload).or_default() += 1;
     }
+    let mut twice = 0;
     for n in 1..=total {
         let c = count.get(format!("m{n}").as_bytes()).copied().unwrap_or(0);
+        if mqttsn_tests::mode::aggregating() && c == 2 {
+            // Aggregating mode: a PUBREL the broker had received when the
+            // gateway was killed is published again after the restart
+            // (docs/aggregating.md); at most one such message per kill.
+            twice += 1;
+            continue;
+        }
         assert_eq!(c, 1, "message m{n} arrived {c} times");
     }
+    assert!(twice <= kills, "{twice} messages twice after {kills} kills");
 }

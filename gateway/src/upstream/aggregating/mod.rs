@@ -153,6 +153,10 @@ struct Retained {
     qos: QoS,
     /// `None` until its SUBACK.
     until: Option<Instant>,
+    /// The topics it received a retained message of: the broker sends
+    /// one again for every later SUBSCRIBE of the filter, which is for
+    /// the later subscriber only.
+    got: HashSet<Arc<str>>,
 }
 
 /// One pool connection.
@@ -164,6 +168,8 @@ struct Conn {
     up: bool,
     /// Asked for (its first connect went out).
     started: bool,
+    /// Was up once in this run.
+    ever_up: bool,
     next_request: RequestId,
     pending: HashMap<RequestId, Pending>,
     /// The filters whose subscriptions this connection holds.
@@ -242,6 +248,7 @@ impl Aggregating {
                 key: u64::MAX - i as u64,
                 up: false,
                 started: false,
+                ever_up: false,
                 next_request: 1,
                 pending: HashMap::new(),
                 filters: Filters::new(),
@@ -338,7 +345,12 @@ impl Aggregating {
         self.conns[c].started = true;
         let spec = ConnectSpec {
             client_id: format!("{}-{}-{}", self.opts.client_id, self.opts.worker, c),
-            clean_session: false,
+            // A new run starts clean: the packet identifiers of the QoS 2
+            // exchanges the broker holds from the previous run are not
+            // stored, and a new PUBLISH under one of them would be taken
+            // for its duplicate. Reconnects within the run keep the
+            // session (docs/aggregating.md).
+            clean_session: true,
             keep_alive: self.opts.keep_alive,
             will: None,
             username: self.opts.username.clone(),
@@ -503,6 +515,7 @@ impl Aggregating {
             sensor: sid,
             qos,
             until: None,
+            got: HashSet::new(),
         });
         let waiter = Waiter { key, id, sensor: sid, qos };
         let pid =
@@ -543,11 +556,13 @@ impl Aggregating {
     }
 
     fn restore(&mut self, key: UpstreamKey, publishes: Vec<super::RestoredPublish>, now: Instant) {
-        // The broker knows these under packet identifiers of a pool
-        // connection of the gateway's previous run, which are not stored:
-        // a publish the broker has not recorded yet is sent again as new,
-        // one it recorded is released again as new, and one released
-        // already is complete (docs/aggregating.md).
+        // The broker knew these under packet identifiers of a pool
+        // connection of the gateway's previous run, which are not stored,
+        // and that connection's session is gone (a run starts clean): each
+        // is published again as new, and released again where the session
+        // had released it. The broker releases a QoS 2 message on PUBREL,
+        // so one it had not released is delivered once; one whose PUBREL
+        // it had received already is delivered twice (docs/aggregating.md).
         let Some(pool) = self.live.get(&key).and_then(|s| self.sensors.get(s)).map(|s| s.pool)
         else {
             // Restore comes before the first connect: remember it by key.
@@ -555,36 +570,21 @@ impl Aggregating {
             return;
         };
         for p in publishes {
-            match p.stage {
-                RestoredStage::Released => {
-                    self.events.push_back((key, Event::PublishCompleted { id: p.id }));
-                }
-                RestoredStage::Sent | RestoredStage::Recorded => {
-                    let recorded = p.stage == RestoredStage::Recorded;
-                    let pid = self.request(
-                        pool,
-                        Pending::Publish {
-                            key,
-                            id: p.id,
-                            recorded,
-                            acked: false,
-                            release_wanted: false,
-                        },
-                    );
-                    self.qos2.insert((key, p.id), (pool, pid));
-                    self.send(
-                        pool,
-                        Command::Publish {
-                            id: pid,
-                            topic: p.topic,
-                            payload: p.payload,
-                            qos: QoS::ExactlyOnce,
-                            retain: p.retain,
-                        },
-                        now,
-                    );
-                }
-            }
+            let recorded = p.stage != RestoredStage::Sent;
+            let release_wanted = p.stage == RestoredStage::Released;
+            let pid = self.request(
+                pool,
+                Pending::Publish { key, id: p.id, recorded, acked: false, release_wanted },
+            );
+            self.qos2.insert((key, p.id), (pool, pid));
+            let cmd = Command::Publish {
+                id: pid,
+                topic: p.topic,
+                payload: p.payload,
+                qos: QoS::ExactlyOnce,
+                retain: p.retain,
+            };
+            self.send(pool, cmd, now);
         }
     }
 
@@ -667,9 +667,10 @@ impl Aggregating {
     fn pool_event(&mut self, c: usize, ev: Event, now: Instant) {
         match ev {
             Event::Connected { session_present } => {
-                let was_up = self.conns[c].up;
+                let again = self.conns[c].ever_up && !session_present;
                 self.conns[c].up = true;
-                if !session_present && !was_up {
+                self.conns[c].ever_up = true;
+                if again {
                     self.subscribe_again(c, now);
                 }
                 let waiting = std::mem::take(&mut self.conns[c].waiting);
@@ -819,10 +820,12 @@ impl Aggregating {
         if retain {
             // Sent for a new subscription: only to the sensors that asked.
             self.conns[c].retained.retain(|r| r.until.is_none_or(|t| now < t));
-            for r in &self.conns[c].retained {
+            for r in &mut self.conns[c].retained {
                 if mqttsn_codec::validate::topic_matches(&r.filter, &topic)
+                    && !r.got.contains(&topic)
                     && !targets.iter().any(|(s, _)| *s == r.sensor)
                 {
+                    r.got.insert(topic.clone());
                     targets.push((r.sensor, r.qos));
                 }
             }
