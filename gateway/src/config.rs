@@ -790,6 +790,7 @@ impl Config {
         self.listen_addr()?;
         self.broker_target()?;
         self.source_addresses()?;
+        self.pool_options()?;
         let g = &self.gateway;
         if g.workers > 1024 {
             return Err(invalid("gateway.workers", g.workers, "must be 0 (one per core) to 1024"));
@@ -1546,5 +1547,32 @@ mod tests {
             BrokerTarget::Remote("10.0.0.1:2883".into())
         );
         assert!(target(&mut c, "mqtt://h:x").is_err());
+    }
+
+    #[test]
+    fn the_mode_and_the_pool_are_checked() {
+        let c = Config::parse("", "x").unwrap();
+        assert_eq!(c.gateway.mode, Mode::Transparent);
+        assert!(c.pool_options().unwrap().is_none());
+        let c = Config::parse(
+            "[gateway]\nmode = \"aggregating\"\n[broker]\nclient_id = \"gw\"\nusername = \"u\"\n",
+            "x",
+        )
+        .unwrap();
+        let p = c.pool_options().unwrap().unwrap();
+        assert_eq!(
+            (p.connections, p.client_id.as_str(), p.username.as_deref()),
+            (2, "gw", Some("u"))
+        );
+        assert!(c.session_config().unwrap().ack_on_receipt);
+        let e = Config::parse(
+            "[gateway]\nmode = \"aggregating\"\n[aggregating]\nconnections = 0\n",
+            "x",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("aggregating.connections") && e.contains("1 to 64"), "{e}");
+        let e = Config::parse("[gateway]\nmode = \"bridging\"\n", "x").unwrap_err().to_string();
+        assert!(e.contains("mode"), "{e}");
     }
 }

@@ -97,6 +97,12 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
         Skip("reads the installed configuration; tests/tests/operations.rs runs --check-config on good and bad files"),
     ),
     (
+        "docs/aggregating.md",
+        "cargo run --release -p mqttsn-gateway -- --mode aggregating --broker mqtt://192.168.1.10:1883",
+        Env::Broker,
+        Serve(Some("aggregating mode (2 broker connections per worker)"), Nothing),
+    ),
+    (
         "README.md",
         "cargo run --release -p mqttsn-gateway -- --listen 0.0.0.0:1884 --broker mqtt://192.168.1.10:1883",
         Env::Broker,
