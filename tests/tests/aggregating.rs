@@ -16,6 +16,26 @@ mod client;
 mod connect;
 #[path = "embedded.rs"]
 mod embedded;
+#[path = "discovery.rs"]
+mod discovery;
+#[path = "monitoring.rs"]
+mod monitoring;
+#[path = "tls.rs"]
+mod tls;
+#[path = "store_full.rs"]
+mod store_full;
+#[path = "dtls.rs"]
+mod dtls;
+#[path = "serial.rs"]
+mod serial;
+#[path = "failover.rs"]
+mod failover;
+#[path = "api.rs"]
+mod api;
+#[path = "status_page.rs"]
+mod status_page;
+#[path = "tools.rs"]
+mod tools;
 #[path = "gateway_smoke.rs"]
 mod gateway_smoke;
 #[path = "liveness.rs"]
