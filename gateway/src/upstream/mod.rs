@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+pub mod aggregating;
 pub mod connection;
 pub mod driver;
 pub mod tls;

@@ -1,0 +1,3 @@
+//! The aggregating gateway (spec 4.3).
+
+pub mod filters;
