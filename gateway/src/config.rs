@@ -1388,7 +1388,6 @@ impl Config {
                 self.sleep.total_buffer_bytes,
             )),
             ack_on_receipt: self.gateway.mode == Mode::Aggregating,
-            keep_recorded_qos2: self.gateway.mode == Mode::Aggregating,
         })
     }
 }

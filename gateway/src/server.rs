@@ -64,11 +64,9 @@ pub async fn run(
         metrics.mode_aggregating.store(1, std::sync::atomic::Ordering::Relaxed);
     }
     let cfg = match &opts.aggregating {
-        Some(_) if !cfg.ack_on_receipt || !cfg.keep_recorded_qos2 => Arc::new(SessionConfig {
-            ack_on_receipt: true,
-            keep_recorded_qos2: true,
-            ..(*cfg).clone()
-        }),
+        Some(_) if !cfg.ack_on_receipt => {
+            Arc::new(SessionConfig { ack_on_receipt: true, ..(*cfg).clone() })
+        }
         _ => cfg,
     };
     let mut dtls = match listener.take_dtls() {
@@ -186,7 +184,7 @@ pub async fn run(
                             ..pool.clone()
                         };
                         ByMode::Aggregating(Box::new(
-                            Aggregating::new(pool, inner).with_metrics(metrics.clone()),
+                            Aggregating::new(pool, inner, now).with_metrics(metrics.clone()),
                         ))
                     }
                     None => ByMode::Transparent(inner),

@@ -86,7 +86,8 @@ impl Gateway {
     ) -> Self {
         let mut opts = opts;
         if crate::mode::aggregating() && opts.aggregating.is_none() {
-            opts.aggregating = Some(crate::mode::pool(&opts.own_client_id));
+            opts.aggregating =
+                Some(crate::mode::pool(&opts.own_client_id, opts.store_path.as_deref()));
         }
         // This gateway's own logs, printed if the test fails; RUST_LOG
         // (default mqttsn_gateway=debug) chooses what is kept.

@@ -29,16 +29,23 @@ pub fn aggregating() -> bool {
 
 /// The pool of a gateway the harness starts in aggregating mode: two
 /// connections per worker, under a ClientId of its own (several gateways
-/// of a test may share one broker).
-pub fn pool(own_client_id: &str) -> PoolOptions {
+/// of a test may share one broker). A gateway with a session store keeps
+/// its pool's ClientIds across restarts (they follow from the store's
+/// path), as a configured gateway does.
+pub fn pool(own_client_id: &str, store: Option<&std::path::Path>) -> PoolOptions {
     static NEXT: AtomicU64 = AtomicU64::new(1);
+    let tag = match store {
+        Some(path) => {
+            let h = path.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            format!("store-{h:x}")
+        }
+        None => format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)),
+    };
     PoolOptions {
         connections: 2,
-        client_id: format!(
-            "{own_client_id}-pool-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ),
+        client_id: format!("{own_client_id}-pool-{tag}"),
         worker: 0,
         keep_alive: 30,
         username: None,

@@ -17,7 +17,7 @@ use mqttsn_tests::sn::Sensor;
 
 /// A gateway in aggregating mode with one worker and a pool of `n`.
 fn gateway(broker: &Mosquitto, n: usize, extra: &str) -> Gateway {
-    let mut pool = mqttsn_tests::mode::pool("agg");
+    let mut pool = mqttsn_tests::mode::pool("agg", None);
     pool.connections = n;
     if !extra.is_empty() {
         pool.username = Some(extra.to_string());

@@ -328,9 +328,10 @@ fn killed_at_random_moments_under_traffic() {
     for n in 1..=total {
         let c = count.get(format!("m{n}").as_bytes()).copied().unwrap_or(0);
         if mqttsn_tests::mode::aggregating() && c == 2 {
-            // Aggregating mode: a PUBREL the broker had received when the
-            // gateway was killed is published again after the restart
-            // (docs/aggregating.md); at most one such message per kill.
+            // Aggregating mode: a PUBLISH the broker had received when the
+            // gateway was killed, before its PUBREC reached the gateway, is
+            // published again after the restart (docs/aggregating.md); at
+            // most one such message per kill.
             twice += 1;
             continue;
         }

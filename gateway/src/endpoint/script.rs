@@ -328,7 +328,7 @@ impl Run {
                 self.open.retain(|o| *o != (w, key));
                 Event::Closed
             }
-            (Command::Ack(_), _) => return,
+            (Command::Ack(_) | Command::ReleaseStale, _) => return,
         };
         let now = self.now;
         self.eps[w].handle_upstream(now, key, event);

@@ -131,6 +131,8 @@ pub struct Client {
     qos2_received: HashSet<u16>,
     /// QoS 2 messages a restored session holds (see [`Command::Restore`]).
     qos2_restored: HashSet<u16>,
+    /// [`Command::ReleaseStale`] asked for and not done yet.
+    release_stale: bool,
     next_delivery: u64,
 
     last_sent: Instant,
@@ -173,6 +175,7 @@ impl Client {
             incoming: VecDeque::new(),
             qos2_received: HashSet::new(),
             qos2_restored: HashSet::new(),
+            release_stale: false,
             next_delivery: 1,
             last_sent: now,
             ping_deadline: None,
@@ -290,6 +293,7 @@ impl Client {
                 }
                 self.requests.insert(pkid, Request::Unsubscribe { id, filter });
             }
+            Command::ReleaseStale => self.release_stale = true,
             Command::Restore { publishes, qos2_received } => {
                 for r in publishes {
                     let pkid = packet_id_of(r.id);
@@ -611,6 +615,13 @@ impl Client {
     /// After CONNACK: send again what was not acknowledged, then what
     /// waited for the connection.
     fn resume(&mut self, session_present: bool, now: Instant) {
+        if std::mem::take(&mut self.release_stale) && session_present {
+            for pkid in 1..=u16::MAX {
+                if !self.publishes.contains_key(&pkid) {
+                    self.emit(&MqttPacket::PubRel(pkid), now);
+                }
+            }
+        }
         if !session_present {
             // The broker forgot the session: nothing it sent us is
             // outstanding any more.

@@ -127,11 +127,6 @@ pub struct SessionConfig {
     /// acknowledgements of the others (docs/aggregating.md). QoS 1 and 2
     /// are then bounded by `max_queued` too.
     pub ack_on_receipt: bool,
-    /// Keep a sensor's QoS 2 message (in memory and in the store) until
-    /// the broker completed it, not only until it recorded it: the
-    /// aggregating gateway publishes it again after a restart, because the
-    /// packet identifier its broker connection used is not stored.
-    pub keep_recorded_qos2: bool,
 }
 
 impl Default for SessionConfig {
@@ -155,7 +150,6 @@ impl Default for SessionConfig {
             predefined_by_client: HashMap::new(),
             acl: None,
             ack_on_receipt: false,
-            keep_recorded_qos2: false,
         }
     }
 }

@@ -417,9 +417,7 @@ impl Session {
             QoS::ExactlyOnce => {
                 if let Some(state) = self.qos2_in.get_mut(&msg_id) {
                     state.recorded = true;
-                    if !self.cfg.keep_recorded_qos2 {
-                        state.message = None;
-                    }
+                    state.message = None;
                 }
                 self.send(Packet::PubRec(msg_id));
             }

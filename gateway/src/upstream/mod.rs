@@ -247,6 +247,14 @@ pub enum Command {
         /// Packet identifiers of QoS 2 messages received and kept.
         qos2_received: Vec<u16>,
     },
+    /// After the first [`Command::Connect`] of a connection whose earlier
+    /// run's QoS 2 packet identifiers are unknown (the aggregating pool's):
+    /// when the broker says it kept the session, release (PUBREL) every
+    /// packet identifier this client does not use itself before anything
+    /// else is sent, so that the QoS 2 messages the broker holds from that
+    /// run are delivered and no new PUBLISH is taken for one of them. The
+    /// broker answers PUBCOMP to each (MQTT 3.1.1 section 4.3.3).
+    ReleaseStale,
     /// End the upstream session cleanly with DISCONNECT: no will.
     Disconnect,
     /// Drop the connection without DISCONNECT, so the broker publishes the

@@ -258,7 +258,7 @@ impl Broker {
                 self.events.push_back((key, Event::Connected { session_present: present }));
                 self.flush_queued(&cid);
             }
-            Command::Restore { .. } => {}
+            Command::Restore { .. } | Command::ReleaseStale => {}
             Command::Publish { id, topic, payload, qos, retain: _ } => {
                 let Some(cid) = self.live_cid(key) else { return };
                 let fresh = match qos {

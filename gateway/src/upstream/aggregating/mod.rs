@@ -104,6 +104,18 @@ struct Sensor {
     offline: VecDeque<Offline>,
 }
 
+/// A message from the broker, as the pool's client hands it out.
+#[derive(Debug)]
+struct Incoming {
+    delivery: Option<DeliveryId>,
+    packet_id: u16,
+    topic: Arc<str>,
+    payload: Bytes,
+    qos: QoS,
+    retain: bool,
+    dup: bool,
+}
+
 #[derive(Debug)]
 struct Offline {
     topic: Arc<str>,
@@ -125,17 +137,7 @@ struct Waiter {
 #[derive(Debug)]
 enum Pending {
     /// A sensor's publish.
-    Publish {
-        key: UpstreamKey,
-        id: RequestId,
-        /// A QoS 2 publish restored in stage `Recorded`: its PUBREC is not
-        /// reported again.
-        recorded: bool,
-        /// The broker's PUBREC came.
-        acked: bool,
-        /// The session released it before the PUBREC came (`recorded`).
-        release_wanted: bool,
-    },
+    Publish { key: UpstreamKey, id: RequestId },
     /// SUBSCRIBE of one filter for these sensors (none: the pool's own).
     Subscribe { filter: Arc<str>, waiters: Vec<Waiter> },
     /// A sensor's UNSUBSCRIBE of a filter nobody else holds.
@@ -178,6 +180,11 @@ struct Conn {
     /// Sessions waiting for this connection to come up, with what their
     /// `Connected` says.
     waiting: Vec<(UpstreamKey, bool)>,
+    /// Just connected: the broker's messages wait for the next timeout
+    /// (see [`Aggregating::settle`]).
+    settling: Option<Instant>,
+    /// The messages waiting meanwhile.
+    held: VecDeque<Event>,
 }
 
 /// Counts for metrics and the status page.
@@ -227,6 +234,13 @@ pub struct Aggregating {
     shown: PoolStats,
     events: VecDeque<(UpstreamKey, Event)>,
     next_inner_key: UpstreamKey,
+    /// Restored QoS 2 publishes the broker recorded in an earlier run:
+    /// complete when the session releases them.
+    complete_on_release: HashSet<(UpstreamKey, RequestId)>,
+    /// Packet identifiers of QoS 2 messages from the broker that restored
+    /// sessions hold already: the broker's DUP of one is not given to that
+    /// session again.
+    qos2_held: HashMap<UpstreamKey, HashSet<u16>>,
     /// QoS 2 publishes of restored sessions, until their first connect.
     pending_restore: HashMap<UpstreamKey, Vec<super::RestoredPublish>>,
     /// Scratch for a fan-out.
@@ -240,8 +254,11 @@ fn fnv(s: &str) -> u64 {
 }
 
 impl Aggregating {
-    /// A pool over `inner`'s transports.
-    pub fn new(opts: PoolOptions, inner: Transparent) -> Self {
+    /// A pool over `inner`'s transports. Every connection is opened at
+    /// once: each holds the subscriptions, kept messages and QoS 2
+    /// exchanges of its broker session from the previous run, whether or
+    /// not a sensor comes to this worker soon.
+    pub fn new(opts: PoolOptions, inner: Transparent, now: Instant) -> Self {
         let n = opts.connections.max(1);
         let conns = (0..n)
             .map(|i| Conn {
@@ -254,9 +271,11 @@ impl Aggregating {
                 filters: Filters::new(),
                 retained: Vec::new(),
                 waiting: Vec::new(),
+                settling: None,
+                held: VecDeque::new(),
             })
             .collect();
-        Self {
+        let mut me = Self {
             opts,
             inner,
             conns,
@@ -276,9 +295,15 @@ impl Aggregating {
             shown: PoolStats::default(),
             events: VecDeque::new(),
             next_inner_key: u64::MAX - n as u64,
+            complete_on_release: HashSet::new(),
+            qos2_held: HashMap::new(),
             pending_restore: HashMap::new(),
             targets: Vec::new(),
+        };
+        for c in 0..n {
+            me.start(c, now);
         }
+        me
     }
 
     /// Keeps the `mqttsn_pool_*` metrics and `mqttsn_wills_published_total`.
@@ -345,12 +370,9 @@ impl Aggregating {
         self.conns[c].started = true;
         let spec = ConnectSpec {
             client_id: format!("{}-{}-{}", self.opts.client_id, self.opts.worker, c),
-            // A new run starts clean: the packet identifiers of the QoS 2
-            // exchanges the broker holds from the previous run are not
-            // stored, and a new PUBLISH under one of them would be taken
-            // for its duplicate. Reconnects within the run keep the
-            // session (docs/aggregating.md).
-            clean_session: true,
+            // The broker keeps the pool's subscriptions and messages while
+            // the gateway restarts (docs/aggregating.md).
+            clean_session: false,
             keep_alive: self.opts.keep_alive,
             will: None,
             username: self.opts.username.clone(),
@@ -359,6 +381,10 @@ impl Aggregating {
         };
         let key = self.conns[c].key;
         self.inner.handle_command(key, Command::Connect(Box::new(spec)), now);
+        // The packet identifiers of the previous run's QoS 2 exchanges are
+        // not stored: release them all, so a new PUBLISH is never taken for
+        // one of them.
+        self.inner.handle_command(key, Command::ReleaseStale, now);
     }
 
     fn request(&mut self, c: usize, pending: Pending) -> RequestId {
@@ -473,10 +499,7 @@ impl Aggregating {
             self.conns[pool].next_request += 1;
             pid
         } else {
-            self.request(
-                pool,
-                Pending::Publish { key, id, recorded: false, acked: false, release_wanted: false },
-            )
+            self.request(pool, Pending::Publish { key, id })
         };
         if qos == QoS::ExactlyOnce {
             self.qos2.insert((key, id), (pool, pid));
@@ -485,14 +508,12 @@ impl Aggregating {
     }
 
     fn release(&mut self, key: UpstreamKey, id: RequestId, now: Instant) {
-        let Some(&(pool, pid)) = self.qos2.get(&(key, id)) else { return };
-        if let Some(Pending::Publish { acked: false, release_wanted, .. }) =
-            self.conns[pool].pending.get_mut(&pid)
-        {
-            // Restored as recorded, sent again, and not yet recorded again.
-            *release_wanted = true;
+        if self.complete_on_release.remove(&(key, id)) {
+            // Restored as recorded: released by the connection's start.
+            self.events.push_back((key, Event::PublishCompleted { id }));
             return;
         }
+        let Some(&(pool, pid)) = self.qos2.get(&(key, id)) else { return };
         self.send(pool, Command::Release { id: pid }, now);
     }
 
@@ -557,12 +578,13 @@ impl Aggregating {
 
     fn restore(&mut self, key: UpstreamKey, publishes: Vec<super::RestoredPublish>, now: Instant) {
         // The broker knew these under packet identifiers of a pool
-        // connection of the gateway's previous run, which are not stored,
-        // and that connection's session is gone (a run starts clean): each
-        // is published again as new, and released again where the session
-        // had released it. The broker releases a QoS 2 message on PUBREL,
-        // so one it had not released is delivered once; one whose PUBREL
-        // it had received already is delivered twice (docs/aggregating.md).
+        // connection of the gateway's previous run, which are not stored.
+        // That connection's first connect releases every QoS 2 message the
+        // broker still holds from then (`Command::ReleaseStale`), so one
+        // the broker recorded is delivered once: complete it when the
+        // session releases it (or at once, released already). One it may
+        // not have (no PUBREC seen) is published again as new: delivered
+        // twice if the broker had it after all (docs/aggregating.md).
         let Some(pool) = self.live.get(&key).and_then(|s| self.sensors.get(s)).map(|s| s.pool)
         else {
             // Restore comes before the first connect: remember it by key.
@@ -570,21 +592,27 @@ impl Aggregating {
             return;
         };
         for p in publishes {
-            let recorded = p.stage != RestoredStage::Sent;
-            let release_wanted = p.stage == RestoredStage::Released;
-            let pid = self.request(
-                pool,
-                Pending::Publish { key, id: p.id, recorded, acked: false, release_wanted },
-            );
-            self.qos2.insert((key, p.id), (pool, pid));
-            let cmd = Command::Publish {
-                id: pid,
-                topic: p.topic,
-                payload: p.payload,
-                qos: QoS::ExactlyOnce,
-                retain: p.retain,
-            };
-            self.send(pool, cmd, now);
+            match p.stage {
+                RestoredStage::Released => {
+                    self.events.push_back((key, Event::PublishCompleted { id: p.id }));
+                }
+                RestoredStage::Recorded => {
+                    self.complete_on_release.insert((key, p.id));
+                }
+                RestoredStage::Sent => {
+                    let pending = Pending::Publish { key, id: p.id };
+                    let pid = self.request(pool, pending);
+                    self.qos2.insert((key, p.id), (pool, pid));
+                    let cmd = Command::Publish {
+                        id: pid,
+                        topic: p.topic,
+                        payload: p.payload,
+                        qos: QoS::ExactlyOnce,
+                        retain: p.retain,
+                    };
+                    self.send(pool, cmd, now);
+                }
+            }
         }
     }
 
@@ -595,6 +623,8 @@ impl Aggregating {
             return;
         };
         self.pending_restore.remove(&key);
+        self.complete_on_release.retain(|(k, _)| *k != key);
+        self.qos2_held.remove(&key);
         // Whatever it still held is acknowledged: nothing waits for it.
         let held: Vec<u64> =
             self.deliveries.iter().filter(|(_, v)| v.0 == key).map(|(d, _)| *d).collect();
@@ -642,6 +672,25 @@ impl Aggregating {
         self.events.push_back((key, Event::Closed));
     }
 
+    /// Fans out what a connection held since its CONNACK. A driver calls
+    /// `handle_timeout` only once every output of the step has moved, so
+    /// the sessions told `Connected` in that step have subscribed by now.
+    fn settle(&mut self, now: Instant) {
+        for c in 0..self.conns.len() {
+            if self.conns[c].settling.is_none_or(|t| t > now) {
+                continue;
+            }
+            self.conns[c].settling = None;
+            while let Some(ev) = self.conns[c].held.pop_front() {
+                if let Event::Message { delivery, packet_id, topic, payload, qos, retain, dup } = ev
+                {
+                    let m = Incoming { delivery, packet_id, topic, payload, qos, retain, dup };
+                    self.fan_out(c, m, now);
+                }
+            }
+        }
+    }
+
     // ----- events of the pool -----
 
     /// Moves the inner side's events into the sessions' events.
@@ -667,6 +716,12 @@ impl Aggregating {
     fn pool_event(&mut self, c: usize, ev: Event, now: Instant) {
         match ev {
             Event::Connected { session_present } => {
+                tracing::debug!(
+                    worker = self.opts.worker,
+                    conn = c,
+                    session_present,
+                    "pool connection up"
+                );
                 let again = self.conns[c].ever_up && !session_present;
                 self.conns[c].up = true;
                 self.conns[c].ever_up = true;
@@ -674,6 +729,13 @@ impl Aggregating {
                     self.subscribe_again(c, now);
                 }
                 let waiting = std::mem::take(&mut self.conns[c].waiting);
+                if !waiting.is_empty() {
+                    // The sessions told now subscribe again in answer
+                    // (after a restart, their sessions are new here): what
+                    // the broker sends right after its CONNACK (what it
+                    // kept for the pool) waits until they have.
+                    self.conns[c].settling = Some(now);
+                }
                 for (key, present) in waiting {
                     if let Some(&sid) = self.live.get(&key) {
                         self.connected(key, sid, present);
@@ -681,6 +743,7 @@ impl Aggregating {
                 }
             }
             Event::Unavailable { reason } => {
+                tracing::debug!(worker = self.opts.worker, conn = c, %reason, "pool connection down");
                 self.conns[c].up = false;
                 for (key, _) in std::mem::take(&mut self.conns[c].waiting) {
                     self.events.push_back((key, Event::Unavailable { reason: reason.clone() }));
@@ -714,16 +777,9 @@ impl Aggregating {
                 conn.key = self.next_inner_key;
                 self.next_inner_key -= 1;
             }
-            Event::PublishAcked { id } => match self.conns[c].pending.get_mut(&id) {
-                Some(Pending::Publish { key, id: sid, recorded, acked, release_wanted }) => {
-                    let (key, sid) = (*key, *sid);
-                    *acked = true;
-                    if !*recorded {
-                        self.events.push_back((key, Event::PublishAcked { id: sid }));
-                    }
-                    if std::mem::take(release_wanted) {
-                        self.send(c, Command::Release { id }, now);
-                    }
+            Event::PublishAcked { id } => match self.conns[c].pending.get(&id) {
+                Some(&Pending::Publish { key, id: sid }) => {
+                    self.events.push_back((key, Event::PublishAcked { id: sid }));
                     if !self.qos2.contains_key(&(key, sid)) {
                         self.conns[c].pending.remove(&id);
                     }
@@ -755,8 +811,12 @@ impl Aggregating {
                     self.events.push_back((key, Event::UnsubAcked { id }));
                 }
             }
-            Event::Message { delivery, topic, payload, qos, retain, .. } => {
-                self.fan_out(c, delivery, topic, payload, qos, retain, now);
+            ev @ Event::Message { .. } if self.conns[c].settling.is_some() => {
+                self.conns[c].held.push_back(ev);
+            }
+            Event::Message { delivery, packet_id, topic, payload, qos, retain, dup } => {
+                let m = Incoming { delivery, packet_id, topic, payload, qos, retain, dup };
+                self.fan_out(c, m, now);
             }
         }
     }
@@ -804,17 +864,8 @@ impl Aggregating {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn fan_out(
-        &mut self,
-        c: usize,
-        delivery: Option<DeliveryId>,
-        topic: Arc<str>,
-        payload: Bytes,
-        qos: QoS,
-        retain: bool,
-        now: Instant,
-    ) {
+    fn fan_out(&mut self, c: usize, m: Incoming, now: Instant) {
+        let Incoming { delivery, packet_id, topic, payload, qos, retain, dup } = m;
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
         if retain {
@@ -838,6 +889,14 @@ impl Aggregating {
             let Some(sensor) = self.sensors.get_mut(&sid) else { continue };
             match sensor.key {
                 Some(key) => {
+                    if q == QoS::ExactlyOnce
+                        && dup
+                        && self.qos2_held.get_mut(&key).is_some_and(|h| h.remove(&packet_id))
+                    {
+                        // Stored before the restart, and its PUBREC lost
+                        // with the gateway: this session has it.
+                        continue;
+                    }
                     let d = match (q, delivery) {
                         (QoS::AtMostOnce, _) | (_, None) => None,
                         (_, Some(pool_delivery)) => {
@@ -852,7 +911,9 @@ impl Aggregating {
                         key,
                         Event::Message {
                             delivery: d,
-                            packet_id: 0,
+                            // Kept with a QoS 2 message, and given back in
+                            // `Restore` after a restart.
+                            packet_id: if q == QoS::ExactlyOnce { packet_id } else { 0 },
                             topic: topic.clone(),
                             payload: payload.clone(),
                             qos: q,
@@ -881,6 +942,7 @@ impl Aggregating {
                 None => {}
             }
         }
+        tracing::trace!(worker = self.opts.worker, conn = c, %topic, ?qos, retain, sensors = targets.len(), "pool message");
         if let Some(m) = &self.metrics {
             Metrics::add(&m.pool_fanout, targets.len() as u64);
         }
@@ -914,12 +976,19 @@ impl Upstreams for Aggregating {
                     }
                 }
             }
-            Command::Restore { publishes, .. } => self.restore(key, publishes, now),
+            Command::Restore { publishes, qos2_received } => {
+                if !qos2_received.is_empty() {
+                    self.qos2_held.entry(key).or_default().extend(qos2_received);
+                }
+                self.restore(key, publishes, now);
+            }
             cmd @ Command::Publish { .. } => self.publish(key, cmd, now),
             Command::Release { id } => self.release(key, id, now),
             Command::Subscribe { id, filter, qos } => self.subscribe(key, id, filter, qos, now),
             Command::Unsubscribe { id, filter } => self.unsubscribe(key, id, filter, now),
             Command::Ack(d) => self.ack(d, now),
+            // The pool's own; sessions never send it.
+            Command::ReleaseStale => {}
             Command::Disconnect => self.close(key, false, now),
             Command::Abort => self.close(key, true, now),
         }
@@ -947,6 +1016,7 @@ impl Upstreams for Aggregating {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.settle(now);
         self.inner.handle_timeout(now);
         self.pump(now);
     }
@@ -964,7 +1034,11 @@ impl Upstreams for Aggregating {
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        self.inner.poll_timeout()
+        let settle = self.conns.iter().filter_map(|c| c.settling).min();
+        match (settle, self.inner.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn open_count(&self) -> usize {
