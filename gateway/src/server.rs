@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::control::Controls;
-use crate::endpoint::{Directory, Endpoint, WallClock, WorkerId};
+use crate::endpoint::{Directory, Endpoint, WallClock};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::session::{Session, SessionConfig};
@@ -129,7 +129,7 @@ pub async fn run(
     }
     let mut shares: Vec<Vec<Restored>> = (0..workers).map(|_| Vec::new()).collect();
     for r in restored {
-        let w = worker_of(r.0.client_id(), workers);
+        let w = dir.home_of(r.0.client_id());
         if let Some(share) = shares.get_mut(w) {
             share.push(r);
         }
@@ -284,14 +284,6 @@ fn open_serial_lines(
         });
     }
     Ok((senders, lines))
-}
-
-/// The worker a restored session is given to.
-fn worker_of(client_id: &str, workers: usize) -> WorkerId {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    client_id.hash(&mut h);
-    (h.finish() % workers.max(1) as u64) as WorkerId
 }
 
 /// A restored session, its address, and when it ended (if it had).

@@ -36,9 +36,7 @@ pub fn pool(own_client_id: &str, store: Option<&std::path::Path>) -> PoolOptions
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let tag = match store {
         Some(path) => {
-            let h = path.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
+            let h = mqttsn_gateway::upstream::aggregating::stable_hash(&path.to_string_lossy());
             format!("store-{h:x}")
         }
         None => format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)),

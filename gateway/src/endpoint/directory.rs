@@ -52,6 +52,15 @@ impl Directory {
         }
     }
 
+    /// The worker a session of `client_id` belongs to when nothing else
+    /// decides: a session restored from the store goes there, and in
+    /// aggregating mode every session does (its subscriptions are held by
+    /// that worker's pool, under ClientIds that stay the same from one run
+    /// to the next).
+    pub fn home_of(&self, client_id: &str) -> WorkerId {
+        (crate::upstream::aggregating::stable_hash(client_id) % self.workers as u64) as WorkerId
+    }
+
     /// The admission state all workers share (CONNECTs and replies to
     /// unknown senders only: never on a connected sensor's path).
     pub fn admission(&self) -> MutexGuard<'_, Admission> {

@@ -203,6 +203,14 @@ impl Endpoint {
                 if let Some(w) = self.dir.owner_elsewhere(client_id, self.me) {
                     return self.forward_connect(w, peer, data, hops, now);
                 }
+                if self.opts.aggregating.is_some() {
+                    // Its home worker's pool holds its subscriptions, in
+                    // this run and the next (docs/aggregating.md).
+                    let home = self.dir.home_of(client_id);
+                    if home != self.me {
+                        return self.forward_connect(home, peer, data, hops, now);
+                    }
+                }
                 let full = self.opts.max_sessions.is_some_and(|max| self.dir.sessions() >= max);
                 if full {
                     Metrics::inc(&self.metrics.connects_refused);

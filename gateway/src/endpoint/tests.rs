@@ -673,6 +673,41 @@ fn key_figures_are_published_retained_on_the_gateways_own_connection() {
 // ----- several workers -----
 
 #[test]
+fn in_aggregating_mode_a_session_lives_on_its_client_ids_home_worker() {
+    let opts = ServerOptions {
+        aggregating: Some(crate::upstream::aggregating::PoolOptions {
+            connections: 1,
+            client_id: "gw".into(),
+            worker: 0,
+            keep_alive: 60,
+            username: None,
+            password: None,
+            own_client_id: "own".into(),
+            max_offline: 10,
+        }),
+        ..ServerOptions::default()
+    };
+    let mut h = H::with(opts, 2, false);
+    let dir = Directory::new(2);
+    // A ClientId whose home is worker 1, heard by worker 0.
+    let id = (0..).map(|i| format!("s{i}")).find(|c| dir.home_of(c) == 1).unwrap();
+    h.dgram(0, 5000, connect(&id, true));
+    assert!(h.cmds_of(0).is_empty(), "worker 0 makes no session");
+    let Some((1, fwd)) = h.eps[0].poll_forward() else { panic!("not forwarded home") };
+    let now = h.now;
+    h.eps[1].handle_forward(now, fwd);
+    let cmds = h.cmds_of(1);
+    assert!(matches!(&cmds[..], [(_, Command::Connect(_))]), "{cmds:?}");
+    assert_eq!(h.eps[1].session_count(), 1);
+    assert_eq!(h.eps[0].session_count(), 0);
+    // One whose home is worker 0 stays there.
+    let id = (0..).map(|i| format!("t{i}")).find(|c| dir.home_of(c) == 0).unwrap();
+    h.dgram(0, 5001, connect(&id, true));
+    assert!(h.eps[0].poll_forward().is_none());
+    assert_eq!(h.eps[0].session_count(), 1);
+}
+
+#[test]
 fn a_takeover_from_an_address_another_worker_hears_finds_the_session() {
     let mut h = H::with(ServerOptions::default(), 2, false);
     let key = h.connected("s1", 5000);

@@ -247,9 +247,10 @@ pub struct Aggregating {
     targets: Vec<(SensorId, QoS)>,
 }
 
-/// A stable 64-bit FNV-1a hash: which pool connection a ClientId or a
-/// filter belongs to must not change between runs.
-fn fnv(s: &str) -> u64 {
+/// A stable 64-bit FNV-1a hash: which worker and pool connection a
+/// ClientId or a filter belongs to must not change between runs (nor
+/// between builds, as the standard library's hasher may).
+pub fn stable_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
@@ -353,7 +354,7 @@ impl Aggregating {
     }
 
     fn conn_of(&self, s: &str) -> usize {
-        (fnv(s) % self.conns.len() as u64) as usize
+        (stable_hash(s) % self.conns.len() as u64) as usize
     }
 
     /// Sends `cmd` on pool connection `c`, connecting it first if needed.
