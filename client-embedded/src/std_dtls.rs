@@ -147,7 +147,10 @@ impl DtlsSettings {
     /// (the gateway takes it to be the ClientId).
     pub fn psk(identity: &[u8], key_hex: &str) -> Result<Self, DtlsError> {
         let key = from_hex(key_hex).ok_or_else(|| DtlsError::BadPsk(key_hex.to_owned()))?;
-        Ok(Self { auth: Auth::Psk { identity: identity.to_vec(), key }, version: DtlsVersion::Auto })
+        Ok(Self {
+            auth: Auth::Psk { identity: identity.to_vec(), key },
+            version: DtlsVersion::Auto,
+        })
     }
 
     /// The gateway's certificate must be in the PEM file `cafile` or be

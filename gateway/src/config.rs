@@ -1261,7 +1261,11 @@ impl Config {
             ));
         }
         if !versions.dtls12 && certificate.is_none() {
-            return Err(invalid("dtls.versions", "[\"1.3\"]", "DTLS 1.3 needs cert_file and key_file"));
+            return Err(invalid(
+                "dtls.versions",
+                "[\"1.3\"]",
+                "DTLS 1.3 needs cert_file and key_file",
+            ));
         }
         for (key, v) in [
             ("dtls.max_associations", d.max_associations as u64),

@@ -120,6 +120,11 @@ impl<'a> ClientHello<'a> {
         !self.cookie.is_empty() || self.cookie13
     }
 
+    /// Whether it echoes a DTLS 1.3 cookie (the extension).
+    pub fn has_cookie13(&self) -> bool {
+        self.cookie13
+    }
+
     /// The record number of its record.
     pub fn record_seq(&self) -> u64 {
         self.record_seq

@@ -356,8 +356,10 @@ impl Associations {
             }
             _ => None,
         };
-        if let Some((config, cert)) = cert13 {
-            if hello.has_cookie() {
+        // A ClientHello echoing a DTLS 1.2 cookie answers a
+        // HelloVerifyRequest: DTLS 1.2's, even if it offers 1.3 too.
+        if let Some((config, cert)) = cert13.filter(|_| hello.cookie().is_empty()) {
+            if hello.has_cookie13() {
                 return match self.cookies.verify13(now, from, hello, &config) {
                     Some(secret) => self.accept13(now, from, hello, data, secret, config, cert),
                     None => Metrics::inc(&self.metrics.dtls_dropped),

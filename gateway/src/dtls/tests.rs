@@ -495,6 +495,27 @@ fn versions_choose_the_handshake() {
 }
 
 #[test]
+fn a_hello_answering_a_hello_verify_request_stays_on_dtls12() {
+    // The first ClientHello (offering both) got a HelloVerifyRequest (1.3
+    // could not answer it); the second, offering 1.3 too, echoes the
+    // DTLS 1.2 cookie and goes on over 1.2.
+    let now = Instant::now();
+    let (mut g, m) = cert_gateway(now, Versions { dtls12: true, dtls13: false });
+    let cfg = dimpl::Config::builder().build().unwrap();
+    let mut c = Dtls::new_auto(Arc::new(cfg), certificate(), now);
+    c.set_active(true);
+    c.handle_timeout(now).unwrap();
+    let ch1 = drain(&mut c).packets.remove(0);
+    g.handle_datagram(now, addr(1), &ch1);
+    let (_, hvr) = g.poll_transmit().unwrap();
+    assert_eq!(get(&m.dtls_hello_verify), 1);
+    g.settings.versions.dtls13 = true;
+    c.handle_packet(&hvr).unwrap();
+    assert!(exchange(&mut c, &mut g, addr(1), now).connected);
+    assert_eq!((get(&m.dtls_handshakes), get(&m.dtls_handshakes_13)), (1, 0));
+}
+
+#[test]
 fn dtls13_garbage_never_panics_nor_makes_state_for_a_first_hello() {
     let now = Instant::now();
     let (mut g, _) = cert_gateway(now, BOTH);
