@@ -159,8 +159,6 @@ pub struct Associations {
     verify_budget: (Instant, u32),
     housekeeping_at: Instant,
     buf: Vec<u8>,
-    /// The HelloRetryRequest being written.
-    retry: Vec<u8>,
     metrics: Arc<Metrics>,
 }
 
@@ -215,7 +213,6 @@ impl Associations {
             verify_budget: (now, 0),
             housekeeping_at: now + Duration::from_secs(1),
             buf: vec![0; 2048],
-            retry: Vec::with_capacity(256),
             metrics,
         })
     }
@@ -350,33 +347,27 @@ impl Associations {
         hello: &ClientHello<'_>,
         data: &[u8],
     ) {
-        let cert13 = match (&self.cert_config, &self.settings.certificate) {
-            (Some(c), Some(cert)) if self.settings.versions.dtls13 && hello.offers_dtls13() => {
-                Some((c.clone(), cert.clone()))
-            }
-            _ => None,
-        };
         // A ClientHello echoing a DTLS 1.2 cookie answers a
         // HelloVerifyRequest: DTLS 1.2's, even if it offers 1.3 too.
-        if let Some((config, cert)) = cert13.filter(|_| hello.cookie().is_empty()) {
+        let dtls13 = self.settings.versions.dtls13
+            && self.settings.certificate.is_some()
+            && hello.offers_dtls13()
+            && hello.cookie().is_empty();
+        if let Some(config) = self.cert_config.clone().filter(|_| dtls13) {
             if hello.has_cookie13() {
                 return match self.cookies.verify13(now, from, hello, &config) {
-                    Some(secret) => self.accept13(now, from, hello, data, secret, config, cert),
+                    Some(secret) => self.accept13(now, from, hello, data, secret, config),
                     None => Metrics::inc(&self.metrics.dtls_dropped),
                 };
             }
             if !self.budget(now) {
                 return;
             }
-            let mut out = std::mem::take(&mut self.retry);
-            let answered = self.cookies.hello_retry_request(now, from, hello, &config, &mut out);
-            if answered {
+            let mut out = Vec::new();
+            if self.cookies.hello_retry_request(now, from, hello, &config, &mut out) {
                 self.spend();
                 Metrics::inc(&self.metrics.dtls_hello_retry);
-                self.transmits.push_back((from, out.clone()));
-            }
-            self.retry = out;
-            if answered {
+                self.transmits.push_back((from, out));
                 return;
             }
             // Nothing in common for DTLS 1.3: DTLS 1.2 may still take it.
@@ -441,7 +432,6 @@ impl Associations {
 
     /// A DTLS 1.3 ClientHello with a valid cookie: a new association,
     /// whose engine takes up after the stateless HelloRetryRequest.
-    #[allow(clippy::too_many_arguments)]
     fn accept13(
         &mut self,
         now: Instant,
@@ -450,8 +440,8 @@ impl Associations {
         data: &[u8],
         secret: [u8; 32],
         config: Arc<dimpl::Config>,
-        cert: dimpl::DtlsCertificate,
     ) {
+        let Some(cert) = self.settings.certificate.clone() else { return };
         if !self.room(from) {
             return;
         }
