@@ -538,3 +538,32 @@ fn dtls13_garbage_never_panics_nor_makes_state_for_a_first_hello() {
     }
     assert!(g.len() <= 1);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+    /// DTLS 1.3 ClientHellos with arbitrary octets changed never panic;
+    /// a first one never makes state, a second one at most its sender's.
+    #[test]
+    fn mangled_dtls13_hellos_never_panic(
+        edits in proptest::collection::vec((proptest::prelude::any::<u16>(), proptest::prelude::any::<u8>()), 1..8)
+    ) {
+        let now = Instant::now();
+        let (mut g, _) = cert_gateway(now, BOTH);
+        let (mut c, ch1, hrr) = retried(&mut g, addr(1), now);
+        c.handle_packet(&hrr).unwrap();
+        let ch2 = drain(&mut c).packets.remove(0);
+        let mangle = |p: &[u8]| {
+            let mut p = p.to_vec();
+            for (at, v) in &edits {
+                let n = p.len();
+                p[usize::from(*at) % n] = *v;
+            }
+            p
+        };
+        g.handle_datagram(now, addr(2), &mangle(&ch1));
+        proptest::prop_assert!(g.is_empty());
+        g.handle_datagram(now, addr(1), &mangle(&ch2));
+        while g.poll_transmit().is_some() {}
+        proptest::prop_assert!(g.len() <= 1);
+    }
+}
