@@ -374,6 +374,7 @@ fn a_certificate_sensor_connects_over_dtls13_after_a_stateless_retry() {
     let (mut c, ch1, hrr) = retried(&mut g, addr(1), now);
     assert!(g.is_empty(), "no state for a first ClientHello");
     assert!(hrr.len() <= ch1.len(), "no amplification: {} > {}", hrr.len(), ch1.len());
+    assert_eq!(hrr.len(), 145, "a SHA-256 suite, no group named");
     assert_eq!(hrr[13], 2, "a ServerHello (HelloRetryRequest)");
     assert_eq!(get(&m.dtls_hello_retry), 1);
     assert_eq!(get(&m.dtls_hello_verify), 0);
