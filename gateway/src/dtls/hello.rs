@@ -415,6 +415,43 @@ mod tests {
         assert!(ClientHello::parse(&hello(1, 1, &[])).unwrap().first_hello().is_none());
     }
 
+    /// `hello(0, 0, &[])` with these extensions.
+    fn hello_with(exts: &[u8]) -> Vec<u8> {
+        let mut rec = hello(0, 0, &[]);
+        let mut tail = (exts.len() as u16).to_be_bytes().to_vec();
+        tail.extend_from_slice(exts);
+        rec.extend_from_slice(&tail);
+        let grow = |b: &mut [u8], at: usize, n: usize| {
+            let v = u16::from_be_bytes([b[at], b[at + 1]]) as usize + n;
+            b[at..at + 2].copy_from_slice(&(v as u16).to_be_bytes());
+        };
+        grow(&mut rec, 11, tail.len());
+        grow(&mut rec, RECORD_HEADER + 2, tail.len());
+        grow(&mut rec, RECORD_HEADER + 10, tail.len());
+        rec
+    }
+
+    #[test]
+    fn dtls13_offers_and_cookies_are_read_from_the_extensions() {
+        let versions = [0, 43, 0, 5, 4, 0xfe, 0xfc, 0xfe, 0xfd];
+        let cookie = [0, 44, 0, 4, 0, 2, 7, 7];
+        let h = hello_with(&versions);
+        let h = ClientHello::parse(&h).unwrap();
+        assert!(h.offers_dtls13() && !h.has_cookie13() && !h.has_cookie());
+        let both = [&versions[..], &cookie[..]].concat();
+        let h = hello_with(&both);
+        let h = ClientHello::parse(&h).unwrap();
+        assert!(h.offers_dtls13() && h.has_cookie13() && h.has_cookie());
+        let only12 = [0, 43, 0, 3, 2, 0xfe, 0xfd];
+        assert!(!ClientHello::parse(&hello_with(&only12)).unwrap().offers_dtls13());
+        // A malformed extension list: neither.
+        let cut = [0, 43, 0, 9, 4, 0xfe, 0xfc];
+        let h = hello_with(&cut);
+        let h = ClientHello::parse(&h).unwrap();
+        assert!(!h.offers_dtls13() && !h.has_cookie13());
+        assert!(!ClientHello::parse(&hello(0, 0, &[])).unwrap().offers_dtls13());
+    }
+
     #[test]
     fn anything_else_is_not_a_client_hello() {
         let ch = hello(0, 0, &[]);
