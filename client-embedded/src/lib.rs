@@ -11,7 +11,7 @@
 //! the largest datagram.
 //!
 //! With the `std` feature, [`std_udp::UdpClient`] runs it over a blocking
-//! `std::net::UdpSocket`, and with `dtls` over DTLS 1.2 on one
+//! `std::net::UdpSocket`, and with `dtls` over DTLS 1.2 or 1.3 on one
 //! (`std_dtls`); with `tokio`, `tokio_udp::TokioClient` over a
 //! tokio socket. With `embassy-net` (no `std`, no allocation),
 //! `embassy_udp::EmbassyClient` runs it over an embassy-net `UdpSocket`

@@ -1,4 +1,4 @@
-//! The blocking client over DTLS 1.2 (feature `dtls`): every call of
+//! The blocking client over DTLS 1.2 or 1.3 (feature `dtls`): every call of
 //! [`UdpClient`] works the same, its datagrams carried one per DTLS
 //! application-data record on a [dimpl] association.
 //!
@@ -20,6 +20,10 @@
 //! suite; the gateway takes the identity to be the ClientId), or the
 //! gateway's certificate checked against a CA file (ECDHE-ECDSA suites),
 //! with an optional client certificate for mutual authentication.
+//!
+//! [`DtlsVersion`] picks the version: DTLS 1.2, DTLS 1.3 (certificates
+//! only: dimpl has no DTLS 1.3 PSK), or `Auto` (the default), one
+//! ClientHello offering both, the gateway choosing.
 
 mod pem;
 mod self_signed;
@@ -84,6 +88,9 @@ pub enum DtlsError {
     /// The association failed after the handshake.
     #[error("the DTLS association failed: {0}")]
     Association(#[source] dimpl::Error),
+    /// DTLS 1.3 was asked for with a pre-shared key.
+    #[error("DTLS 1.3 has no PSK handshake here: use DTLS 1.2 with a PSK")]
+    PskNeedsDtls12,
     /// The gateway closed the association (close_notify).
     #[error("the gateway closed the DTLS association")]
     Closed,
@@ -92,10 +99,23 @@ pub enum DtlsError {
     Io(#[from] std::io::Error),
 }
 
+/// The DTLS version a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DtlsVersion {
+    /// DTLS 1.2 only.
+    Dtls12,
+    /// DTLS 1.3 only (certificates).
+    Dtls13,
+    /// Both offered, the gateway chooses (a PSK: DTLS 1.2).
+    #[default]
+    Auto,
+}
+
 /// How the client authenticates the gateway and itself.
 #[derive(Clone)]
 pub struct DtlsSettings {
     auth: Auth,
+    version: DtlsVersion,
 }
 
 #[derive(Clone)]
@@ -111,10 +131,12 @@ impl std::fmt::Debug for DtlsSettings {
             Auth::Psk { identity, .. } => f
                 .debug_struct("DtlsSettings::Psk")
                 .field("identity", &String::from_utf8_lossy(identity))
+                .field("version", &self.version)
                 .finish_non_exhaustive(),
             Auth::Certificate { client, .. } => f
                 .debug_struct("DtlsSettings::Certificate")
                 .field("client_certificate", &client.is_some())
+                .field("version", &self.version)
                 .finish_non_exhaustive(),
         }
     }
@@ -125,7 +147,10 @@ impl DtlsSettings {
     /// (the gateway takes it to be the ClientId).
     pub fn psk(identity: &[u8], key_hex: &str) -> Result<Self, DtlsError> {
         let key = from_hex(key_hex).ok_or_else(|| DtlsError::BadPsk(key_hex.to_owned()))?;
-        Ok(Self { auth: Auth::Psk { identity: identity.to_vec(), key } })
+        Ok(Self {
+            auth: Auth::Psk { identity: identity.to_vec(), key },
+            version: DtlsVersion::Auto,
+        })
     }
 
     /// The gateway's certificate must be in the PEM file `cafile` or be
@@ -140,7 +165,22 @@ impl DtlsSettings {
             Some((cert, key)) => Some(client_certificate(cert, key)?),
             None => None,
         };
-        Ok(Self { auth: Auth::Certificate { trust, client } })
+        Ok(Self { auth: Auth::Certificate { trust, client }, version: DtlsVersion::Auto })
+    }
+
+    /// Speaks `version` (default: [`DtlsVersion::Auto`]); DTLS 1.3 with a
+    /// pre-shared key is an error.
+    pub fn with_version(mut self, version: DtlsVersion) -> Result<Self, DtlsError> {
+        if version == DtlsVersion::Dtls13 && matches!(self.auth, Auth::Psk { .. }) {
+            return Err(DtlsError::PskNeedsDtls12);
+        }
+        self.version = version;
+        Ok(self)
+    }
+
+    /// The version it speaks.
+    pub fn version(&self) -> DtlsVersion {
+        self.version
     }
 }
 
@@ -191,7 +231,7 @@ impl PskResolver for OneKey {
 }
 
 impl<const T: usize, const F: usize, const B: usize> UdpClient<T, F, B> {
-    /// A client over DTLS 1.2 to `gateway`: the handshake is done (within
+    /// A client over DTLS to `gateway`: the handshake is done (within
     /// `wait`, dimpl retransmitting its flights meanwhile) before this
     /// returns.
     pub fn new_dtls(
@@ -253,7 +293,13 @@ impl Association {
                         })?
                     }
                 };
-                (Dtls::new_12(Arc::new(config), certificate, now), Some(trust.clone()))
+                let config = Arc::new(config);
+                let dtls = match settings.version {
+                    DtlsVersion::Dtls12 => Dtls::new_12(config, certificate, now),
+                    DtlsVersion::Dtls13 => Dtls::new_13(config, certificate, now),
+                    DtlsVersion::Auto => Dtls::new_auto(config, certificate, now),
+                };
+                (dtls, Some(trust.clone()))
             }
         };
         let mut association = Self {

@@ -1,7 +1,8 @@
 //! What DTLS costs the gateway per sensor: a PSK handshake through the
 //! listener's associations (the client's half included, on the same
-//! core), the memory an association keeps, and one MQTT-SN datagram
-//! decrypted and one encrypted.
+//! core), certificate handshakes over DTLS 1.2 and 1.3 (the stateless
+//! cookie exchange included), the memory an association keeps, and one
+//! MQTT-SN datagram decrypted and one encrypted.
 //!
 //! `cargo bench -p mqttsn-gateway --bench dtls`: the `alloc`/`dealloc`
 //! columns of `handshake` differ by what each association keeps.
@@ -39,6 +40,61 @@ fn gateway() -> Associations {
     s.max_handshakes = 1_000_000;
     s.hello_verify_per_sec = u32::MAX;
     Associations::new(s, Arc::new(Metrics::default()), Instant::now()).unwrap()
+}
+
+/// The test certificate (self-signed, P-256), for both sides.
+fn certificate() -> dimpl::DtlsCertificate {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/dtls/testdata");
+    mqttsn_gateway::dtls::credentials::load_certificate(
+        &dir.join("server.crt"),
+        &dir.join("server.key"),
+    )
+    .unwrap()
+}
+
+fn cert_gateway() -> Associations {
+    let mut s = DtlsSettings::new(Credentials::default());
+    s.certificate = Some(certificate());
+    s.max_associations = 1_000_000;
+    s.max_handshakes = 1_000_000;
+    s.hello_verify_per_sec = u32::MAX;
+    Associations::new(s, Arc::new(Metrics::default()), Instant::now()).unwrap()
+}
+
+/// A whole certificate handshake (ECDHE-ECDSA P-256, no client
+/// certificate) over DTLS 1.2 or 1.3.
+fn certificate_handshake(bencher: divan::Bencher<'_, '_>, dtls13: bool) {
+    let cfg = Arc::new(dimpl::Config::builder().build().unwrap());
+    let cert = certificate();
+    let mut g = cert_gateway();
+    let mut port = 0u32;
+    bencher.bench_local(|| {
+        port += 1;
+        let now = Instant::now();
+        let from = SocketAddr::from(([127, (port >> 16) as u8, (port >> 8) as u8, port as u8], 9));
+        let mut c = if dtls13 {
+            Dtls::new_13(cfg.clone(), cert.clone(), now)
+        } else {
+            Dtls::new_12(cfg.clone(), cert.clone(), now)
+        };
+        c.set_active(true);
+        exchange(&mut c, &mut g, from, now);
+        assert!(g.is_connected(&from));
+        from
+    });
+}
+
+/// A certificate handshake over DTLS 1.2 (HelloVerifyRequest first).
+#[divan::bench(sample_count = 10, sample_size = 10)]
+fn handshake_certificate_dtls12(bencher: divan::Bencher<'_, '_>) {
+    certificate_handshake(bencher, false);
+}
+
+/// A certificate handshake over DTLS 1.3 (stateless HelloRetryRequest
+/// first).
+#[divan::bench(sample_count = 10, sample_size = 10)]
+fn handshake_certificate_dtls13(bencher: divan::Bencher<'_, '_>) {
+    certificate_handshake(bencher, true);
 }
 
 fn client_config() -> Arc<dimpl::Config> {

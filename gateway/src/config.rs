@@ -117,7 +117,7 @@ impl Default for AggregatingSection {
     }
 }
 
-/// `[dtls]`: MQTT-SN over DTLS 1.2 (see [`crate::dtls`]).
+/// `[dtls]`: MQTT-SN over DTLS 1.2 and 1.3 (see [`crate::dtls`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DtlsSection {
@@ -128,6 +128,9 @@ pub struct DtlsSection {
     pub cert_file: Option<PathBuf>,
     /// Its key (PEM).
     pub key_file: Option<PathBuf>,
+    /// The DTLS versions offered: `"1.2"`, `"1.3"` (certificate
+    /// handshakes only; PSK needs 1.2).
+    pub versions: Vec<String>,
     /// Certificate handshakes must present a client certificate pinned to
     /// a ClientId (`clients[].dtls_cert_sha256`).
     pub require_client_certificate: bool,
@@ -149,6 +152,7 @@ impl Default for DtlsSection {
             listen: "[::]:8884".into(),
             cert_file: None,
             key_file: None,
+            versions: vec!["1.2".into(), "1.3".into()],
             require_client_certificate: false,
             max_associations: 10_000,
             max_handshakes: 256,
@@ -1316,6 +1320,31 @@ impl Config {
             (None, None) => None,
             _ => return Err(invalid("dtls.cert_file", "", "cert_file and key_file go together")),
         };
+        let mut versions = crate::dtls::Versions { dtls12: false, dtls13: false };
+        for v in &d.versions {
+            match v.as_str() {
+                "1.2" => versions.dtls12 = true,
+                "1.3" => versions.dtls13 = true,
+                _ => return Err(invalid("dtls.versions", v, "must be \"1.2\" or \"1.3\"")),
+            }
+        }
+        if !versions.dtls12 && !versions.dtls13 {
+            return Err(invalid("dtls.versions", "[]", "must name at least one version"));
+        }
+        if !versions.dtls12 && creds.has_psks() {
+            return Err(invalid(
+                "dtls.versions",
+                "[\"1.3\"]",
+                "a [[clients]] psk needs \"1.2\" (DTLS 1.3 here has no PSK handshake)",
+            ));
+        }
+        if !versions.dtls12 && certificate.is_none() {
+            return Err(invalid(
+                "dtls.versions",
+                "[\"1.3\"]",
+                "DTLS 1.3 needs cert_file and key_file",
+            ));
+        }
         for (key, v) in [
             ("dtls.max_associations", d.max_associations as u64),
             ("dtls.max_handshakes", d.max_handshakes as u64),
@@ -1344,6 +1373,7 @@ impl Config {
             return Ok(None);
         }
         let mut s = DtlsSettings::new(creds);
+        s.versions = versions;
         s.certificate = certificate;
         s.require_client_certificate = d.require_client_certificate;
         s.max_associations = d.max_associations;
@@ -1429,6 +1459,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("predefined[1]"), "{e}");
+    }
+
+    #[test]
+    fn dtls_versions() {
+        let psk = "[[clients]]\nclient_id = \"a\"\npsk = \"00112233445566778899aabbccddeeff\"\n";
+        let (_, s) = Config::parse(psk, "x").unwrap().dtls_settings().unwrap().unwrap();
+        assert_eq!(s.versions, crate::dtls::Versions { dtls12: true, dtls13: true });
+        let v12 = format!("{psk}[dtls]\nversions = [\"1.2\"]\n");
+        let (_, s) = Config::parse(&v12, "x").unwrap().dtls_settings().unwrap().unwrap();
+        assert_eq!(s.versions, crate::dtls::Versions { dtls12: true, dtls13: false });
+        for (text, why) in [
+            ("[dtls]\nversions = [\"1.0\"]\n", "must be"),
+            ("[dtls]\nversions = []\n", "at least one"),
+            ("[dtls]\nversions = [\"1.3\"]\n", "needs cert_file"),
+            ("[dtls]\nversions = [\"1.3\"]\n[[clients]]\nclient_id = \"a\"\npsk = \"00112233445566778899aabbccddeeff\"\n", "psk needs"),
+        ] {
+            let e = Config::parse(text, "x").unwrap_err();
+            assert!(e.to_string().contains("dtls.versions") && e.to_string().contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

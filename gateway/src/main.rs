@@ -264,6 +264,11 @@ async fn run() -> anyhow::Result<()> {
     match cfg.dtls_settings()? {
         Some((addr, settings)) => {
             dtls_credentials = Some(settings.credentials.clone());
+            let versions = match (settings.versions.dtls12, settings.versions.dtls13) {
+                (true, true) if settings.certificate.is_some() => "1.2 and 1.3",
+                (false, true) => "1.3",
+                _ => "1.2",
+            };
             let what = match (settings.credentials.get().has_psks(), settings.certificate.is_some())
             {
                 (true, true) => "pre-shared keys and a certificate",
@@ -274,7 +279,7 @@ async fn run() -> anyhow::Result<()> {
                 .with_dtls(addr, settings)
                 .with_context(|| format!("cannot listen on dtls://{addr} (dtls.listen)"))?;
             if let Some(a) = listener.dtls_addr() {
-                info!("MQTT-SN over DTLS 1.2 on udp://{a}, with {what}");
+                info!("MQTT-SN over DTLS on udp://{a} ({versions}), with {what}");
             }
         }
         None if !cfg.dtls.listen.is_empty() => {

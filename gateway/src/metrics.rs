@@ -118,12 +118,17 @@ pub struct Metrics {
     pub address_withheld: AtomicU64,
     /// Topics refused by the ACL, by [`crate::acl::Action::index`].
     pub acl_refused: [AtomicU64; crate::acl::Action::ALL.len()],
-    /// DTLS handshakes completed.
+    /// DTLS 1.2 handshakes completed.
     pub dtls_handshakes: AtomicU64,
+    /// DTLS 1.3 handshakes completed.
+    pub dtls_handshakes_13: AtomicU64,
     /// DTLS handshakes that failed (bad key, timeout, no common suite).
     pub dtls_handshakes_failed: AtomicU64,
     /// HelloVerifyRequests sent (first ClientHellos answered statelessly).
     pub dtls_hello_verify: AtomicU64,
+    /// DTLS 1.3 HelloRetryRequests sent (first ClientHellos answered
+    /// statelessly).
+    pub dtls_hello_retry: AtomicU64,
     /// DTLS associations held (handshakes included).
     pub dtls_associations: AtomicU64,
     /// DTLS ClientHellos refused by a bound (handshakes, associations,
@@ -342,9 +347,10 @@ impl Metrics {
         metric(
             "dtls_handshakes_total",
             "counter",
-            "DTLS handshakes, by result.",
+            "DTLS handshakes, by result (and version, when completed).",
             &[
-                ("{result=\"completed\"}", get(&self.dtls_handshakes)),
+                ("{result=\"completed\",version=\"1.2\"}", get(&self.dtls_handshakes)),
+                ("{result=\"completed\",version=\"1.3\"}", get(&self.dtls_handshakes_13)),
                 ("{result=\"failed\"}", get(&self.dtls_handshakes_failed)),
             ],
         );
@@ -353,6 +359,12 @@ impl Metrics {
             "counter",
             "First DTLS ClientHellos answered statelessly with a HelloVerifyRequest.",
             &[("", get(&self.dtls_hello_verify))],
+        );
+        metric(
+            "dtls_hello_retry_total",
+            "counter",
+            "First DTLS 1.3 ClientHellos answered statelessly with a HelloRetryRequest.",
+            &[("", get(&self.dtls_hello_retry))],
         );
         metric(
             "dtls_associations",

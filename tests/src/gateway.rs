@@ -291,7 +291,7 @@ impl GatewayProcess {
             if let Some(rest) = line.split("metrics on http://").nth(1) {
                 me.metrics = rest.split('/').next().and_then(|a| a.parse().ok());
             }
-            if let Some(rest) = line.split("DTLS 1.2 on udp://").nth(1) {
+            if let Some(rest) = line.split("DTLS on udp://").nth(1) {
                 me.dtls = rest.split([',', ' ']).next().and_then(|a| a.parse().ok());
             }
             if let Some(rest) = line.split("listening on udp://").nth(1) {

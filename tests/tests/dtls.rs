@@ -1,7 +1,9 @@
-//! MQTT-SN over DTLS 1.2, end to end, with DTLS implementations not
-//! written here: OpenSSL's `s_client` (PSK, and certificates both ways)
+//! MQTT-SN over DTLS, end to end: DTLS 1.2 with DTLS implementations not
+//! written here, OpenSSL's `s_client` (PSK, and certificates both ways)
 //! and GnuTLS's `gnutls-cli` (PSK), each carrying real MQTT-SN frames
-//! through the gateway binary to a real mosquitto.
+//! through the gateway binary to a real mosquitto; DTLS 1.3 with the
+//! project's own tools (neither OpenSSL 3.0 nor GnuTLS here speaks DTLS
+//! 1.3).
 //!
 //! The DTLS client runs as a process; a small bridge gives it a UDP face
 //! on 127.0.0.1, so the test's raw sensor (`Sensor`) speaks through it:
@@ -437,6 +439,114 @@ fn mqttsn_pub_and_sub_over_dtls() {
     let out = sub.wait_with_output().unwrap();
     assert!(out.status.success(), "mqttsn sub: {:?}", out.status);
     assert!(String::from_utf8_lossy(&out.stdout).contains("to the tool"));
+}
+
+/// `mqttsn pub`/`sub --dtls-version 1.3` through the gateway binary to a
+/// real mosquitto: the gateway answers the first ClientHello with a
+/// stateless HelloRetryRequest and completes a DTLS 1.3 handshake with a
+/// pinned client certificate, whose ClientId rules hold; PSK stays on
+/// 1.2; a gateway offering only 1.2 serves `auto` and refuses `1.3`.
+#[test]
+fn mqttsn_pub_and_sub_over_dtls13() {
+    let broker = Mosquitto::start();
+    let dir = tempdir("dtls13-tools");
+    let certs = Certs::make(&dir);
+    let config = |versions: &str| {
+        format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"\nversions = {versions}\n\
+             require_client_certificate = true\n{}\
+             [[clients]]\nclient_id = \"tool13-cert\"\ndtls_cert_sha256 = \"{}\"\n",
+            certs.path("server.crt"),
+            certs.path("server.key"),
+            psk_clients(&["tool13-psk"]),
+            certs.fingerprint("client"),
+        )
+    };
+    let gw = gateway(&broker, &dir, &config("[\"1.2\", \"1.3\"]"));
+    let to = gw.dtls.unwrap();
+    let (host, port) = (to.ip().to_string(), to.port().to_string());
+    let topic = unique("dtls13/tools");
+    let mut watch = MqttClient::connect(broker.port(), &unique("watch"));
+    watch.subscribe(&topic, 1);
+    let tools = mqttsn_tests::gateway::tools_binary();
+    let (ca, cert, key) =
+        (certs.path("server.crt"), certs.path("client.crt"), certs.path("client.key"));
+    let pub13 = |id: &str, payload: &str| {
+        Command::new(&tools)
+            .args(["pub", "-h", &host, "-p", &port, "-i", id, "--cafile", &ca])
+            .args(["--cert", &cert, "--key", &key, "--dtls-version", "1.3"])
+            .args(["--wait", "3", "-t", &topic, "-m", payload, "-q", "1"])
+            .output()
+            .unwrap()
+    };
+    let out = pub13("tool13-cert", "pinned over 1.3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(watch.recv().payload, b"pinned over 1.3");
+    let line = gw.wait_for_line("client=tool13-cert");
+    assert!(line.contains("DTLS handshake complete") && line.contains("1.3"), "{line}");
+    // Over 1.3 the identity rules hold: authenticated as tool13-cert, it
+    // cannot be another ClientId with DTLS credentials.
+    let out = pub13("tool13-psk", "not mine");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"), "not its ClientId");
+    // `mqttsn sub` over 1.3 receives what the broker sends.
+    let mut sub = Command::new(&tools)
+        .args(["sub", "-h", &host, "-p", &port, "-i", "tool13-cert", "--cafile", &ca])
+        .args(["--cert", &cert, "--key", &key, "--dtls-version", "1.3"])
+        .args(["-t", &topic, "-q", "1", "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    for _ in 0..50 {
+        if sub.try_wait().unwrap().is_some() {
+            break;
+        }
+        publisher.publish(&topic, b"to the 1.3 tool", 1, false);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success(), "mqttsn sub: {:?}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("to the 1.3 tool"));
+    while watch.recv_within(Duration::from_millis(300)).is_some() {}
+    // A PSK with 1.3 is a usage error; with auto it is 1.2.
+    let out = Command::new(&tools)
+        .args(["pub", "-h", &host, "-p", &port, "-i", "tool13-psk", "--psk", KEY])
+        .args(["--dtls-version", "1.3", "-t", &topic, "-m", "no"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dtls-version 1.3"));
+    let out = Command::new(&tools)
+        .args(["pub", "-h", &host, "-p", &port, "-i", "tool13-psk", "--psk", KEY])
+        .args(["-t", &topic, "-m", "psk over 1.2", "-q", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(watch.recv().payload, b"psk over 1.2");
+    let line = gw.wait_for_line("client=tool13-psk");
+    assert!(line.contains("DTLS handshake complete") && line.contains("1.2"), "{line}");
+
+    // A gateway offering 1.2 only: auto gets 1.2, 1.3 gets nothing.
+    let dir12 = tempdir("dtls13-only12");
+    let gw12 = gateway(&broker, &dir12, &config("[\"1.2\"]"));
+    let to = gw12.dtls.unwrap();
+    let (host, port) = (to.ip().to_string(), to.port().to_string());
+    let pub_to = |version: &str, payload: &str| {
+        Command::new(&tools)
+            .args(["pub", "-h", &host, "-p", &port, "-i", "tool13-cert", "--cafile", &ca])
+            .args(["--cert", &cert, "--key", &key, "--dtls-version", version, "--wait", "2"])
+            .args(["-t", &topic, "-m", payload, "-q", "1"])
+            .output()
+            .unwrap()
+    };
+    let out = pub_to("auto", "auto over 1.2");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(watch.recv().payload, b"auto over 1.2");
+    let line = gw12.wait_for_line("client=tool13-cert");
+    assert!(line.contains("DTLS handshake complete") && line.contains("1.2"), "{line}");
+    let out = pub_to("1.3", "never");
+    assert!(!out.status.success());
+    assert!(watch.recv_within(Duration::from_millis(500)).is_none());
 }
 
 /// A SIGHUP gives a new sensor its key without a restart; one whose key

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use mqttsn_client::std_dtls::DtlsVersion;
 use mqttsn_tools::bench::{self, BenchError, BenchOptions, Mode, QosMix};
 use mqttsn_tools::dump::{self, DumpOptions};
 use mqttsn_tools::pubsub::{self, Common, Failure, Messages, PubOptions, PubTopic, SubOptions};
@@ -319,6 +320,10 @@ struct CommonArgs {
     /// DTLS: the client certificate's private key (PEM).
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// DTLS version: 1.2, 1.3 (certificates only, not with --psk) or auto
+    /// (both offered, the gateway chooses; with --psk: 1.2).
+    #[arg(long, default_value = "auto", value_parser = ["1.2", "1.3", "auto"])]
+    dtls_version: String,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -333,6 +338,11 @@ impl CommonArgs {
             cafile: self.cafile.clone(),
             cert: self.cert.clone(),
             key: self.key.clone(),
+            version: match self.dtls_version.as_str() {
+                "1.2" => DtlsVersion::Dtls12,
+                "1.3" => DtlsVersion::Dtls13,
+                _ => DtlsVersion::Auto,
+            },
         })
     }
 

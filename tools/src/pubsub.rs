@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mqttsn_client::std_dtls::{DtlsError, DtlsSettings};
+use mqttsn_client::std_dtls::{DtlsError, DtlsSettings, DtlsVersion};
 use mqttsn_client::std_udp::{Message, UdpClient, UdpError, MAX_GATEWAYS};
 use mqttsn_client::{QoS, ReturnCode, Settings, Topic, TopicFilter};
 
@@ -99,7 +99,8 @@ pub struct Common {
     pub dtls: Option<DtlsOptions>,
 }
 
-/// `--psk-identity`, `--psk`, `--cafile`, `--cert`, `--key`.
+/// `--psk-identity`, `--psk`, `--cafile`, `--cert`, `--key`,
+/// `--dtls-version`.
 #[derive(Debug, Clone, Default)]
 pub struct DtlsOptions {
     /// The PSK identity (default: the ClientId).
@@ -112,6 +113,8 @@ pub struct DtlsOptions {
     pub cert: Option<PathBuf>,
     /// The client's key (PEM).
     pub key: Option<PathBuf>,
+    /// The DTLS version.
+    pub version: DtlsVersion,
 }
 
 impl DtlsOptions {
@@ -131,7 +134,13 @@ impl DtlsOptions {
             }
             _ => return Err(Failure::Usage("DTLS needs either --psk or --cafile".into())),
         };
-        settings.map_err(|e| failure("DTLS", e.into()))
+        let settings = settings.map_err(|e| failure("DTLS", e.into()))?;
+        settings.with_version(self.version).map_err(|e| match e {
+            DtlsError::PskNeedsDtls12 => {
+                Failure::Usage("--dtls-version 1.3 needs --cafile: DTLS 1.3 has no PSK here".into())
+            }
+            e => failure("DTLS", e.into()),
+        })
     }
 }
 

@@ -1,14 +1,18 @@
-//! The stateless half of a DTLS 1.2 handshake (RFC 6347 4.2.1): reading a
-//! ClientHello, the gateway's cookies, and the HelloVerifyRequest sent
-//! without keeping anything.
+//! The stateless half of a DTLS handshake: reading a ClientHello, the
+//! gateway's cookies, and the answer to a first ClientHello sent without
+//! keeping anything: a HelloVerifyRequest for DTLS 1.2 (RFC 6347 4.2.1),
+//! a HelloRetryRequest with a cookie for DTLS 1.3 (RFC 9147 5.1).
 //!
-//! A ClientHello without a valid cookie gets a HelloVerifyRequest built
-//! here from the datagram alone, never larger than the ClientHello; only
-//! a ClientHello that echoes a cookie made for its source address in the
-//! last two minutes creates a DTLS engine. The cookie is
-//! trunc_32(HMAC-SHA256(secret, client_random)) with a secret derived from
-//! the gateway's random key, the minute and the source address: the
-//! engine, given the same secret, accepts the ClientHello as its own.
+//! A ClientHello without a valid cookie gets that answer, built from the
+//! datagram alone and never larger than the ClientHello; only a
+//! ClientHello that echoes a cookie made for its source address in the
+//! last two minutes creates a DTLS engine. Cookies are made with a secret
+//! derived from the gateway's random key, the minute and the source
+//! address. DTLS 1.2's is trunc_32(HMAC-SHA256(secret, client_random));
+//! DTLS 1.3's (made by the DTLS crate) also carries the hash of the first
+//! ClientHello and the suite and group the HelloRetryRequest named,
+//! authenticated, so that the engine, given the same secret, rebuilds the
+//! transcript of the exchange it never saw.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -26,6 +30,16 @@ const HANDSHAKE: u8 = 22;
 const CLIENT_HELLO: u8 = 1;
 /// Handshake type of HelloVerifyRequest.
 const HELLO_VERIFY_REQUEST: u8 = 3;
+/// Handshake type of ServerHello (a HelloRetryRequest is one).
+const SERVER_HELLO: u8 = 2;
+/// DTLS 1.2's version octets.
+const DTLS_1_2: [u8; 2] = [0xfe, 0xfd];
+/// DTLS 1.3's version octets, in a supported_versions extension.
+const DTLS_1_3: [u8; 2] = [0xfe, 0xfc];
+/// Extension type of supported_versions.
+const EXT_SUPPORTED_VERSIONS: u16 = 43;
+/// Extension type of cookie (DTLS 1.3).
+const EXT_COOKIE: u16 = 44;
 /// DTLS 1.0's version octets, which a HelloVerifyRequest carries.
 const DTLS_1_0: [u8; 2] = [0xfe, 0xff];
 /// Length of the cookies made here.
@@ -46,6 +60,9 @@ pub struct ClientHello<'a> {
     cookie: &'a [u8],
     cookie_at: usize,
     suites: &'a [u8],
+    body: &'a [u8],
+    dtls13: bool,
+    cookie13: bool,
 }
 
 impl<'a> ClientHello<'a> {
@@ -77,6 +94,7 @@ impl<'a> ClientHello<'a> {
         let at = at + 1 + cookie_len;
         let suites_len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
         let suites = body.get(at + 2..at + 2 + suites_len)?;
+        let (dtls13, cookie13) = extensions(body.get(at + 2 + suites_len..)?);
         Some(Self {
             record,
             record_seq,
@@ -85,7 +103,31 @@ impl<'a> ClientHello<'a> {
             cookie,
             cookie_at: body_at + 35 + sid_len + 1,
             suites,
+            body,
+            dtls13,
+            cookie13,
         })
+    }
+
+    /// Whether it offers DTLS 1.3 (in supported_versions).
+    pub fn offers_dtls13(&self) -> bool {
+        self.dtls13
+    }
+
+    /// Whether it echoes a cookie: DTLS 1.2's field, or DTLS 1.3's
+    /// extension.
+    pub fn has_cookie(&self) -> bool {
+        !self.cookie.is_empty() || self.cookie13
+    }
+
+    /// Whether it echoes a DTLS 1.3 cookie (the extension).
+    pub fn has_cookie13(&self) -> bool {
+        self.cookie13
+    }
+
+    /// The record number of its record.
+    pub fn record_seq(&self) -> u64 {
+        self.record_seq
     }
 
     /// The cookie it echoes (empty in a first ClientHello).
@@ -116,6 +158,34 @@ impl<'a> ClientHello<'a> {
         *out.get_mut(self.cookie_at)? ^= 0xff;
         Some(out)
     }
+}
+
+/// Whether the extensions after the cipher suites (compression methods
+/// first) offer DTLS 1.3, and whether they hold a cookie. Anything
+/// malformed: neither.
+fn extensions(rest: &[u8]) -> (bool, bool) {
+    let scan = || -> Option<(bool, bool)> {
+        let at = 1 + usize::from(*rest.first()?);
+        let len = usize::from(u16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]));
+        let mut exts = rest.get(at + 2..at + 2 + len)?;
+        let (mut dtls13, mut cookie) = (false, false);
+        while !exts.is_empty() {
+            let kind = u16::from_be_bytes([*exts.first()?, *exts.get(1)?]);
+            let len = usize::from(u16::from_be_bytes([*exts.get(2)?, *exts.get(3)?]));
+            let data = exts.get(4..4 + len)?;
+            match kind {
+                EXT_SUPPORTED_VERSIONS => {
+                    let list = data.get(1..1 + usize::from(*data.first()?))?;
+                    dtls13 |= list.chunks_exact(2).any(|v| v == DTLS_1_3);
+                }
+                EXT_COOKIE => cookie = true,
+                _ => {}
+            }
+            exts = exts.get(4 + len..)?;
+        }
+        Some((dtls13, cookie))
+    };
+    scan().unwrap_or((false, false))
 }
 
 fn u24(b: &[u8]) -> usize {
@@ -183,6 +253,69 @@ impl Cookies {
             let key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
             hmac::verify(&key, hello.random, hello.cookie).ok().map(|()| secret)
         })
+    }
+
+    /// The secret `hello`'s DTLS 1.3 cookie was made with for `from` by
+    /// [`Cookies::hello_retry_request`] with `config`, if it is one of the
+    /// last two periods'.
+    pub fn verify13(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        hello: &ClientHello<'_>,
+        config: &dimpl::Config,
+    ) -> Option<[u8; 32]> {
+        if !hello.cookie13 {
+            return None;
+        }
+        let period = self.period(now);
+        [Some(period), period.checked_sub(1)].into_iter().flatten().find_map(|p| {
+            let secret = self.secret(p, from);
+            dimpl::dtls13_retry_cookie_valid(config, &secret, hello.body).then_some(secret)
+        })
+    }
+
+    /// Writes the DTLS 1.3 HelloRetryRequest for `hello` from `from` into
+    /// `out` (a record with the ClientHello's record number and
+    /// message_seq, RFC 9147 5.1), as a DTLS 1.3 server with `config`
+    /// would answer it; false when the server would not, or the answer
+    /// would be larger than the ClientHello.
+    pub fn hello_retry_request(
+        &self,
+        now: Instant,
+        from: SocketAddr,
+        hello: &ClientHello<'_>,
+        config: &dimpl::Config,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let secret = self.secret(self.period(now), from);
+        let mut body = Vec::new();
+        if dimpl::dtls13_stateless_hello_retry_request(config, &secret, hello.body, &mut body)
+            .is_none()
+        {
+            return false;
+        }
+        let len = RECORD_HEADER + HANDSHAKE_HEADER + body.len();
+        let (Some(seq), Ok(n)) = (hello.record.get(5..11), u32::try_from(body.len())) else {
+            return false;
+        };
+        if len > hello.record.len() {
+            return false;
+        }
+        let n = n.to_be_bytes();
+        out.clear();
+        out.push(HANDSHAKE);
+        out.extend_from_slice(&DTLS_1_2);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(seq);
+        out.extend_from_slice(&((HANDSHAKE_HEADER + body.len()) as u16).to_be_bytes());
+        out.push(SERVER_HELLO);
+        out.extend_from_slice(&n[1..]);
+        out.extend_from_slice(&hello.message_seq.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&n[1..]);
+        out.extend_from_slice(&body);
+        true
     }
 
     /// Writes the HelloVerifyRequest for `hello` from `from` into `out`;
@@ -280,6 +413,43 @@ mod tests {
         assert_ne!(h0.cookie(), h.cookie());
         assert!(ClientHello::parse(&hello(0, 1, &[7; 32])).unwrap().first_hello().is_none());
         assert!(ClientHello::parse(&hello(1, 1, &[])).unwrap().first_hello().is_none());
+    }
+
+    /// `hello(0, 0, &[])` with these extensions.
+    fn hello_with(exts: &[u8]) -> Vec<u8> {
+        let mut rec = hello(0, 0, &[]);
+        let mut tail = (exts.len() as u16).to_be_bytes().to_vec();
+        tail.extend_from_slice(exts);
+        rec.extend_from_slice(&tail);
+        let grow = |b: &mut [u8], at: usize, n: usize| {
+            let v = u16::from_be_bytes([b[at], b[at + 1]]) as usize + n;
+            b[at..at + 2].copy_from_slice(&(v as u16).to_be_bytes());
+        };
+        grow(&mut rec, 11, tail.len());
+        grow(&mut rec, RECORD_HEADER + 2, tail.len());
+        grow(&mut rec, RECORD_HEADER + 10, tail.len());
+        rec
+    }
+
+    #[test]
+    fn dtls13_offers_and_cookies_are_read_from_the_extensions() {
+        let versions = [0, 43, 0, 5, 4, 0xfe, 0xfc, 0xfe, 0xfd];
+        let cookie = [0, 44, 0, 4, 0, 2, 7, 7];
+        let h = hello_with(&versions);
+        let h = ClientHello::parse(&h).unwrap();
+        assert!(h.offers_dtls13() && !h.has_cookie13() && !h.has_cookie());
+        let both = [&versions[..], &cookie[..]].concat();
+        let h = hello_with(&both);
+        let h = ClientHello::parse(&h).unwrap();
+        assert!(h.offers_dtls13() && h.has_cookie13() && h.has_cookie());
+        let only12 = [0, 43, 0, 3, 2, 0xfe, 0xfd];
+        assert!(!ClientHello::parse(&hello_with(&only12)).unwrap().offers_dtls13());
+        // A malformed extension list: neither.
+        let cut = [0, 43, 0, 9, 4, 0xfe, 0xfc];
+        let h = hello_with(&cut);
+        let h = ClientHello::parse(&h).unwrap();
+        assert!(!h.offers_dtls13() && !h.has_cookie13());
+        assert!(!ClientHello::parse(&hello(0, 0, &[])).unwrap().offers_dtls13());
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! MQTT-SN over DTLS 1.2 (sans-IO): the associations of one listener.
+//! MQTT-SN over DTLS 1.2 and 1.3 (sans-IO): the associations of one
+//! listener.
 //!
 //! [`Associations`] sits between the DTLS socket and the endpoint. It
-//! answers first ClientHellos statelessly ([`hello`]), creates a DTLS
+//! answers first ClientHellos statelessly ([`hello`]): a HelloVerifyRequest
+//! for DTLS 1.2, a HelloRetryRequest for DTLS 1.3 (offered for
+//! certificate handshakes; the DTLS crate has no DTLS 1.3 PSK, so PSK
+//! handshakes stay on DTLS 1.2). It creates a DTLS
 //! engine (the `dimpl` crate) only for a ClientHello that echoes a valid
 //! cookie, hands the endpoint each decrypted MQTT-SN frame and encrypts
 //! what the endpoint sends back. It knows who is at the other end: the
@@ -44,9 +48,20 @@ const PSK_AES128_CCM_8: u16 = 0xc0a8;
 /// The ECDHE-ECDSA suites the certificate handshake takes.
 const ECDHE_ECDSA: [u16; 3] = [0xc02b, 0xc02c, 0xcca9];
 
+/// The DTLS versions a listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    /// DTLS 1.2 (PSK and certificate handshakes).
+    pub dtls12: bool,
+    /// DTLS 1.3 (certificate handshakes only).
+    pub dtls13: bool,
+}
+
 /// How the DTLS listener is set up.
 #[derive(Clone)]
 pub struct DtlsSettings {
+    /// The versions offered.
+    pub versions: Versions,
     /// PSKs and pinned client certificates (replaced by a reload).
     pub credentials: Arc<LiveCredentials>,
     /// The server certificate and key (DER), for certificate handshakes.
@@ -69,6 +84,7 @@ pub struct DtlsSettings {
 impl std::fmt::Debug for DtlsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DtlsSettings")
+            .field("versions", &self.versions)
             .field("credentials", &self.credentials)
             .field("certificate", &self.certificate.is_some())
             .field("require_client_certificate", &self.require_client_certificate)
@@ -82,6 +98,7 @@ impl DtlsSettings {
     /// Settings with these credentials and the defaults.
     pub fn new(credentials: Credentials) -> Self {
         Self {
+            versions: Versions { dtls12: true, dtls13: true },
             credentials: Arc::new(LiveCredentials::new(credentials)),
             certificate: None,
             require_client_certificate: false,
@@ -118,6 +135,7 @@ enum Who {
 
 struct Association {
     dtls: Dtls,
+    dtls13: bool,
     connected: bool,
     who: Who,
     heard: Instant,
@@ -161,8 +179,6 @@ impl Associations {
         now: Instant,
     ) -> Result<Self, DtlsError> {
         let cfg = |e: dimpl::Error| DtlsError::Config(e.to_string());
-        // The PSK engine is there even without keys yet: a reload may
-        // bring some.
         // The PSK engine is there even without keys yet: a reload may
         // bring some.
         let psk_config = Arc::new(
@@ -220,15 +236,12 @@ impl Associations {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if let Some(hello) = ClientHello::parse(data) {
             let handshaking = self.table.get(&from).is_some_and(|a| !a.connected);
-            if hello.cookie().is_empty() || !handshaking {
+            if !hello.has_cookie() || !handshaking {
                 // A new handshake. A first ClientHello is answered without
                 // state, even from an address with an association (a
                 // spoofed one cannot end it); one with a valid cookie
                 // replaces the association.
-                return match self.cookies.verify(now, from, &hello) {
-                    Some(secret) => self.accept(now, from, &hello, data, secret),
-                    None => self.hello_verify(now, from, &hello),
-                };
+                return self.new_handshake(now, from, &hello, data);
             }
             // A retransmission during the handshake: the engine's.
         }
@@ -325,7 +338,53 @@ impl Associations {
         }
     }
 
-    fn hello_verify(&mut self, now: Instant, from: SocketAddr, hello: &ClientHello<'_>) {
+    /// A ClientHello that starts a handshake: DTLS 1.3 when it offers it
+    /// and the gateway has a certificate, DTLS 1.2 otherwise.
+    fn new_handshake(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        hello: &ClientHello<'_>,
+        data: &[u8],
+    ) {
+        // A ClientHello echoing a DTLS 1.2 cookie answers a
+        // HelloVerifyRequest: DTLS 1.2's, even if it offers 1.3 too.
+        let dtls13 = self.settings.versions.dtls13
+            && self.settings.certificate.is_some()
+            && hello.offers_dtls13()
+            && hello.cookie().is_empty();
+        if let Some(config) = self.cert_config.clone().filter(|_| dtls13) {
+            if hello.has_cookie13() {
+                return match self.cookies.verify13(now, from, hello, &config) {
+                    Some(secret) => self.accept13(now, from, hello, data, secret, config),
+                    None => Metrics::inc(&self.metrics.dtls_dropped),
+                };
+            }
+            if !self.budget(now) {
+                return;
+            }
+            let mut out = Vec::new();
+            if self.cookies.hello_retry_request(now, from, hello, &config, &mut out) {
+                self.spend();
+                Metrics::inc(&self.metrics.dtls_hello_retry);
+                self.transmits.push_back((from, out));
+                return;
+            }
+            // Nothing in common for DTLS 1.3: DTLS 1.2 may still take it.
+        }
+        if !self.settings.versions.dtls12 {
+            Metrics::inc(&self.metrics.dtls_dropped);
+            return;
+        }
+        match self.cookies.verify(now, from, hello) {
+            Some(secret) => self.accept(now, from, hello, data, secret),
+            None => self.hello_verify(now, from, hello),
+        }
+    }
+
+    /// Whether a stateless answer fits in this second's budget (counted
+    /// as refused when not).
+    fn budget(&mut self, now: Instant) -> bool {
         let (since, sent) = &mut self.verify_budget;
         if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
             *since = now;
@@ -333,14 +392,96 @@ impl Associations {
         }
         if *sent >= self.settings.hello_verify_per_sec {
             Metrics::inc(&self.metrics.dtls_refused_limit);
+            return false;
+        }
+        true
+    }
+
+    /// A stateless answer was sent.
+    fn spend(&mut self) {
+        self.verify_budget.1 += 1;
+    }
+
+    fn hello_verify(&mut self, now: Instant, from: SocketAddr, hello: &ClientHello<'_>) {
+        if !self.budget(now) {
             return;
         }
         let mut out = [0u8; hello::HELLO_VERIFY_LEN];
         if let Some(n) = self.cookies.hello_verify_request(now, from, hello, &mut out) {
-            *sent += 1;
+            self.spend();
             Metrics::inc(&self.metrics.dtls_hello_verify);
             self.transmits.push_back((from, out.get(..n).unwrap_or_default().to_vec()));
         }
+    }
+
+    /// Room for one more handshake, after `from`'s old association (if
+    /// any) is gone.
+    fn room(&mut self, from: SocketAddr) -> bool {
+        if self.table.remove(&from).is_some() {
+            // The sensor started over (a restart, a lost association).
+            Metrics::dec(&self.metrics.dtls_associations);
+        }
+        if self.handshakes >= self.settings.max_handshakes
+            || self.table.len() >= self.settings.max_associations
+        {
+            Metrics::inc(&self.metrics.dtls_refused_limit);
+            return false;
+        }
+        true
+    }
+
+    /// A DTLS 1.3 ClientHello with a valid cookie: a new association,
+    /// whose engine takes up after the stateless HelloRetryRequest.
+    fn accept13(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        hello: &ClientHello<'_>,
+        data: &[u8],
+        secret: [u8; 32],
+        config: Arc<dimpl::Config>,
+    ) {
+        let Some(cert) = self.settings.certificate.clone() else { return };
+        if !self.room(from) {
+            return;
+        }
+        let mut dtls = Dtls::new_13(config, cert, now);
+        // The engine reads its clock (and draws its random) before any
+        // packet: it must never see one first.
+        if !dtls.continue_stateless_retry(secret, hello.record_seq())
+            || dtls.handle_timeout(now).is_err()
+        {
+            Metrics::inc(&self.metrics.dtls_handshakes_failed);
+            return;
+        }
+        if let Err(e) = dtls.handle_packet(data) {
+            debug!(%from, "DTLS 1.3 handshake refused: {e}");
+            Metrics::inc(&self.metrics.dtls_handshakes_failed);
+            return;
+        }
+        self.insert(now, from, dtls, true);
+    }
+
+    /// A new association, in its handshake.
+    fn insert(&mut self, now: Instant, from: SocketAddr, dtls: Dtls, dtls13: bool) {
+        let who =
+            if self.settings.require_client_certificate { Who::Unknown } else { Who::Anonymous };
+        self.table.insert(
+            from,
+            Association {
+                dtls,
+                dtls13,
+                connected: false,
+                who,
+                heard: now,
+                started: now,
+                timeout: None,
+                close: false,
+            },
+        );
+        self.handshakes += 1;
+        Metrics::inc(&self.metrics.dtls_associations);
+        self.drain(now, from);
     }
 
     /// A ClientHello with a valid cookie: a new association.
@@ -352,14 +493,7 @@ impl Associations {
         data: &[u8],
         secret: [u8; 32],
     ) {
-        if self.table.remove(&from).is_some() {
-            // The sensor started over (a restart, a lost association).
-            Metrics::dec(&self.metrics.dtls_associations);
-        }
-        if self.handshakes >= self.settings.max_handshakes
-            || self.table.len() >= self.settings.max_associations
-        {
-            Metrics::inc(&self.metrics.dtls_refused_limit);
+        if !self.room(from) {
             return;
         }
         let psk = hello.offers(PSK_AES128_CCM_8).then(|| self.psk_config.clone());
@@ -403,23 +537,7 @@ impl Associations {
             Metrics::inc(&self.metrics.dtls_handshakes_failed);
             return;
         }
-        let who =
-            if self.settings.require_client_certificate { Who::Unknown } else { Who::Anonymous };
-        self.table.insert(
-            from,
-            Association {
-                dtls,
-                connected: false,
-                who,
-                heard: now,
-                started: now,
-                timeout: None,
-                close: false,
-            },
-        );
-        self.handshakes += 1;
-        Metrics::inc(&self.metrics.dtls_associations);
-        self.drain(now, from);
+        self.insert(now, from, dtls, false);
     }
 
     /// Takes everything the engine of `addr` has to say.
@@ -466,12 +584,17 @@ impl Associations {
         }
         if established {
             self.handshakes = self.handshakes.saturating_sub(1);
-            Metrics::inc(&self.metrics.dtls_handshakes);
+            let (counter, version) = if a.dtls13 {
+                (&self.metrics.dtls_handshakes_13, "1.3")
+            } else {
+                (&self.metrics.dtls_handshakes, "1.2")
+            };
+            Metrics::inc(counter);
             let who = match &a.who {
                 Who::Client(id) => Arc::clone(id),
                 _ => Arc::from(""),
             };
-            info!(%addr, client = %who, "DTLS handshake complete");
+            info!(%addr, client = %who, version, "DTLS handshake complete");
             self.events.push_back((addr, who));
         }
         if a.close {

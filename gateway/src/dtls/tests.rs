@@ -325,3 +325,246 @@ proptest::proptest! {
         proptest::prop_assert!(g.len() <= 1);
     }
 }
+
+/// The test certificate and key (a self-signed P-256 one).
+fn certificate() -> dimpl::DtlsCertificate {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/dtls/testdata");
+    credentials::load_certificate(&dir.join("server.crt"), &dir.join("server.key")).unwrap()
+}
+
+/// A gateway with a server certificate (and sensor-a's PSK), offering
+/// `versions`.
+fn cert_gateway(now: Instant, versions: Versions) -> (Associations, Arc<Metrics>) {
+    let mut c = Credentials::default();
+    c.add_psk("k", "sensor-a", KEY).unwrap();
+    let mut s = DtlsSettings::new(c);
+    s.certificate = Some(certificate());
+    s.versions = versions;
+    let m = Arc::new(Metrics::default());
+    (Associations::new(s, m.clone(), now).unwrap(), m)
+}
+
+const BOTH: Versions = Versions { dtls12: true, dtls13: true };
+
+/// A DTLS 1.3 certificate client (without a certificate the gateway
+/// would check).
+fn client13(now: Instant) -> Dtls {
+    let cfg = dimpl::Config::builder().build().unwrap();
+    let mut d = Dtls::new_13(Arc::new(cfg), certificate(), now);
+    d.set_active(true);
+    d
+}
+
+/// A DTLS 1.3 client, its first ClientHello, and the HelloRetryRequest
+/// the gateway answered it with from `from`.
+fn retried(g: &mut Associations, from: SocketAddr, now: Instant) -> (Dtls, Vec<u8>, Vec<u8>) {
+    let mut c = client13(now);
+    c.handle_timeout(now).unwrap();
+    let ch1 = drain(&mut c).packets.remove(0);
+    g.handle_datagram(now, from, &ch1);
+    let (to, hrr) = g.poll_transmit().expect("a HelloRetryRequest");
+    assert_eq!(to, from);
+    (c, ch1, hrr)
+}
+
+#[test]
+fn a_certificate_sensor_connects_over_dtls13_after_a_stateless_retry() {
+    let now = Instant::now();
+    let (mut g, m) = cert_gateway(now, BOTH);
+    let (mut c, ch1, hrr) = retried(&mut g, addr(1), now);
+    assert!(g.is_empty(), "no state for a first ClientHello");
+    assert!(hrr.len() <= ch1.len(), "no amplification: {} > {}", hrr.len(), ch1.len());
+    assert_eq!(hrr.len(), 145, "a SHA-256 suite, no group named");
+    assert_eq!(hrr[13], 2, "a ServerHello (HelloRetryRequest)");
+    assert_eq!(get(&m.dtls_hello_retry), 1);
+    assert_eq!(get(&m.dtls_hello_verify), 0);
+    c.handle_packet(&hrr).unwrap();
+    let said = exchange(&mut c, &mut g, addr(1), now);
+    assert!(said.connected, "the handshake completes");
+    assert!(g.is_connected(&addr(1)));
+    assert_eq!(get(&m.dtls_handshakes_13), 1);
+    assert_eq!(get(&m.dtls_handshakes), 0);
+    assert_eq!(c.protocol_version(), Some(dimpl::ProtocolVersion::DTLS1_3));
+    assert_eq!(g.poll_connected().map(|(a, who)| (a, who.to_string())), Some((addr(1), "".into())));
+
+    c.send_application_data(&connect("sensor-x")).unwrap();
+    exchange(&mut c, &mut g, addr(1), now);
+    let (from, frame) = g.poll_plaintext().expect("the CONNECT for the endpoint");
+    assert_eq!((from, frame.as_ref()), (addr(1), connect("sensor-x").as_slice()));
+    assert!(g.send(now, addr(1), &[3, 5, 0]));
+    assert_eq!(exchange(&mut c, &mut g, addr(1), now).data, vec![vec![3, 5, 0]]);
+    // A ClientId with a PSK is not for an unauthenticated peer.
+    c.send_application_data(&connect("sensor-a")).unwrap();
+    exchange(&mut c, &mut g, addr(1), now);
+    assert!(g.poll_plaintext().is_none());
+}
+
+#[test]
+fn a_dtls13_cookie_is_good_for_its_address_and_two_minutes() {
+    let now = Instant::now();
+    let (mut g, m) = cert_gateway(now, BOTH);
+    let (mut c, _, hrr) = retried(&mut g, addr(1), now);
+    c.handle_packet(&hrr).unwrap();
+    let ch2 = drain(&mut c).packets.remove(0);
+    g.handle_datagram(now, addr(9), &ch2);
+    assert!(g.is_empty() && g.poll_transmit().is_none(), "bound to the source address");
+    g.handle_datagram(now + Duration::from_secs(121), addr(1), &ch2);
+    assert!(g.is_empty() && g.poll_transmit().is_none(), "too old");
+    assert_eq!(get(&m.dtls_dropped), 2);
+    g.handle_datagram(now + Duration::from_secs(119), addr(1), &ch2);
+    assert_eq!(g.len(), 1, "the handshake starts");
+    assert!(g.poll_transmit().is_some(), "the server's flight");
+}
+
+#[test]
+fn a_lost_dtls13_flight_is_sent_again_and_a_retried_hello_goes_to_its_engine() {
+    let now = Instant::now();
+    let (mut g, _) = cert_gateway(now, BOTH);
+    let (mut c, _, hrr) = retried(&mut g, addr(1), now);
+    c.handle_packet(&hrr).unwrap();
+    let ch2 = drain(&mut c).packets.remove(0);
+    g.handle_datagram(now, addr(1), &ch2);
+    while g.poll_transmit().is_some() {}
+    // The same second ClientHello again: the engine's, not a new one.
+    g.handle_datagram(now, addr(1), &ch2);
+    assert_eq!(g.len(), 1);
+    while g.poll_transmit().is_some() {}
+    let mut t = now;
+    let mut resent = Vec::new();
+    for _ in 0..10 {
+        t = g.poll_timeout().expect("a retransmission timer");
+        g.handle_timeout(t);
+        resent.extend(std::iter::from_fn(|| g.poll_transmit()));
+        if !resent.is_empty() {
+            break;
+        }
+    }
+    assert!(!resent.is_empty(), "the flight again");
+    for (_, p) in resent {
+        c.handle_packet(&p).unwrap();
+    }
+    assert!(exchange(&mut c, &mut g, addr(1), t).connected);
+}
+
+#[test]
+fn hello_retry_requests_share_the_budget_with_hello_verify_requests() {
+    let now = Instant::now();
+    let (mut g, m) = cert_gateway(now, BOTH);
+    let mut c = client13(now);
+    c.handle_timeout(now).unwrap();
+    let ch13 = drain(&mut c).packets.remove(0);
+    let (_c, ch12) = first_hello(now);
+    for port in 0..750u16 {
+        g.handle_datagram(now, addr(port), &ch13);
+        g.handle_datagram(now, addr(port), &ch12);
+    }
+    assert_eq!(std::iter::from_fn(|| g.poll_transmit()).count(), 1_000);
+    assert_eq!(get(&m.dtls_hello_retry) + get(&m.dtls_hello_verify), 1_000);
+    assert_eq!(get(&m.dtls_refused_limit), 500);
+    assert!(g.is_empty());
+    g.handle_datagram(now + Duration::from_secs(1), addr(1), &ch13);
+    assert!(g.poll_transmit().is_some(), "the budget refills");
+}
+
+#[test]
+fn versions_choose_the_handshake() {
+    let now = Instant::now();
+    // A client offering both (dimpl's auto mode) gets DTLS 1.3...
+    let auto = |now| {
+        let cfg = dimpl::Config::builder().build().unwrap();
+        let mut d = Dtls::new_auto(Arc::new(cfg), certificate(), now);
+        d.set_active(true);
+        d
+    };
+    let (mut g, m) = cert_gateway(now, BOTH);
+    assert!(exchange(&mut auto(now), &mut g, addr(1), now).connected);
+    assert_eq!((get(&m.dtls_handshakes), get(&m.dtls_handshakes_13)), (0, 1));
+    // ...and DTLS 1.2 from a gateway without 1.3,
+    let (mut g, m) = cert_gateway(now, Versions { dtls12: true, dtls13: false });
+    assert!(exchange(&mut auto(now), &mut g, addr(1), now).connected);
+    assert_eq!((get(&m.dtls_handshakes), get(&m.dtls_handshakes_13)), (1, 0));
+    // PSK stays on DTLS 1.2.
+    let (mut g, m) = cert_gateway(now, BOTH);
+    assert!(exchange(&mut client("sensor-a", KEY, now), &mut g, addr(1), now).connected);
+    assert_eq!((get(&m.dtls_handshakes), get(&m.dtls_handshakes_13)), (1, 0));
+    // A gateway with only 1.3 answers no DTLS 1.2 ClientHello.
+    let (mut g, m) = cert_gateway(now, Versions { dtls12: false, dtls13: true });
+    assert!(!exchange(&mut client("sensor-a", KEY, now), &mut g, addr(1), now).connected);
+    assert!(g.is_empty());
+    assert!(get(&m.dtls_dropped) > 0);
+    assert!(exchange(&mut client13(now), &mut g, addr(2), now).connected);
+}
+
+#[test]
+fn a_hello_answering_a_hello_verify_request_stays_on_dtls12() {
+    // The first ClientHello (offering both) got a HelloVerifyRequest (1.3
+    // could not answer it); the second, offering 1.3 too, echoes the
+    // DTLS 1.2 cookie and goes on over 1.2.
+    let now = Instant::now();
+    let (mut g, m) = cert_gateway(now, Versions { dtls12: true, dtls13: false });
+    let cfg = dimpl::Config::builder().build().unwrap();
+    let mut c = Dtls::new_auto(Arc::new(cfg), certificate(), now);
+    c.set_active(true);
+    c.handle_timeout(now).unwrap();
+    let ch1 = drain(&mut c).packets.remove(0);
+    g.handle_datagram(now, addr(1), &ch1);
+    let (_, hvr) = g.poll_transmit().unwrap();
+    assert_eq!(get(&m.dtls_hello_verify), 1);
+    g.settings.versions.dtls13 = true;
+    c.handle_packet(&hvr).unwrap();
+    assert!(exchange(&mut c, &mut g, addr(1), now).connected);
+    assert_eq!((get(&m.dtls_handshakes), get(&m.dtls_handshakes_13)), (1, 0));
+}
+
+#[test]
+fn dtls13_garbage_never_panics_nor_makes_state_for_a_first_hello() {
+    let now = Instant::now();
+    let (mut g, _) = cert_gateway(now, BOTH);
+    let (mut c, ch1, hrr) = retried(&mut g, addr(1), now);
+    c.handle_packet(&hrr).unwrap();
+    let ch2 = drain(&mut c).packets.remove(0);
+    for n in 0..ch1.len() {
+        g.handle_datagram(now, addr(2), &ch1[..n]);
+        let mut flipped = ch1.clone();
+        flipped[n] ^= 0x55;
+        g.handle_datagram(now, addr(2), &flipped);
+        assert!(g.is_empty(), "a first ClientHello, byte {n} flipped");
+    }
+    for n in 0..ch2.len() {
+        g.handle_datagram(now, addr(1), &ch2[..n]);
+        let mut flipped = ch2.clone();
+        flipped[n] ^= 0x55;
+        g.handle_datagram(now, addr(1), &flipped);
+        while g.poll_transmit().is_some() {}
+    }
+    assert!(g.len() <= 1);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+    /// DTLS 1.3 ClientHellos with arbitrary octets changed never panic;
+    /// a first one never makes state, a second one at most its sender's.
+    #[test]
+    fn mangled_dtls13_hellos_never_panic(
+        edits in proptest::collection::vec((proptest::prelude::any::<u16>(), proptest::prelude::any::<u8>()), 1..8)
+    ) {
+        let now = Instant::now();
+        let (mut g, _) = cert_gateway(now, BOTH);
+        let (mut c, ch1, hrr) = retried(&mut g, addr(1), now);
+        c.handle_packet(&hrr).unwrap();
+        let ch2 = drain(&mut c).packets.remove(0);
+        let mangle = |p: &[u8]| {
+            let mut p = p.to_vec();
+            for (at, v) in &edits {
+                let n = p.len();
+                p[usize::from(*at) % n] = *v;
+            }
+            p
+        };
+        g.handle_datagram(now, addr(2), &mangle(&ch1));
+        proptest::prop_assert!(g.is_empty());
+        g.handle_datagram(now, addr(1), &mangle(&ch2));
+        while g.poll_transmit().is_some() {}
+        proptest::prop_assert!(g.len() <= 1);
+    }
+}

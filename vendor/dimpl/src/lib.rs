@@ -267,6 +267,33 @@ pub use error::{
 mod config;
 pub use config::{Config, ConfigBuilder, Psk, PskResolver};
 
+/// Whether a DTLS 1.3 ClientHello (its handshake body) echoes a cookie
+/// made by [`dtls13_stateless_hello_retry_request`] under `cookie_secret`
+/// (patched in mqttsn).
+pub fn dtls13_retry_cookie_valid(
+    config: &Config,
+    cookie_secret: &[u8; 32],
+    client_hello: &[u8],
+) -> bool {
+    dtls13::stateless_retry_cookie_valid(config, cookie_secret, client_hello)
+}
+
+/// The body of the HelloRetryRequest a DTLS 1.3 server with `config` and
+/// cookie secret `cookie_secret` answers the first ClientHello (its
+/// handshake body, without the DTLS handshake header) with, written to
+/// `out`; None when a server would not answer it with one. The cookie in
+/// it holds what a server needs to continue without having kept anything
+/// (RFC 8446 4.2.2); see [`Dtls::continue_stateless_retry`] (patched in
+/// mqttsn).
+pub fn dtls13_stateless_hello_retry_request(
+    config: &Config,
+    cookie_secret: &[u8; 32],
+    client_hello: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    dtls13::stateless_hello_retry_request(config, cookie_secret, client_hello, out)
+}
+
 #[cfg(feature = "rcgen")]
 pub mod certificate;
 
@@ -682,6 +709,27 @@ impl Dtls {
         match self.inner.as_mut() {
             Some(Inner::Server12(server)) => {
                 server.set_cookie_secret(secret);
+                true
+            }
+            Some(Inner::Server13(server)) => {
+                server.set_cookie_secret(secret);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Makes a new DTLS 1.3 server continue a handshake whose first
+    /// ClientHello the caller answered, statelessly, with
+    /// [`dtls13_stateless_hello_retry_request`] under `secret` (patched in
+    /// mqttsn). The first packet it then takes must be the ClientHello
+    /// that echoes that cookie; `record_seq` is that ClientHello's record
+    /// number. False (and nothing changed) for anything but a DTLS 1.3
+    /// server.
+    pub fn continue_stateless_retry(&mut self, secret: [u8; 32], record_seq: u64) -> bool {
+        match self.inner.as_mut() {
+            Some(Inner::Server13(server)) if !server.is_auto_mode() => {
+                server.continue_stateless_retry(secret, record_seq);
                 true
             }
             _ => false,

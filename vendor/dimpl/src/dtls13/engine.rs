@@ -309,6 +309,15 @@ impl Engine {
         }
     }
 
+    /// Continue after a HelloRetryRequest the caller sent statelessly
+    /// (patched in mqttsn): CH1 and the HRR took message_seq 0, and the
+    /// epoch-0 records go on from `record_seq`, the retried ClientHello's.
+    pub fn continue_stateless_retry(&mut self, record_seq: u64) {
+        self.peer_handshake_seq_no = 1;
+        self.next_handshake_seq_no = 1;
+        self.sequence_epoch_0.sequence_number = record_seq.min(MAX_SEQUENCE_NUMBER);
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

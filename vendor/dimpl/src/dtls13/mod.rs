@@ -37,3 +37,4 @@ mod server;
 
 pub use client::Client;
 pub use server::Server;
+pub use server::{stateless_hello_retry_request, stateless_retry_cookie_valid};

@@ -133,6 +133,11 @@ pub struct Server {
     /// Cookie secret for HMAC-based DoS protection.
     cookie_secret: [u8; 32],
 
+    /// The HelloRetryRequest was sent by the caller, statelessly
+    /// (patched in mqttsn): the first ClientHello must carry its cookie,
+    /// which holds what the transcript needs of the first exchange.
+    stateless_retry: bool,
+
     /// Whether we need to respond with our own KeyUpdate.
     pending_key_update_response: bool,
 
@@ -206,6 +211,7 @@ impl Server {
             client_auth_requested: false,
             hello_retry: false,
             cookie_secret,
+            stateless_retry: false,
             pending_key_update_response: false,
             auto_mode,
             retained_hello: VecDeque::with_capacity(10),
@@ -214,6 +220,21 @@ impl Server {
 
     pub fn into_client(self) -> Client {
         Client::new_with_engine(self.engine, self.last_now)
+    }
+
+    /// Replaces the cookie secret (patched in mqttsn).
+    pub fn set_cookie_secret(&mut self, secret: [u8; 32]) {
+        self.cookie_secret = secret;
+    }
+
+    /// The caller answered the first ClientHello with the
+    /// HelloRetryRequest of [`stateless_hello_retry_request`] under
+    /// `secret`; `record_seq` is the record number of the ClientHello that
+    /// echoes its cookie, the next this server may use (patched in mqttsn).
+    pub fn continue_stateless_retry(&mut self, secret: [u8; 32], record_seq: u64) {
+        self.cookie_secret = secret;
+        self.stateless_retry = true;
+        self.engine.continue_stateless_retry(record_seq);
     }
 
     /// Whether this server is in auto-sense mode.
@@ -497,7 +518,7 @@ impl State {
             .map(|groups| groups.as_slice())
             .unwrap_or(&[]);
         let client_srtp_profiles = client_hello.srtp_profiles();
-        let mut client_cookie_data: Option<ArrayVec<u8, 32>> = None;
+        let mut client_cookie_data: Option<ArrayVec<u8, RETRY_COOKIE_MAX>> = None;
         for ext in &client_hello.extensions {
             if ext.extension_type == ExtensionType::Cookie {
                 // This parser only checks a u16 length and returns a borrowed slice.
@@ -560,22 +581,51 @@ impl State {
         };
 
         if need_cookie {
-            let expected_cookie = compute_cookie(
-                &server.cookie_secret,
-                &client_random,
-                server.engine.config().crypto_provider().hmac_provider,
-            );
-
             if let Some(ref cookie_bytes) = client_cookie_data {
                 // Validate the cookie
-                let is_valid: bool = cookie_bytes.as_slice().ct_eq(&expected_cookie).into();
-                if !is_valid {
+                let Some(retry) = open_retry_cookie(
+                    server.engine.config(),
+                    &server.cookie_secret,
+                    &client_random,
+                    cookie_bytes,
+                ) else {
                     return Err(Error::SecurityError(
                         crate::SecurityError::InvalidCookieInClientHello,
                     )
                     .into());
-                }
+                };
                 debug!("Cookie validated successfully");
+                if server.stateless_retry && !server.hello_retry {
+                    // The HelloRetryRequest was sent statelessly: the
+                    // transcript is message_hash(CH1) || HRR || CH2, from
+                    // the cookie (patched in mqttsn).
+                    if retry.suite != selected_cipher_suite {
+                        return Err(Error::SecurityError(
+                            crate::SecurityError::InvalidCookieInClientHello,
+                        )
+                        .into());
+                    }
+                    server.engine.set_cipher_suite(selected_cipher_suite);
+                    let mut hrr = Buf::new();
+                    hello_retry_request_body(
+                        selected_cipher_suite,
+                        cookie_bytes,
+                        retry.group,
+                        &mut hrr,
+                    );
+                    let mut ch2 = Buf::new();
+                    ch2.extend_from_slice(&server.engine.transcript[transcript_len_before..]);
+                    let t = &mut server.engine.transcript;
+                    t.resize(transcript_len_before, 0);
+                    t.push(0xFE);
+                    t.extend_from_slice(&(retry.ch1_hash.len() as u32).to_be_bytes()[1..]);
+                    t.extend_from_slice(&retry.ch1_hash);
+                    t.push(MessageType::ServerHello.as_u8());
+                    t.extend_from_slice(&(hrr.len() as u32).to_be_bytes()[1..]);
+                    t.extend_from_slice(&hrr);
+                    t.extend_from_slice(&ch2);
+                    server.hello_retry = true;
+                }
             } else {
                 // No cookie: send HelloRetryRequest with cookie
                 if server.hello_retry {
@@ -592,6 +642,14 @@ impl State {
 
                 // Build HRR as a special ServerHello with magic random
                 server.engine.set_cipher_suite(selected_cipher_suite);
+                let expected_cookie = retry_cookie(
+                    server.engine.config(),
+                    &server.cookie_secret,
+                    &client_random,
+                    selected_cipher_suite,
+                    hrr_group,
+                    &server.engine.transcript[transcript_len_before..],
+                );
                 // Replace transcript BEFORE sending HRR so only CH1 is hashed
                 // per RFC 8446 Section 4.4.1.
                 let transcript_len = server.engine.transcript.len();
@@ -613,12 +671,13 @@ impl State {
             }
         } else if let Some(ref cookie_bytes) = client_cookie_data {
             // Validate if a cookie was provided even when not required
-            let expected_cookie = compute_cookie(
+            let is_valid = open_retry_cookie(
+                server.engine.config(),
                 &server.cookie_secret,
                 &client_random,
-                server.engine.config().crypto_provider().hmac_provider,
-            );
-            let is_valid: bool = cookie_bytes.as_slice().ct_eq(&expected_cookie).into();
+                cookie_bytes,
+            )
+            .is_some();
             if !is_valid {
                 return Err((Error::SecurityError(
                     crate::SecurityError::InvalidCookieInClientHello,
@@ -656,17 +715,20 @@ impl State {
                 );
 
                 server.engine.set_cipher_suite(selected_cipher_suite);
+                let cookie_for_hrr = retry_cookie(
+                    server.engine.config(),
+                    &server.cookie_secret,
+                    &client_random,
+                    selected_cipher_suite,
+                    Some(group),
+                    &server.engine.transcript[transcript_len_before..],
+                );
                 // Replace transcript BEFORE sending HRR so only CH1 is hashed
                 // per RFC 8446 Section 4.4.1.
                 let transcript_len = server.engine.transcript.len();
                 server
                     .engine
                     .replace_transcript_with_message_hash(transcript_len);
-                let cookie_for_hrr = compute_cookie(
-                    &server.cookie_secret,
-                    &client_random,
-                    server.engine.config().crypto_provider().hmac_provider,
-                );
                 send_hello_retry_request(
                     server,
                     selected_cipher_suite,
@@ -1270,31 +1332,195 @@ impl State {
 // Helper Functions
 // =========================================================================
 
-/// Compute a cookie for DoS protection using HMAC-SHA256.
-///
-/// The cookie is HMAC-SHA256(cookie_secret, client_random.bytes), truncated to 32 bytes.
-fn compute_cookie(
+/// The longest cookie made here: suite, group, a SHA-384 hash, the tag.
+const RETRY_COOKIE_MAX: usize = 2 + 2 + 48 + 32;
+
+/// What a HelloRetryRequest cookie holds (patched in mqttsn).
+struct RetryCookie {
+    suite: Dtls13CipherSuite,
+    group: Option<NamedGroup>,
+    ch1_hash: ArrayVec<u8, 48>,
+}
+
+/// A cookie for DoS protection that also carries what a server needs of
+/// the first ClientHello to continue without state (RFC 8446 4.2.2;
+/// patched in mqttsn): suite(2) || group(2, 0 for none) ||
+/// Hash(CH1) || HMAC-SHA256(cookie_secret, client_random || the rest).
+/// `ch1` is the first ClientHello as the transcript holds it.
+fn retry_cookie(
+    config: &Config,
     cookie_secret: &[u8; 32],
     client_random: &Random,
-    hmac_provider: &'static dyn crate::crypto::HmacProvider,
+    suite: Dtls13CipherSuite,
+    group: Option<NamedGroup>,
+    ch1: &[u8],
+) -> ArrayVec<u8, RETRY_COOKIE_MAX> {
+    let mut hash = config
+        .crypto_provider()
+        .hash_provider
+        .create_hash(suite.hash_algorithm());
+    hash.update(ch1);
+    let mut ch1_hash = Buf::new();
+    hash.clone_and_finalize(&mut ch1_hash);
+    let mut cookie = ArrayVec::new();
+    cookie
+        .try_extend_from_slice(&suite.as_u16().to_be_bytes())
+        .ok();
+    cookie
+        .try_extend_from_slice(&group.map_or(0, |g| g.as_u16()).to_be_bytes())
+        .ok();
+    cookie.try_extend_from_slice(&ch1_hash).ok();
+    let tag = retry_cookie_tag(config, cookie_secret, client_random, &cookie);
+    cookie.try_extend_from_slice(&tag).ok();
+    cookie
+}
+
+fn retry_cookie_tag(
+    config: &Config,
+    cookie_secret: &[u8; 32],
+    client_random: &Random,
+    head: &[u8],
 ) -> [u8; 32] {
+    let mut data: ArrayVec<u8, { 32 + RETRY_COOKIE_MAX }> = ArrayVec::new();
+    data.try_extend_from_slice(&client_random.bytes).ok();
+    data.try_extend_from_slice(head).ok();
     // unwrap: HMAC-SHA256 should not fail with valid key/data
-    hmac_provider
-        .hmac_sha256(cookie_secret, &client_random.bytes)
+    config
+        .crypto_provider()
+        .hmac_provider
+        .hmac_sha256(cookie_secret, &data)
         .unwrap()
 }
 
-/// Send a HelloRetryRequest (encoded as a ServerHello with magic random).
-fn send_hello_retry_request(
-    server: &mut Server,
+/// The content of `cookie` if this secret made it for this random.
+fn open_retry_cookie(
+    config: &Config,
+    cookie_secret: &[u8; 32],
+    client_random: &Random,
+    cookie: &[u8],
+) -> Option<RetryCookie> {
+    if cookie.len() < 4 + 32 {
+        return None;
+    }
+    let (head, tag) = cookie.split_at(cookie.len() - 32);
+    let expected = retry_cookie_tag(config, cookie_secret, client_random, head);
+    let is_valid: bool = tag.ct_eq(&expected).into();
+    if !is_valid {
+        return None;
+    }
+    let suite = Dtls13CipherSuite::from_u16(u16::from_be_bytes([head[0], head[1]]));
+    let group = match u16::from_be_bytes([head[2], head[3]]) {
+        0 => None,
+        g => Some(NamedGroup::from_u16(g)),
+    };
+    let ch1_hash = ArrayVec::try_from(&head[4..]).ok()?;
+    Some(RetryCookie {
+        suite,
+        group,
+        ch1_hash,
+    })
+}
+
+/// The HelloRetryRequest a DTLS 1.3 server with `config` and cookie
+/// secret `cookie_secret` answers the first ClientHello `client_hello`
+/// (its handshake body) with: the handshake body, for the caller to send
+/// in a record with the ClientHello's message_seq and record number.
+/// None when the server would not answer it with one (not DTLS 1.3, a
+/// cookie already, no common suite or group, malformed). A server
+/// continues from it with [`Server::continue_stateless_retry`] (patched in
+/// mqttsn).
+pub fn stateless_hello_retry_request(
+    config: &Config,
+    cookie_secret: &[u8; 32],
+    client_hello: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    use crate::dtls13::message::ClientHello;
+    let (rest, hello) = ClientHello::parse(client_hello, 0).ok()?;
+    if !rest.is_empty()
+        || !hello.legacy_cookie.is_empty()
+        || hello.legacy_version != ProtocolVersion::DTLS1_2
+        || !hello
+            .legacy_compression_methods
+            .contains(&CompressionMethod::Null)
+        || !hello
+            .supported_versions()
+            .is_some_and(|sv| sv.versions.contains(&ProtocolVersion::DTLS1_3))
+        || hello
+            .extensions
+            .iter()
+            .any(|e| e.extension_type == ExtensionType::Cookie)
+    {
+        return None;
+    }
+    let suite = hello
+        .cipher_suites
+        .iter()
+        .find(|cs| config.dtls13_cipher_suites().any(|s| s.suite() == **cs))
+        .copied()?;
+    let our_groups: ArrayVec<NamedGroup, 4> = config.kx_groups().map(|g| g.name()).collect();
+    let key_shares = hello
+        .key_share()
+        .map(|ks| ks.entries.as_slice())
+        .unwrap_or(&[]);
+    let client_groups = hello
+        .supported_groups()
+        .map(|groups| groups.as_slice())
+        .unwrap_or(&[]);
+    let group = if key_shares.iter().any(|e| our_groups.contains(&e.group)) {
+        None
+    } else {
+        Some(
+            our_groups
+                .iter()
+                .find(|g| client_groups.contains(g))
+                .copied()?,
+        )
+    };
+    let mut ch1: ArrayVec<u8, 4> = ArrayVec::new();
+    ch1.push(MessageType::ClientHello.as_u8());
+    ch1.try_extend_from_slice(&(client_hello.len() as u32).to_be_bytes()[1..])
+        .ok()?;
+    let mut transcript = Buf::new();
+    transcript.extend_from_slice(&ch1);
+    transcript.extend_from_slice(client_hello);
+    let cookie = retry_cookie(config, cookie_secret, &hello.random, suite, group, &transcript);
+    let mut body = Buf::new();
+    hello_retry_request_body(suite, &cookie, group, &mut body);
+    out.clear();
+    out.extend_from_slice(&body);
+    Some(())
+}
+
+/// Whether the ClientHello `client_hello` (its handshake body) echoes a
+/// cookie that a HelloRetryRequest under `cookie_secret` carried
+/// (patched in mqttsn).
+pub fn stateless_retry_cookie_valid(
+    config: &Config,
+    cookie_secret: &[u8; 32],
+    client_hello: &[u8],
+) -> bool {
+    use crate::dtls13::message::ClientHello;
+    let Ok((_, hello)) = ClientHello::parse(client_hello, 0) else {
+        return false;
+    };
+    hello
+        .extensions
+        .iter()
+        .filter(|e| e.extension_type == ExtensionType::Cookie)
+        .filter_map(|e| parse_cookie_extension(e.extension_data(client_hello)).ok())
+        .any(|(_, cookie)| open_retry_cookie(config, cookie_secret, &hello.random, cookie).is_some())
+}
+
+/// The body of a HelloRetryRequest (a ServerHello with the magic random).
+fn hello_retry_request_body(
     cipher_suite: Dtls13CipherSuite,
-    cookie: &[u8; 32],
+    cookie: &[u8],
     selected_group: Option<NamedGroup>,
-) -> Result<(), Error> {
+    body: &mut Buf,
+) {
     let hrr_random = Random { bytes: HRR_RANDOM };
     let client_session_id = SessionId::empty();
-
-    server.engine.flight_begin(2);
 
     // Build extension data into a local buffer
     let mut ext_buf = Buf::new();
@@ -1345,14 +1571,23 @@ fn send_hello_retry_request(
         CompressionMethod::Null,
         Some(extensions),
     );
+    server_hello.serialize(&ext_buf, body);
+}
 
+/// Send a HelloRetryRequest (encoded as a ServerHello with magic random).
+fn send_hello_retry_request(
+    server: &mut Server,
+    cipher_suite: Dtls13CipherSuite,
+    cookie: &[u8],
+    selected_group: Option<NamedGroup>,
+) -> Result<(), Error> {
+    server.engine.flight_begin(2);
     server
         .engine
         .create_handshake(MessageType::ServerHello, |body, _engine| {
-            server_hello.serialize(&ext_buf, body);
+            hello_retry_request_body(cipher_suite, cookie, selected_group, body);
             Ok(())
         })?;
-
     Ok(())
 }
 
