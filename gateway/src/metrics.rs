@@ -162,6 +162,8 @@ pub struct Metrics {
     pub pool_offline_dropped: AtomicU64,
     /// Aggregating mode: copies of broker messages handed to sessions.
     pub pool_fanout: AtomicU64,
+    /// Aggregating mode: broker messages that matched no sensor.
+    pub pool_unrouted: AtomicU64,
     /// Aggregating mode: wills the gateway published for lost sensors.
     pub wills_published: AtomicU64,
 }
@@ -442,6 +444,12 @@ impl Metrics {
             "counter",
             "Aggregating mode: copies of broker messages handed to sensor sessions.",
             &[("", get(&self.pool_fanout))],
+        );
+        metric(
+            "pool_unrouted_total",
+            "counter",
+            "Aggregating mode: broker messages that matched no sensor (acknowledged and dropped).",
+            &[("", get(&self.pool_unrouted))],
         );
         metric(
             "wills_published_total",

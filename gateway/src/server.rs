@@ -184,7 +184,7 @@ pub async fn run(
                             ..pool.clone()
                         };
                         ByMode::Aggregating(Box::new(
-                            Aggregating::new(pool, inner, now).with_metrics(metrics.clone()),
+                            Aggregating::new(pool, inner).with_metrics(metrics.clone()),
                         ))
                     }
                     None => ByMode::Transparent(inner),

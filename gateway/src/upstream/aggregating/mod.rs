@@ -172,6 +172,10 @@ struct Conn {
     started: bool,
     /// Was up once in this run.
     ever_up: bool,
+    /// Why it is down, once an attempt failed or it was lost: a session
+    /// that connects meanwhile is told at once, as its own connection
+    /// would have told it in transparent mode.
+    down: Option<String>,
     next_request: RequestId,
     pending: HashMap<RequestId, Pending>,
     /// The filters whose subscriptions this connection holds.
@@ -255,11 +259,11 @@ pub fn stable_hash(s: &str) -> u64 {
 }
 
 impl Aggregating {
-    /// A pool over `inner`'s transports. Every connection is opened at
-    /// once: each holds the subscriptions, kept messages and QoS 2
-    /// exchanges of its broker session from the previous run, whether or
-    /// not a sensor comes to this worker soon.
-    pub fn new(opts: PoolOptions, inner: Transparent, now: Instant) -> Self {
+    /// A pool over `inner`'s transports. A connection is opened with the
+    /// first session that needs it: after a restart, the sessions restored
+    /// on this worker all connect in the same step, so they are all
+    /// waiting when the broker hands over what it kept for the pool.
+    pub fn new(opts: PoolOptions, inner: Transparent) -> Self {
         let n = opts.connections.max(1);
         let conns = (0..n)
             .map(|i| Conn {
@@ -267,6 +271,7 @@ impl Aggregating {
                 up: false,
                 started: false,
                 ever_up: false,
+                down: None,
                 next_request: 1,
                 pending: HashMap::new(),
                 filters: Filters::new(),
@@ -276,7 +281,7 @@ impl Aggregating {
                 held: VecDeque::new(),
             })
             .collect();
-        let mut me = Self {
+        Self {
             opts,
             inner,
             conns,
@@ -300,11 +305,7 @@ impl Aggregating {
             qos2_held: HashMap::new(),
             pending_restore: HashMap::new(),
             targets: Vec::new(),
-        };
-        for c in 0..n {
-            me.start(c, now);
         }
-        me
     }
 
     /// Keeps the `mqttsn_pool_*` metrics and `mqttsn_wills_published_total`.
@@ -444,6 +445,8 @@ impl Aggregating {
         self.start(pool, now);
         if self.conns[pool].up {
             self.connected(key, sid, present);
+        } else if let Some(reason) = self.conns[pool].down.clone() {
+            self.events.push_back((key, Event::Unavailable { reason }));
         } else {
             self.conns[pool].waiting.push((key, present));
         }
@@ -726,6 +729,7 @@ impl Aggregating {
                 let again = self.conns[c].ever_up && !session_present;
                 self.conns[c].up = true;
                 self.conns[c].ever_up = true;
+                self.conns[c].down = None;
                 if again {
                     self.subscribe_again(c, now);
                 }
@@ -746,6 +750,7 @@ impl Aggregating {
             Event::Unavailable { reason } => {
                 tracing::debug!(worker = self.opts.worker, conn = c, %reason, "pool connection down");
                 self.conns[c].up = false;
+                self.conns[c].down = Some(reason.clone());
                 for (key, _) in std::mem::take(&mut self.conns[c].waiting) {
                     self.events.push_back((key, Event::Unavailable { reason: reason.clone() }));
                 }
@@ -946,6 +951,9 @@ impl Aggregating {
         tracing::trace!(worker = self.opts.worker, conn = c, %topic, ?qos, retain, sensors = targets.len(), "pool message");
         if let Some(m) = &self.metrics {
             Metrics::add(&m.pool_fanout, targets.len() as u64);
+            if targets.is_empty() {
+                Metrics::inc(&m.pool_unrouted);
+            }
         }
         self.targets = targets;
         if let Some(pool_delivery) = delivery {
