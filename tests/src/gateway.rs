@@ -246,10 +246,13 @@ impl GatewayProcess {
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         // The caller's environment over those defaults.
         cmd.envs(env.iter().copied());
-        if crate::mode::aggregating() && !args.contains(&"--mode") {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if crate::mode::aggregating() && !args.iter().any(|a| a == "--mode") {
             cmd.args(["--mode", "aggregating"]);
+            crate::mode::own_pool_identity(&mut args);
         }
-        cmd.args(args)
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cmd.args(&args)
             // Tests run in parallel: never the fixed default metrics port.
             .args(["--metrics-listen", "127.0.0.1:0"]);
         if !args.contains(&"--store") {

@@ -61,3 +61,40 @@ pub fn name() -> &'static str {
         "transparent"
     }
 }
+
+/// A gateway binary the harness starts in aggregating mode gets a pool
+/// ClientId of its own, unless its configuration names one: two gateways
+/// of a test on one host and broker (failover) would otherwise share the
+/// default, and take each other's pool connections over; with a store, it
+/// follows from the store's path, so a restarted gateway has the same one.
+/// `[aggregating] client_id` is added to the test's configuration file,
+/// or `args` gains a file with only that.
+pub fn own_pool_identity(args: &mut Vec<String>) {
+    let at = args.iter().position(|a| a == "-c" || a == "--config");
+    let mut text = match at.and_then(|i| args.get(i + 1)) {
+        Some(path) => std::fs::read_to_string(path).expect("the test's configuration file"),
+        None => String::new(),
+    };
+    if text.contains("[aggregating]") {
+        return;
+    }
+    // With a store, the same ClientId in every run, as a configured
+    // gateway has: its pool's broker sessions are what a restart finds.
+    let store = args.iter().position(|a| a == "--store").and_then(|i| args.get(i + 1));
+    let id = match store.filter(|p| !p.is_empty()) {
+        Some(path) => {
+            format!("pool-store-{:x}", mqttsn_gateway::upstream::aggregating::stable_hash(path))
+        }
+        None => crate::broker::unique("pool"),
+    };
+    text.push_str(&format!("\n[aggregating]\nclient_id = \"{id}\"\n"));
+    match at.and_then(|i| args.get(i + 1)) {
+        // In place: a test may rewrite its file and reload it (SIGHUP).
+        Some(path) => std::fs::write(path, text).expect("write the configuration"),
+        None => {
+            let path = std::env::temp_dir().join(format!("{id}.toml"));
+            std::fs::write(&path, text).expect("write the configuration");
+            args.extend(["--config".to_string(), path.to_string_lossy().into_owned()]);
+        }
+    }
+}
