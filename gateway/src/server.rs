@@ -183,9 +183,9 @@ pub async fn run(
                             own_client_id: opts.own_client_id.clone(),
                             ..pool.clone()
                         };
-                        ByMode::Aggregating(Box::new(
+                        ByMode::Aggregating(
                             Aggregating::new(pool, inner).with_metrics(metrics.clone()),
-                        ))
+                        )
                     }
                     None => ByMode::Transparent(inner),
                 }
