@@ -3,7 +3,7 @@
 //! QoS 0/1/2 messages with unique payloads, maybe sleep and wake), and
 //! what it saw, for the invariants.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use mqttsn_client::{Client, Event, Millis, QoS, Settings, Topic, TopicFilter};
@@ -64,9 +64,33 @@ pub struct Sensor {
     pub acked: Vec<(Vec<u8>, QoS)>,
     /// Messages received: payload → times, by QoS (0, 1, 2).
     pub received: BTreeMap<Vec<u8>, [u32; 3]>,
-    /// Never lost its connection, never slept: it must get every message
-    /// the gateway acknowledged for it.
+    /// Never lost its connection, never slept.
     pub steady: bool,
+    /// The current session is CleanSession false (the last CONNECT said
+    /// so).
+    pub persistent: bool,
+    /// When the current session began (docs/simulation.md, "sessions"):
+    /// every delivery the gateway acknowledged for it since must reach it.
+    pub session_since: Millis,
+    /// QoS 2 messages received in the current session: payload → times,
+    /// and the connection it first came on.
+    qos2_now: BTreeMap<Vec<u8>, (u32, u32)>,
+    /// A QoS 2 message received twice on one connection of a session.
+    pub twice: Option<Vec<u8>>,
+    /// QoS 2 messages received twice in one session, again after the
+    /// connection was lost or the gateway crashed (a known issue,
+    /// docs/simulation.md).
+    pub twice_after_loss: u32,
+    /// Connections lost and gateway crashes so far.
+    pub losses: u32,
+    /// QoS 2 messages the client answered with PUBREC at their first
+    /// transmission without delivering them, taking a MsgId held from a
+    /// session before a loss or a crash for a copy (a known issue,
+    /// docs/simulation.md).
+    pub swallowed: BTreeSet<Vec<u8>>,
+    /// A first transmission of a QoS 2 message just answered without
+    /// delivery: MsgId and payload, until the answer is seen.
+    pub unanswered: Option<(u16, Vec<u8>)>,
     /// Times it connected.
     pub connects: u32,
 }
@@ -113,6 +137,14 @@ impl Sensor {
             acked: Vec::new(),
             received: BTreeMap::new(),
             steady: true,
+            persistent: false,
+            session_since: 0,
+            qos2_now: BTreeMap::new(),
+            twice: None,
+            twice_after_loss: 0,
+            swallowed: BTreeSet::new(),
+            unanswered: None,
+            losses: 0,
             connects: 0,
         })
     }
@@ -143,6 +175,12 @@ impl Sensor {
         let topic = topic_of(self.n);
         let result = match &action {
             Action::Connect => self.client.connect(now, self.clean, 60, None).map(|_| {
+                // A clean session, or one after a clean one, is a new
+                // session.
+                if self.clean || !self.persistent {
+                    self.new_session(now);
+                }
+                self.persistent = !self.clean;
                 // CleanSession only on the first connect: later ones
                 // resume the session.
                 self.clean = false;
@@ -213,6 +251,15 @@ impl Sensor {
             Event::Message { payload, qos, .. } => {
                 let slot = self.received.entry(payload.to_vec()).or_default();
                 slot[usize::from(level(qos)).min(2)] += 1;
+                if qos == QoS::ExactlyOnce {
+                    let n = self.qos2_now.entry(payload.to_vec()).or_insert((0, self.losses));
+                    n.0 += 1;
+                    if n.0 > 1 && n.1 != self.losses {
+                        self.twice_after_loss += 1;
+                    } else if n.0 > 1 && self.twice.is_none() {
+                        self.twice = Some(payload.to_vec());
+                    }
+                }
             }
             Event::ConnectRefused(_) | Event::GatewayLost | Event::DisconnectedByGateway => {
                 self.lost(now);
@@ -222,9 +269,28 @@ impl Sensor {
         (acked, line)
     }
 
+    /// A new session begins: what the gateway acknowledged for the last
+    /// one need not reach this one.
+    fn new_session(&mut self, now: Millis) {
+        self.session_since = now;
+        self.qos2_now.clear();
+    }
+
+    /// The gateway crashed: a clean session is gone with it.
+    pub fn gateway_crashed(&mut self, now: Millis) {
+        self.losses += 1;
+        if !self.persistent {
+            self.new_session(now);
+        }
+    }
+
     /// The connection is gone: connect again, register and subscribe.
     fn lost(&mut self, now: Millis) {
         self.steady = false;
+        self.losses += 1;
+        if !self.persistent {
+            self.new_session(now);
+        }
         if self.plan.front() == Some(&Action::Wake) {
             return;
         }
