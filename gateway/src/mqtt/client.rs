@@ -661,7 +661,7 @@ impl Client {
             QoS::AtLeastOnce => {
                 if self.incoming.iter().any(|i| i.pkid == p.pkid && i.qos == p.qos) {
                     // Sent again before we acknowledged: already delivered.
-                    return;
+                    return self.requeue(p.pkid, now);
                 }
             }
             QoS::ExactlyOnce => {
@@ -676,7 +676,9 @@ impl Client {
                     self.qos2_restored.remove(&p.pkid);
                 }
                 if self.qos2_received.contains(&p.pkid) {
-                    if !self.incoming.iter().any(|i| i.pkid == p.pkid) {
+                    if self.incoming.iter().any(|i| i.pkid == p.pkid) {
+                        self.requeue(p.pkid, now);
+                    } else {
                         // Delivered and acknowledged; our PUBREC was lost.
                         self.answer_copy(p.pkid, now);
                     }
@@ -716,6 +718,19 @@ impl Client {
         let delivery = DeliveryId(self.next_delivery);
         self.next_delivery += 1;
         self.incoming.push_back(Incoming { delivery, pkid, qos: QoS::ExactlyOnce, acked: true });
+        self.flush_acks(now);
+    }
+
+    /// A copy (sent again after a reconnect) of a message received before
+    /// and not answered yet: its answer takes the copy's place in the
+    /// order, behind the messages this connection brought before it
+    /// (MQTT-4.6.0-2, MQTT-4.6.0-3).
+    fn requeue(&mut self, pkid: u16, now: Instant) {
+        if let Some(pos) = self.incoming.iter().position(|i| i.pkid == pkid) {
+            if let Some(i) = self.incoming.remove(pos) {
+                self.incoming.push_back(i);
+            }
+        }
         self.flush_acks(now);
     }
 
@@ -1019,6 +1034,41 @@ mod tests {
         assert!(t.events().is_empty() && t.sent().is_empty(), "41's PUBREC again, after 42's");
         t.cmd(Command::Ack(d42));
         assert_eq!(t.sent(), [MqttPacket::PubRec(42), MqttPacket::PubRec(41)]);
+    }
+
+    #[test]
+    fn a_copy_of_an_unanswered_message_is_answered_in_the_copys_turn() {
+        // 7 was answered, but the PUBACK was lost with the connection; 8
+        // waits for the session. After the reconnect the broker sends 7
+        // and 8 again: 7 is new to the client, 8 is known; 8's PUBACK
+        // goes after 7's (MQTT-4.6.0-2; seed 340 of the simulation).
+        let mut t = T::up(false, false);
+        t.incoming(7, QoS::AtLeastOnce, false);
+        t.incoming(8, QoS::AtLeastOnce, false);
+        let ids: Vec<DeliveryId> = t
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message { delivery, .. } => delivery,
+                _ => None,
+            })
+            .collect();
+        t.cmd(Command::Ack(ids[0]));
+        assert_eq!(t.sent(), [MqttPacket::PubAck(7)]);
+        t.c.handle_transport_down("reset");
+        t.events();
+        t.c.handle_transport_up(t.now);
+        t.sent();
+        t.pkt(MqttPacket::ConnAck { session_present: true, code: 0 });
+        t.events();
+        t.incoming(7, QoS::AtLeastOnce, true);
+        let [Event::Message { delivery: Some(again), .. }] = t.events()[..] else { panic!() };
+        t.incoming(8, QoS::AtLeastOnce, true);
+        assert!(t.events().is_empty(), "8 is not delivered twice");
+        t.cmd(Command::Ack(ids[1]));
+        assert!(t.sent().is_empty(), "8's PUBACK waits for 7's");
+        t.cmd(Command::Ack(again));
+        assert_eq!(t.sent(), [MqttPacket::PubAck(7), MqttPacket::PubAck(8)]);
     }
 
     #[test]
