@@ -100,9 +100,9 @@ struct Link {
     cid: Option<String>,
     inbuf: BytesMut,
     /// PUBLISHes sent on it waiting for PUBACK (QoS 1, `[0]`) or PUBREC
-    /// (QoS 2, `[1]`), in the order sent, and whether each was a copy
-    /// (DUP) of one sent on an earlier connection.
-    wait_ack: [VecDeque<(u16, bool)>; 2],
+    /// (QoS 2, `[1]`), in the order sent, each with the number of its
+    /// octets toward the gateway (see [`Broker::polled`]).
+    wait_ack: [VecDeque<(u16, u64)>; 2],
     /// PUBRECs sent for the gateway's QoS 2 publishes, waiting for PUBREL,
     /// in order.
     wait_rel: VecDeque<u16>,
@@ -143,12 +143,20 @@ pub struct Broker {
     persistent: bool,
     sessions: BTreeMap<String, BSession>,
     links: BTreeMap<Conn, Link>,
-    /// From the gateway, by arrival.
-    inbox: VecDeque<(u64, Conn, FromGateway)>,
-    /// To the gateway, by arrival.
-    outbox: VecDeque<(u64, Conn, ToGateway)>,
-    /// Arrived at the gateway.
-    ready: VecDeque<ToGateway>,
+    /// From the gateway, by arrival, each with [`Broker::polled`] when it
+    /// was written.
+    inbox: VecDeque<(u64, Conn, FromGateway, u64)>,
+    /// To the gateway, by arrival, each numbered.
+    outbox: VecDeque<(u64, Conn, ToGateway, u64)>,
+    /// The number of the last thing sent toward the gateway.
+    sent_seq: u64,
+    /// The number of the last thing the gateway took: what it writes
+    /// after it answers everything up to there.
+    polled: u64,
+    /// [`Broker::polled`] when the octets being read were written.
+    written_after: u64,
+    /// Arrived at the gateway, with their numbers.
+    ready: VecDeque<(ToGateway, u64)>,
     /// The gateway process now running.
     epoch: u32,
     down_until: Option<u64>,
@@ -188,6 +196,9 @@ impl Broker {
             links: BTreeMap::new(),
             inbox: VecDeque::new(),
             outbox: VecDeque::new(),
+            sent_seq: 0,
+            polled: 0,
+            written_after: 0,
             ready: VecDeque::new(),
             epoch: 0,
             down_until: None,
@@ -216,7 +227,7 @@ impl Broker {
 
     fn from_gateway(&mut self, now: u64, conn: ConnId, what: FromGateway) {
         let at = self.arrival(now, self.inbox.back().map(|i| i.0));
-        self.inbox.push_back((at, (self.epoch, conn), what));
+        self.inbox.push_back((at, (self.epoch, conn), what, self.polled));
     }
 
     /// The gateway asks for a connection (`Io::Open`).
@@ -243,18 +254,21 @@ impl Broker {
         self.ready.clear();
     }
 
-    fn to_gateway(&mut self, conn: Conn, what: ToGateway) {
+    /// Sends toward the gateway; returns the number it goes under.
+    fn to_gateway(&mut self, conn: Conn, what: ToGateway) -> u64 {
         if conn.0 != self.epoch {
-            return;
+            return u64::MAX;
         }
         let at = self.arrival(self.now, self.outbox.back().map(|o| o.0));
-        self.outbox.push_back((at, conn, what));
+        self.sent_seq += 1;
+        self.outbox.push_back((at, conn, what, self.sent_seq));
+        self.sent_seq
     }
 
-    fn send(&mut self, conn: Conn, p: &MqttPacket) {
+    fn send(&mut self, conn: Conn, p: &MqttPacket) -> u64 {
         let mut b = BytesMut::new();
         p.encode(&mut b);
-        self.to_gateway(conn, ToGateway::Bytes(conn.1, b));
+        self.to_gateway(conn, ToGateway::Bytes(conn.1, b))
     }
 
     /// When something is due next.
@@ -278,20 +292,23 @@ impl Broker {
             }
         }
         while self.inbox.front().is_some_and(|i| i.0 <= now) {
-            let Some((_, conn, what)) = self.inbox.pop_front() else { break };
+            let Some((_, conn, what, after)) = self.inbox.pop_front() else { break };
+            self.written_after = after;
             self.handle(conn, what);
         }
         while self.outbox.front().is_some_and(|o| o.0 <= now) {
-            let Some((_, conn, what)) = self.outbox.pop_front() else { break };
+            let Some((_, conn, what, seq)) = self.outbox.pop_front() else { break };
             if conn.0 == self.epoch {
-                self.ready.push_back(what);
+                self.ready.push_back((what, seq));
             }
         }
     }
 
     /// The next thing for the gateway.
     pub fn poll(&mut self) -> Option<ToGateway> {
-        self.ready.pop_front()
+        let (what, seq) = self.ready.pop_front()?;
+        self.polled = seq;
+        Some(what)
     }
 
     /// Deliveries not completed for a session of this ClientId.
@@ -429,7 +446,9 @@ impl Broker {
                 }
                 match p.qos {
                     QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => self.send(conn, &MqttPacket::PubAck(p.pkid)),
+                    QoS::AtLeastOnce => {
+                        self.send(conn, &MqttPacket::PubAck(p.pkid));
+                    }
                     QoS::ExactlyOnce => {
                         if let Some(l) = self.links.get_mut(&conn) {
                             l.wait_rel.retain(|k| *k != p.pkid);
@@ -468,7 +487,9 @@ impl Broker {
                 }
                 self.send(conn, &MqttPacket::UnsubAck(pkid));
             }
-            MqttPacket::PingReq => self.send(conn, &MqttPacket::PingResp),
+            MqttPacket::PingReq => {
+                self.send(conn, &MqttPacket::PingResp);
+            }
             MqttPacket::Disconnect => {
                 self.drop_link(conn);
                 self.to_gateway(conn, ToGateway::Closed(conn.1));
@@ -519,17 +540,17 @@ impl Broker {
             });
         }
         for p in packets {
-            self.note_sent(conn, &p);
-            self.send(conn, &p);
+            let seq = self.send(conn, &p);
+            self.note_sent(conn, &p, seq);
         }
     }
 
-    fn note_sent(&mut self, conn: Conn, p: &MqttPacket) {
+    fn note_sent(&mut self, conn: Conn, p: &MqttPacket, seq: u64) {
         if let (MqttPacket::Publish(p), Some(l)) = (p, self.links.get_mut(&conn)) {
             match p.qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => l.wait_ack[0].push_back((p.pkid, p.dup)),
-                QoS::ExactlyOnce => l.wait_ack[1].push_back((p.pkid, p.dup)),
+                QoS::AtLeastOnce => l.wait_ack[0].push_back((p.pkid, seq)),
+                QoS::ExactlyOnce => l.wait_ack[1].push_back((p.pkid, seq)),
             }
         }
     }
@@ -545,10 +566,10 @@ impl Broker {
                 Some(0) => {
                     l.wait_ack[slot].pop_front();
                 }
-                // A copy: the gateway may answer what it received on an
-                // earlier connection, before the ones sent ahead of the
-                // copy on this one.
-                Some(pos) if l.wait_ack[slot][pos].1 => {
+                // Written before this PUBLISH reached the gateway: the
+                // answer to a copy received on an earlier connection (the
+                // client keeps what it owes across connections).
+                Some(pos) if l.wait_ack[slot][pos].1 > self.written_after => {
                     l.wait_ack[slot].remove(pos);
                 }
                 Some(pos) => {
@@ -662,8 +683,8 @@ impl Broker {
         let p = publish(&o, false);
         s.out.push_back(o);
         if let Some(c) = conn {
-            self.note_sent(c, &p);
-            self.send(c, &p);
+            let seq = self.send(c, &p);
+            self.note_sent(c, &p, seq);
         }
     }
 }

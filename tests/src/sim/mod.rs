@@ -477,6 +477,11 @@ impl Sim {
                     return Ok(());
                 };
                 g.ep.handle_datagram(at, from, &data);
+                if let Ok(mqttsn_codec::Packet::Connect(_)) = mqttsn_codec::Packet::decode(&data) {
+                    if let Some(s) = self.sensors.get_mut(d.sensor) {
+                        s.connect_arrived(now);
+                    }
+                }
                 self.note(|| format!("s{} -> gw {}", d.sensor, show(&data)));
             }
             Node::Sensor(n) => {
@@ -595,7 +600,10 @@ impl Sim {
                 if g.ep.poll_forward().is_some() {
                     return Err("a forward from a lone worker".into());
                 }
-                while let Some(b) = self.broker.poll() {
+                // One at a time: what the upstream side writes in answer
+                // goes out before it reads on, so the broker knows what
+                // it had read when it wrote.
+                if let Some(b) = self.broker.poll() {
                     any = true;
                     outputs += 1;
                     match b {
@@ -692,7 +700,6 @@ impl Sim {
                 ("buffered_messages", &m.buffered_messages),
                 ("buffered_bytes", &m.buffered_bytes),
                 ("sessions_asleep", &m.sessions_asleep),
-                ("store_waiting", &m.store_waiting),
             ] {
                 let v = v.load(Ordering::Relaxed);
                 if v >= 1 << 40 {

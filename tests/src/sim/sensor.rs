@@ -69,9 +69,13 @@ pub struct Sensor {
     /// The current session is CleanSession false (the last CONNECT said
     /// so).
     pub persistent: bool,
-    /// When the current session began (docs/simulation.md, "sessions"):
-    /// every delivery the gateway acknowledged for it since must reach it.
+    /// When the current session began at the gateway (docs/simulation.md,
+    /// "sessions"): every delivery the gateway acknowledged for it since
+    /// must reach it.
     pub session_since: Millis,
+    /// A new session begins with the next CONNECT that reaches the
+    /// gateway.
+    pub session_pending: bool,
     /// QoS 2 messages received in the current session: payload → times,
     /// and the connection it first came on.
     qos2_now: BTreeMap<Vec<u8>, (u32, u32)>,
@@ -139,6 +143,7 @@ impl Sensor {
             steady: true,
             persistent: false,
             session_since: 0,
+            session_pending: false,
             qos2_now: BTreeMap::new(),
             twice: None,
             twice_after_loss: 0,
@@ -273,7 +278,15 @@ impl Sensor {
     /// one need not reach this one.
     fn new_session(&mut self, now: Millis) {
         self.session_since = now;
+        self.session_pending = true;
         self.qos2_now.clear();
+    }
+
+    /// A CONNECT from this sensor reached the gateway at `now`.
+    pub fn connect_arrived(&mut self, now: Millis) {
+        if std::mem::take(&mut self.session_pending) {
+            self.session_since = now;
+        }
     }
 
     /// The gateway crashed: a clean session is gone with it.
