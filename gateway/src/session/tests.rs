@@ -1054,6 +1054,31 @@ fn sleeping_sensor_gets_its_buffer_then_pingresp_last() {
 }
 
 #[test]
+fn a_restored_active_session_sends_what_it_holds_without_waiting_for_the_sensor() {
+    // A sleeper's buffer, acknowledged upstream, then the sensor wakes
+    // with CONNECT and the gateway stops before the buffer went out (seed
+    // 2300 of the simulation: the REGISTER for its topic was lost).
+    let mut h = H::connected(false, 10);
+    h.subscribe("room/#", QoS::AtLeastOnce);
+    h.sensor(Packet::Disconnect(Some(60)));
+    h.tx();
+    h.message(1, "room/a", MqttQoS::AtLeastOnce);
+    assert_eq!(acks(&mut h), [1]);
+    h.connect(false, false, 10);
+    h.tx();
+    let p = h.s.take_persist(1, b"").expect("the state changed");
+    let record = p.record.expect("a record");
+    let messages: Vec<(u64, Vec<u8>)> = p.put;
+    let cfg = h.s.cfg.clone();
+    let (mut s, _) = Session::restore(cfg, "sensor-1", &record, messages, h.now).unwrap();
+    let out: Vec<Outgoing> = std::iter::from_fn(|| s.poll_transmit()).collect();
+    assert!(
+        out.iter().any(|o| matches!(o, Outgoing::Publish { .. } | Outgoing::Register { .. })),
+        "the held message goes out (or its topic's REGISTER first): {out:?}"
+    );
+}
+
+#[test]
 fn sleep_timer_running_out_makes_the_sensor_lost() {
     let mut h = H::connected(false, 10);
     h.sensor(Packet::Disconnect(Some(20)));
