@@ -458,8 +458,13 @@ impl Sim {
             self.crashes.pop_front();
             let g = self.start_gateway();
             self.gw = Some(g);
-            let n = self.store.len();
-            self.note(|| format!("gateway restarted, {n} sessions in the store"));
+            let stored: Vec<String> = self
+                .store
+                .loaded()
+                .iter()
+                .map(|l| format!("{} ({} messages)", l.client_id, l.messages.len()))
+                .collect();
+            self.note(|| format!("gateway restarted, the store holds {}", stored.join(", ")));
         }
     }
 
@@ -490,13 +495,12 @@ impl Sim {
                 let event = match s.client.handle_datagram(now, &d.data) {
                     Ok(Some(e)) => s.event(now, e),
                     Ok(None) => {
-                        // A first transmission of a QoS 2 message never
-                        // seen, answered and not delivered.
+                        // A QoS 2 message never received, answered and not
+                        // delivered.
                         if let Ok(mqttsn_codec::Packet::Publish(p)) =
                             mqttsn_codec::Packet::decode(&d.data)
                         {
                             let first = p.qos == mqttsn_codec::QoS::ExactlyOnce
-                                && !p.dup
                                 && !s.received.contains_key(p.data);
                             // Refused (an unknown topic id) or taken for a
                             // copy: the answer tells (see `drain`).
@@ -544,7 +548,16 @@ impl Sim {
                         return Err(format!("a datagram to {}, who is no sensor", t.to));
                     };
                     self.datagrams += 1;
+                    let lost = self.net.lost;
+                    if let Some(t) = self.trace.as_mut() {
+                        t.push(format!("{now:>7} gw => s{n} {}", show(&data)));
+                    }
                     self.net.send(now, n, Node::Sensor(n), data);
+                    if self.net.lost > lost {
+                        if let Some(t) = self.trace.as_mut() {
+                            t.push(format!("{now:>7} (lost)"));
+                        }
+                    }
                 }
                 while let Some((key, cmd)) = g.ep.poll_upstream() {
                     any = true;

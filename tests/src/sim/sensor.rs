@@ -66,9 +66,11 @@ pub struct Sensor {
     pub received: BTreeMap<Vec<u8>, [u32; 3]>,
     /// Never lost its connection, never slept.
     pub steady: bool,
-    /// The current session is CleanSession false (the last CONNECT said
-    /// so).
+    /// The current session is CleanSession false (the last CONNECT the
+    /// gateway accepted said so).
     pub persistent: bool,
+    /// CleanSession of the CONNECT waiting for its CONNACK.
+    connecting_clean: Option<bool>,
     /// When the current session began at the gateway (docs/simulation.md,
     /// "sessions"): every delivery the gateway acknowledged for it since
     /// must reach it.
@@ -87,13 +89,12 @@ pub struct Sensor {
     pub twice_after_loss: u32,
     /// Connections lost and gateway crashes so far.
     pub losses: u32,
-    /// QoS 2 messages the client answered with PUBREC at their first
-    /// transmission without delivering them, taking a MsgId held from a
-    /// session before a loss or a crash for a copy (a known issue,
-    /// docs/simulation.md).
+    /// QoS 2 messages never received that the client answered with PUBREC
+    /// without delivering them, taking a MsgId held from a session before
+    /// a loss or a crash for a copy (a known issue, docs/simulation.md).
     pub swallowed: BTreeSet<Vec<u8>>,
-    /// A first transmission of a QoS 2 message just answered without
-    /// delivery: MsgId and payload, until the answer is seen.
+    /// A QoS 2 message never received, just answered without delivery:
+    /// MsgId and payload, until the answer is seen.
     pub unanswered: Option<(u16, Vec<u8>)>,
     /// Times it connected.
     pub connects: u32,
@@ -142,6 +143,7 @@ impl Sensor {
             received: BTreeMap::new(),
             steady: true,
             persistent: false,
+            connecting_clean: None,
             session_since: 0,
             session_pending: false,
             qos2_now: BTreeMap::new(),
@@ -185,7 +187,7 @@ impl Sensor {
                 if self.clean || !self.persistent {
                     self.new_session(now);
                 }
-                self.persistent = !self.clean;
+                self.connecting_clean = Some(self.clean);
                 // CleanSession only on the first connect: later ones
                 // resume the session.
                 self.clean = false;
@@ -240,7 +242,12 @@ impl Sensor {
         };
         let mut acked = None;
         match e {
-            Event::Connected => self.connects += 1,
+            Event::Connected => {
+                self.connects += 1;
+                if let Some(clean) = self.connecting_clean.take() {
+                    self.persistent = !clean;
+                }
+            }
             Event::Published { msg_id, result: Ok(()) } => {
                 if let Some(p) = self.sent.remove(&msg_id) {
                     self.acked.push(p.clone());
