@@ -618,6 +618,9 @@ impl Session {
     pub fn handle_upstream(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected { session_present } => {
+                if !session_present {
+                    self.forget_packet_ids();
+                }
                 if !session_present && !self.connecting_clean {
                     // The broker lost the session (a restart without
                     // persistence, say): subscribe again to what the
