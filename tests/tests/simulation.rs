@@ -138,6 +138,24 @@ const REGRESSIONS: &[(u64, &str)] = &[
          held the second, and the gateway's MQTT client sent its PUBREC before the first one's \
          (MQTT-4.6.0-3)",
     ),
+    (
+        381,
+        "a PUBACK lost with its connection: the broker sent the message again, with the one \
+         after it that the session had not acknowledged yet; the gateway's MQTT client \
+         answered the second before the first (MQTT-4.6.0-2)",
+    ),
+    (
+        2_300,
+        "a sleeper woke, and the gateway crashed before the messages it held went out; the \
+         restored session waited for the sensor to speak before sending them, and it never \
+         did",
+    ),
+    (
+        5_640,
+        "the broker restarted without its sessions while the gateway held a QoS 2 message \
+         under its packet identifier; after a gateway restart the upstream was told the \
+         identifier was held, and a new message under it was taken for a copy and lost",
+    ),
 ];
 
 #[test]

@@ -1041,7 +1041,7 @@ mod tests {
         // 7 was answered, but the PUBACK was lost with the connection; 8
         // waits for the session. After the reconnect the broker sends 7
         // and 8 again: 7 is new to the client, 8 is known; 8's PUBACK
-        // goes after 7's (MQTT-4.6.0-2; seed 340 of the simulation).
+        // goes after 7's (MQTT-4.6.0-2; seed 381 of the simulation).
         let mut t = T::up(false, false);
         t.incoming(7, QoS::AtLeastOnce, false);
         t.incoming(8, QoS::AtLeastOnce, false);
