@@ -882,6 +882,12 @@ impl Session {
             let Some(step) = self.plan.pop_front() else { break };
             match step {
                 Step::Connect { clean, with_will } => {
+                    if !self.upstream_open {
+                        // Messages the last upstream delivered and nobody
+                        // acknowledged: their upstream is gone, and the
+                        // broker sends them again on the new one.
+                        self.queue.retain(|d| d.delivery.is_none());
+                    }
                     if !self.upstream_open && !clean {
                         // A new upstream: it learns what is in flight.
                         self.restore_upstream(now);

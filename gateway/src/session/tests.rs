@@ -1108,7 +1108,9 @@ fn held_messages_forget_the_packet_ids_of_a_broker_session_that_is_gone() {
     let (mut s, _) = Session::restore(cfg, "sensor-1", &record, messages, h.now).unwrap();
     let cmds: Vec<Command> = std::iter::from_fn(|| s.poll_upstream()).collect();
     assert!(
-        !cmds.iter().any(|c| matches!(c, Command::Restore { qos2_received, .. } if !qos2_received.is_empty())),
+        !cmds.iter().any(
+            |c| matches!(c, Command::Restore { qos2_received, .. } if !qos2_received.is_empty())
+        ),
         "{cmds:?}"
     );
     // The message itself is still held for the sensor.
@@ -1129,6 +1131,59 @@ fn sleep_timer_running_out_makes_the_sensor_lost() {
     assert!(!h.s.is_active());
     assert_eq!(h.events(), [SessionEvent::Lost(LostReason::SleepTimeout)]);
     assert_eq!(h.cmds(), [Command::Abort], "the will fires");
+}
+
+#[test]
+fn a_message_that_reaches_a_lost_session_is_not_kept_beside_the_brokers_copy() {
+    // The sleeper is lost, its upstream aborted; a message the broker had
+    // already sent arrives before the upstream is closed. The broker sends
+    // it again on the next connection: the sensor gets it once (seed
+    // 12872 of the simulation).
+    let mut h = H::connected(false, 10);
+    h.subscribe("room/#", QoS::ExactlyOnce);
+    h.sensor(Packet::Disconnect(Some(20)));
+    h.tx();
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.cmds(), [Command::Abort]);
+    h.message(9, "room/a", MqttQoS::ExactlyOnce);
+    assert!(h.cmds().is_empty(), "not acknowledged: the broker keeps it");
+    h.up(Event::Closed);
+    h.events();
+    h.connect(false, false, 10);
+    let cmds = h.cmds();
+    assert!(cmds.iter().any(|c| matches!(c, Command::Connect(_))), "{cmds:?}");
+    h.up(Event::Connected { session_present: true });
+    h.up(Event::Message {
+        delivery: Some(DeliveryId(1)),
+        packet_id: 9,
+        topic: "room/a".into(),
+        payload: Bytes::from_static(b"m9"),
+        qos: MqttQoS::ExactlyOnce,
+        retain: false,
+        dup: true,
+    });
+    let mut publishes = 0;
+    for _ in 0..5 {
+        for o in h.tx() {
+            match o.packet() {
+                Packet::Publish(p) => {
+                    publishes += usize::from(p.data == b"m9");
+                    h.sensor(Packet::PubRec(p.msg_id));
+                }
+                Packet::PubRel(id) => h.sensor(Packet::PubComp(id)),
+                Packet::Register(r) => {
+                    let ack = Ack {
+                        topic_id: r.topic_id,
+                        msg_id: r.msg_id,
+                        return_code: ReturnCode::Accepted,
+                    };
+                    h.sensor(Packet::RegAck(ack));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(publishes, 1);
 }
 
 #[test]
