@@ -57,7 +57,9 @@ pub enum ToGateway {
 enum FromGateway {
     Open,
     Bytes(BytesMut),
-    Close { linger: bool },
+    Close {
+        linger: bool,
+    },
     /// The gateway process died: every connection of its epoch drops.
     Crash,
 }
@@ -225,37 +227,37 @@ impl Broker {
         (now + self.rng.range(0, 30)).max(last.unwrap_or(0))
     }
 
-    fn from_gateway(&mut self, now: u64, conn: ConnId, what: FromGateway) {
+    fn receive(&mut self, now: u64, conn: ConnId, what: FromGateway) {
         let at = self.arrival(now, self.inbox.back().map(|i| i.0));
         self.inbox.push_back((at, (self.epoch, conn), what, self.polled));
     }
 
     /// The gateway asks for a connection (`Io::Open`).
     pub fn open(&mut self, now: u64, conn: ConnId) {
-        self.from_gateway(now, conn, FromGateway::Open);
+        self.receive(now, conn, FromGateway::Open);
     }
 
     /// The gateway writes octets.
     pub fn write(&mut self, now: u64, conn: ConnId, data: BytesMut) {
-        self.from_gateway(now, conn, FromGateway::Bytes(data));
+        self.receive(now, conn, FromGateway::Bytes(data));
     }
 
     /// The gateway closes a connection (`Io::Close`).
     pub fn close(&mut self, now: u64, conn: ConnId, linger: bool) {
-        self.from_gateway(now, conn, FromGateway::Close { linger });
+        self.receive(now, conn, FromGateway::Close { linger });
     }
 
     /// The gateway process dies: what it wrote still arrives, then every
     /// connection it had drops without DISCONNECT; nothing reaches it any
     /// more. The next process numbers its connections afresh.
     pub fn crash(&mut self, now: u64) {
-        self.from_gateway(now, 0, FromGateway::Crash);
+        self.receive(now, 0, FromGateway::Crash);
         self.epoch += 1;
         self.ready.clear();
     }
 
     /// Sends toward the gateway; returns the number it goes under.
-    fn to_gateway(&mut self, conn: Conn, what: ToGateway) -> u64 {
+    fn emit(&mut self, conn: Conn, what: ToGateway) -> u64 {
         if conn.0 != self.epoch {
             return u64::MAX;
         }
@@ -268,16 +270,21 @@ impl Broker {
     fn send(&mut self, conn: Conn, p: &MqttPacket) -> u64 {
         let mut b = BytesMut::new();
         p.encode(&mut b);
-        self.to_gateway(conn, ToGateway::Bytes(conn.1, b))
+        self.emit(conn, ToGateway::Bytes(conn.1, b))
     }
 
     /// When something is due next.
     pub fn next_due(&self) -> Option<u64> {
         let planned = self.plan.front().filter(|_| self.down_until.is_none()).map(|o| o.0);
-        [self.inbox.front().map(|i| i.0), self.outbox.front().map(|o| o.0), self.down_until, planned]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.inbox.front().map(|i| i.0),
+            self.outbox.front().map(|o| o.0),
+            self.down_until,
+            planned,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Does what is due at `now`.
@@ -316,18 +323,13 @@ impl Broker {
         self.sessions.get(cid).map_or(0, |s| s.out.iter().filter(|o| !o.released).count())
     }
 
-    /// Is the broker down?
-    pub fn is_down(&self) -> bool {
-        self.down_until.is_some()
-    }
-
     fn down(&mut self, until: u64, restart: bool) {
         self.down_until = Some(until);
         self.outage_count += 1;
         let conns: Vec<Conn> = self.links.keys().copied().collect();
         for c in conns {
             self.drop_link(c);
-            self.to_gateway(c, ToGateway::Closed(c.1));
+            self.emit(c, ToGateway::Closed(c.1));
         }
         if restart {
             self.restart_count += 1;
@@ -361,22 +363,23 @@ impl Broker {
         match what {
             FromGateway::Open => {
                 if self.down_until.is_some() {
-                    self.to_gateway(conn, ToGateway::OpenFailed(conn.1));
+                    self.emit(conn, ToGateway::OpenFailed(conn.1));
                 } else {
                     self.links.insert(conn, Link::default());
-                    self.to_gateway(conn, ToGateway::Opened(conn.1));
+                    self.emit(conn, ToGateway::Opened(conn.1));
                 }
             }
             FromGateway::Close { linger } => {
                 if self.links.contains_key(&conn) {
                     self.drop_link(conn);
                     if linger {
-                        self.to_gateway(conn, ToGateway::Closed(conn.1));
+                        self.emit(conn, ToGateway::Closed(conn.1));
                     }
                 }
             }
             FromGateway::Crash => {
-                let conns: Vec<Conn> = self.links.keys().filter(|c| c.0 == conn.0).copied().collect();
+                let conns: Vec<Conn> =
+                    self.links.keys().filter(|c| c.0 == conn.0).copied().collect();
                 for c in conns {
                     self.drop_link(c);
                 }
@@ -392,7 +395,7 @@ impl Broker {
                         Err(e) => {
                             self.violation(conn, format!("undecodable octets: {e}"));
                             self.drop_link(conn);
-                            self.to_gateway(conn, ToGateway::Closed(conn.1));
+                            self.emit(conn, ToGateway::Closed(conn.1));
                             return;
                         }
                     }
@@ -423,10 +426,8 @@ impl Broker {
             MqttPacket::Publish(p) => {
                 let fresh = match p.qos {
                     QoS::ExactlyOnce => {
-                        let held = self
-                            .sessions
-                            .get_mut(&cid)
-                            .map(|s| s.qos2_in.insert(p.pkid, conn.0));
+                        let held =
+                            self.sessions.get_mut(&cid).map(|s| s.qos2_in.insert(p.pkid, conn.0));
                         match held {
                             Some(Some(epoch)) if !p.dup => {
                                 // A new message under a packet identifier
@@ -492,7 +493,7 @@ impl Broker {
             }
             MqttPacket::Disconnect => {
                 self.drop_link(conn);
-                self.to_gateway(conn, ToGateway::Closed(conn.1));
+                self.emit(conn, ToGateway::Closed(conn.1));
             }
             MqttPacket::PubAck(pkid) => self.answer(conn, &cid, pkid, QoS::AtLeastOnce),
             MqttPacket::PubRec(pkid) => self.answer(conn, &cid, pkid, QoS::ExactlyOnce),
@@ -517,7 +518,7 @@ impl Broker {
         if let Some(old) = old {
             // Taken over: the first connection is closed.
             self.drop_link(old);
-            self.to_gateway(old, ToGateway::Closed(old.1));
+            self.emit(old, ToGateway::Closed(old.1));
         }
         let s = self.sessions.entry(cid.to_owned()).or_default();
         s.clean = clean;

@@ -304,7 +304,8 @@ impl Sim {
                 }
             }
         }
-        let ups = Transparent::new(UpstreamOptions::default(), "broker".into(), self.rng.next_u64());
+        let ups =
+            Transparent::new(UpstreamOptions::default(), "broker".into(), self.rng.next_u64());
         Gateway { ep, ups, metrics }
     }
 
@@ -325,7 +326,8 @@ impl Sim {
     }
 
     fn outcome(&self) -> Outcome {
-        let late = self.gw.as_ref().map_or(0, |g| g.metrics.qos2_late_duplicates.load(Ordering::Relaxed));
+        let late =
+            self.gw.as_ref().map_or(0, |g| g.metrics.qos2_late_duplicates.load(Ordering::Relaxed));
         Outcome {
             steps: self.steps,
             sensors: self.sensors.len(),
@@ -377,14 +379,21 @@ impl Sim {
                 ));
             }
             let gw_next = self.gw_next();
-            let crash_next = self.crashes.front().map(|c| if self.gw.is_some() { c.0 } else { c.1 });
-            let mut next = [gw_next, self.net.next_arrival(), self.broker.next_due(), self.store.next_due(), crash_next]
-                .into_iter()
-                .flatten()
-                .chain(self.sensors.iter().filter_map(|s| s.client.poll_timeout()))
-                .chain(self.sensors.iter().filter_map(Sensor::next_action))
-                .min()
-                .unwrap_or(end);
+            let crash_next =
+                self.crashes.front().map(|c| if self.gw.is_some() { c.0 } else { c.1 });
+            let mut next = [
+                gw_next,
+                self.net.next_arrival(),
+                self.broker.next_due(),
+                self.store.next_due(),
+                crash_next,
+            ]
+            .into_iter()
+            .flatten()
+            .chain(self.sensors.iter().filter_map(|s| s.client.poll_timeout()))
+            .chain(self.sensors.iter().filter_map(Sensor::next_action))
+            .min()
+            .unwrap_or(end);
             if !self.healed {
                 next = next.min(ACTIVE_MS);
             }
@@ -652,7 +661,9 @@ impl Sim {
                     let data = buf.get(..len).ok_or("a client datagram longer than its buffer")?;
                     let s = &mut self.sensors[n];
                     if let Some((id, payload)) = s.unanswered.take() {
-                        if mqttsn_codec::Packet::decode(data) == Ok(mqttsn_codec::Packet::PubRec(id)) {
+                        if mqttsn_codec::Packet::decode(data)
+                            == Ok(mqttsn_codec::Packet::PubRec(id))
+                        {
                             if s.losses == 0 {
                                 return Err(format!(
                                     "s{n}: QoS 2 {} taken for a copy and not delivered",
@@ -687,11 +698,9 @@ impl Sim {
             QoS::ExactlyOnce if times == 0 && self.broker.lost_to_stale_id.contains(payload) => {
                 Ok(())
             }
-            QoS::ExactlyOnce if times == 0 || (times > 1 && !self.broker.forgot(payload)) => {
-                Err(format!(
-                    "s{n}: QoS 2 {name} acknowledged, accepted by the broker {times} times"
-                ))
-            }
+            QoS::ExactlyOnce if times == 0 || (times > 1 && !self.broker.forgot(payload)) => Err(
+                format!("s{n}: QoS 2 {name} acknowledged, accepted by the broker {times} times"),
+            ),
             _ => Ok(()),
         }
     }

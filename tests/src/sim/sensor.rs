@@ -64,8 +64,6 @@ pub struct Sensor {
     pub acked: Vec<(Vec<u8>, QoS)>,
     /// Messages received: payload → times, by QoS (0, 1, 2).
     pub received: BTreeMap<Vec<u8>, [u32; 3]>,
-    /// Never lost its connection, never slept.
-    pub steady: bool,
     /// The current session is CleanSession false (the last CONNECT the
     /// gateway accepted said so).
     pub persistent: bool,
@@ -141,7 +139,6 @@ impl Sensor {
             subscribing: BTreeMap::new(),
             acked: Vec::new(),
             received: BTreeMap::new(),
-            steady: true,
             persistent: false,
             connecting_clean: None,
             session_since: 0,
@@ -213,7 +210,7 @@ impl Sensor {
                     }
                 })
             }
-            Action::Sleep(s) => self.client.sleep(now, *s).map(|_| self.steady = false),
+            Action::Sleep(s) => self.client.sleep(now, *s),
             Action::Wake => self.client.wake(now),
         };
         match result {
@@ -306,7 +303,6 @@ impl Sensor {
 
     /// The connection is gone: connect again, register and subscribe.
     fn lost(&mut self, now: Millis) {
-        self.steady = false;
         self.losses += 1;
         if !self.persistent {
             self.new_session(now);
