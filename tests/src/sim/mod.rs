@@ -501,6 +501,7 @@ impl Sim {
             Node::Sensor(n) => {
                 self.note(|| format!("gw -> s{n} {}", show(&d.data)));
                 let Some(s) = self.sensors.get_mut(n) else { return Ok(()) };
+                s.from_epoch = d.epoch;
                 let event = match s.client.handle_datagram(now, &d.data) {
                     Ok(Some(e)) => s.event(now, e),
                     Ok(None) => {
@@ -561,7 +562,7 @@ impl Sim {
                     if let Some(t) = self.trace.as_mut() {
                         t.push(format!("{now:>7} gw => s{n} {}", show(&data)));
                     }
-                    self.net.send(now, n, Node::Sensor(n), data);
+                    self.net.send(now, n, Node::Sensor(n), data, self.crash_count);
                     if self.net.lost > lost {
                         if let Some(t) = self.trace.as_mut() {
                             t.push(format!("{now:>7} (lost)"));
@@ -664,7 +665,7 @@ impl Sim {
                         if mqttsn_codec::Packet::decode(data)
                             == Ok(mqttsn_codec::Packet::PubRec(id))
                         {
-                            if s.losses == 0 {
+                            if s.breaks == 0 {
                                 return Err(format!(
                                     "s{n}: QoS 2 {} taken for a copy and not delivered",
                                     String::from_utf8_lossy(&payload)
@@ -674,7 +675,7 @@ impl Sim {
                         }
                     }
                     self.datagrams += 1;
-                    self.net.send(now, n, Node::Gateway, data.to_vec());
+                    self.net.send(now, n, Node::Gateway, data.to_vec(), 0);
                 }
             }
             if outputs > MAX_OUTPUTS_PER_STEP {

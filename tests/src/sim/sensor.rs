@@ -73,20 +73,26 @@ pub struct Sensor {
     /// "sessions"): every delivery the gateway acknowledged for it since
     /// must reach it.
     pub session_since: Millis,
-    /// A new session begins with the next CONNECT that reaches the
-    /// gateway.
+    /// A new session begins with the CONNECT the gateway accepts next.
     pub session_pending: bool,
+    /// When the last CONNECT reached the gateway.
+    connect_seen: Millis,
     /// QoS 2 messages received in the current session: payload → times,
-    /// and the connection it first came on.
-    qos2_now: BTreeMap<Vec<u8>, (u32, u32)>,
+    /// and the connection it first came on and the gateway process that
+    /// sent it.
+    qos2_now: BTreeMap<Vec<u8>, (u32, u32, u32)>,
+    /// The gateway process that sent the datagram being read.
+    pub from_epoch: u32,
     /// A QoS 2 message received twice on one connection of a session.
     pub twice: Option<Vec<u8>>,
-    /// QoS 2 messages received twice in one session, again after the
-    /// connection was lost or the gateway crashed (a known issue,
-    /// docs/simulation.md).
+    /// QoS 2 messages received twice in one session, again on a later
+    /// connection or from a gateway process restarted since (a known
+    /// issue, docs/simulation.md).
     pub twice_after_loss: u32,
-    /// Connections lost and gateway crashes so far.
+    /// Connections lost or made again, and gateway crashes, so far.
     pub losses: u32,
+    /// Connections lost and gateway crashes so far.
+    pub breaks: u32,
     /// QoS 2 messages never received that the client answered with PUBREC
     /// without delivering them, taking a MsgId held from a session before
     /// a loss or a crash for a copy (a known issue, docs/simulation.md).
@@ -143,12 +149,15 @@ impl Sensor {
             connecting_clean: None,
             session_since: 0,
             session_pending: false,
+            connect_seen: 0,
             qos2_now: BTreeMap::new(),
             twice: None,
             twice_after_loss: 0,
+            from_epoch: 0,
             swallowed: BTreeSet::new(),
             unanswered: None,
             losses: 0,
+            breaks: 0,
             connects: 0,
         })
     }
@@ -185,6 +194,8 @@ impl Sensor {
                     self.new_session(now);
                 }
                 self.connecting_clean = Some(self.clean);
+                // A new connection.
+                self.losses += 1;
                 // CleanSession only on the first connect: later ones
                 // resume the session.
                 self.clean = false;
@@ -241,6 +252,11 @@ impl Sensor {
         match e {
             Event::Connected => {
                 self.connects += 1;
+                // The session began when the gateway took the CONNECT it
+                // accepted (a refused one ends the last session too).
+                if std::mem::take(&mut self.session_pending) {
+                    self.session_since = self.connect_seen;
+                }
                 if let Some(clean) = self.connecting_clean.take() {
                     self.persistent = !clean;
                 }
@@ -261,9 +277,10 @@ impl Sensor {
                 let slot = self.received.entry(payload.to_vec()).or_default();
                 slot[usize::from(level(qos)).min(2)] += 1;
                 if qos == QoS::ExactlyOnce {
-                    let n = self.qos2_now.entry(payload.to_vec()).or_insert((0, self.losses));
+                    let first = (0, self.losses, self.from_epoch);
+                    let n = self.qos2_now.entry(payload.to_vec()).or_insert(first);
                     n.0 += 1;
-                    if n.0 > 1 && n.1 != self.losses {
+                    if n.0 > 1 && (n.1 != self.losses || n.2 != self.from_epoch) {
                         self.twice_after_loss += 1;
                     } else if n.0 > 1 && self.twice.is_none() {
                         self.twice = Some(payload.to_vec());
@@ -288,14 +305,13 @@ impl Sensor {
 
     /// A CONNECT from this sensor reached the gateway at `now`.
     pub fn connect_arrived(&mut self, now: Millis) {
-        if std::mem::take(&mut self.session_pending) {
-            self.session_since = now;
-        }
+        self.connect_seen = now;
     }
 
     /// The gateway crashed: a clean session is gone with it.
     pub fn gateway_crashed(&mut self, now: Millis) {
         self.losses += 1;
+        self.breaks += 1;
         if !self.persistent {
             self.new_session(now);
         }
@@ -304,6 +320,7 @@ impl Sensor {
     /// The connection is gone: connect again, register and subscribe.
     fn lost(&mut self, now: Millis) {
         self.losses += 1;
+        self.breaks += 1;
         if !self.persistent {
             self.new_session(now);
         }
