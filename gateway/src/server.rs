@@ -287,7 +287,26 @@ fn open_serial_lines(
 }
 
 /// A restored session, its address, and when it ended (if it had).
-type Restored = (Session, Option<Peer>, Option<Instant>);
+pub type Restored = (Session, Option<Peer>, Option<Instant>);
+
+/// One stored session as the gateway takes it back at start-up: the
+/// session, its address, and when it ended (`now` and `wall` are the same
+/// moment on the monotonic and the wall clock).
+pub fn restore_session(
+    cfg: &Arc<SessionConfig>,
+    loaded: &crate::store::Loaded,
+    now: Instant,
+    wall: u64,
+) -> Result<Restored, crate::session::PersistError> {
+    let messages = loaded.messages.iter().cloned();
+    let (session, addr) =
+        Session::restore(cfg.clone(), &loaded.client_id, &loaded.record, messages, now)?;
+    let ended_at = session.ended_wall().map(|w| {
+        let ago = Duration::from_secs(wall.saturating_sub(w));
+        now.checked_sub(ago).unwrap_or(now)
+    });
+    Ok((session, Peer::from_bytes(&addr), ended_at))
+}
 
 /// The sessions of an opened store, as sessions. One that cannot be read
 /// is reported; the store file is copied aside first (never silently
@@ -302,15 +321,8 @@ fn restore_sessions(
     let mut out = Vec::new();
     let mut copied = false;
     for loaded in &opened.sessions {
-        let messages = loaded.messages.iter().cloned();
-        match Session::restore(cfg.clone(), &loaded.client_id, &loaded.record, messages, now) {
-            Ok((session, addr)) => {
-                let ended_at = session.ended_wall().map(|w| {
-                    let ago = Duration::from_secs(wall.saturating_sub(w));
-                    now.checked_sub(ago).unwrap_or(now)
-                });
-                out.push((session, Peer::from_bytes(&addr), ended_at));
-            }
+        match restore_session(cfg, loaded, now, wall) {
+            Ok(restored) => out.push(restored),
             Err(e) => {
                 if !copied {
                     let aside = format!("{}.corrupt-{}", path.display(), wall);

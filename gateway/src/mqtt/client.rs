@@ -672,7 +672,7 @@ impl Client {
             QoS::AtLeastOnce => {
                 if self.incoming.iter().any(|i| i.pkid == p.pkid && i.qos == p.qos) {
                     // Sent again before we acknowledged: already delivered.
-                    return;
+                    return self.requeue(p.pkid, now);
                 }
             }
             QoS::ExactlyOnce => {
@@ -680,16 +680,18 @@ impl Client {
                     if p.dup {
                         // Kept by the session before a restart; the broker
                         // did not see our PUBREC.
-                        self.emit(&MqttPacket::PubRec(p.pkid), now);
+                        self.answer_copy(p.pkid, now);
                         return;
                     }
                     // A new message that reuses the identifier.
                     self.qos2_restored.remove(&p.pkid);
                 }
                 if self.qos2_received.contains(&p.pkid) {
-                    if !self.incoming.iter().any(|i| i.pkid == p.pkid) {
+                    if self.incoming.iter().any(|i| i.pkid == p.pkid) {
+                        self.requeue(p.pkid, now);
+                    } else {
                         // Delivered and acknowledged; our PUBREC was lost.
-                        self.emit(&MqttPacket::PubRec(p.pkid), now);
+                        self.answer_copy(p.pkid, now);
                     }
                     return;
                 }
@@ -720,8 +722,31 @@ impl Client {
         });
     }
 
+    /// PUBREC for a copy of a QoS 2 message the session holds already: in
+    /// its turn, after the messages that arrived before it and wait for
+    /// their acknowledgement (MQTT-4.6.0-3), never delivered again.
+    fn answer_copy(&mut self, pkid: u16, now: Instant) {
+        let delivery = DeliveryId(self.next_delivery);
+        self.next_delivery += 1;
+        self.incoming.push_back(Incoming { delivery, pkid, qos: QoS::ExactlyOnce, acked: true });
+        self.flush_acks(now);
+    }
+
+    /// A copy (sent again after a reconnect) of a message received before
+    /// and not answered yet: its answer takes the copy's place in the
+    /// order, behind the messages this connection brought before it
+    /// (MQTT-4.6.0-2, MQTT-4.6.0-3).
+    fn requeue(&mut self, pkid: u16, now: Instant) {
+        if let Some(pos) = self.incoming.iter().position(|i| i.pkid == pkid) {
+            if let Some(i) = self.incoming.remove(pos) {
+                self.incoming.push_back(i);
+            }
+        }
+        self.flush_acks(now);
+    }
+
     /// Sends the acknowledgements that are due, in the order the messages
-    /// arrived (MQTT-4.6.0-2).
+    /// arrived (MQTT-4.6.0-2, MQTT-4.6.0-3).
     fn flush_acks(&mut self, now: Instant) {
         if self.state != State::Up {
             return;
@@ -984,6 +1009,77 @@ mod tests {
         // A new message reusing the identifier (no DUP) is delivered.
         t.incoming(40, QoS::ExactlyOnce, false);
         assert!(t.events().iter().any(|e| matches!(e, Event::Message { packet_id: 40, .. })));
+    }
+
+    #[test]
+    fn a_copy_of_a_kept_qos2_message_is_answered_in_its_turn() {
+        // After a restart: the broker sends again 39 (not yet acknowledged
+        // when the gateway stopped), then 40 (kept by the session). The
+        // PUBREC for 40 waits for the one for 39 (MQTT-4.6.0-3; seed 23 of
+        // the simulation).
+        let mut t = T::new();
+        t.cmd(Command::Restore { publishes: vec![], qos2_received: vec![40] });
+        t.cmd(Command::Connect(Box::new(spec(false))));
+        t.c.handle_transport_up(t.now);
+        t.sent();
+        t.pkt(MqttPacket::ConnAck { session_present: true, code: 0 });
+        t.events();
+        t.incoming(39, QoS::ExactlyOnce, true);
+        t.incoming(40, QoS::ExactlyOnce, true);
+        let events = t.events();
+        let [Event::Message { delivery: Some(d), packet_id: 39, .. }] = events[..] else {
+            panic!("{events:?}")
+        };
+        assert!(t.sent().is_empty(), "the PUBREC for 40 waits for 39's");
+        t.cmd(Command::Ack(d));
+        assert_eq!(t.sent(), [MqttPacket::PubRec(39), MqttPacket::PubRec(40)]);
+        // The same for a copy of a message delivered on this connection
+        // whose PUBREC was lost.
+        t.incoming(41, QoS::ExactlyOnce, false);
+        let [Event::Message { delivery: Some(d41), .. }] = t.events()[..] else { panic!() };
+        t.cmd(Command::Ack(d41));
+        assert_eq!(t.sent(), [MqttPacket::PubRec(41)]);
+        t.incoming(42, QoS::ExactlyOnce, false);
+        let [Event::Message { delivery: Some(d42), .. }] = t.events()[..] else { panic!() };
+        t.incoming(41, QoS::ExactlyOnce, true);
+        assert!(t.events().is_empty() && t.sent().is_empty(), "41's PUBREC again, after 42's");
+        t.cmd(Command::Ack(d42));
+        assert_eq!(t.sent(), [MqttPacket::PubRec(42), MqttPacket::PubRec(41)]);
+    }
+
+    #[test]
+    fn a_copy_of_an_unanswered_message_is_answered_in_the_copys_turn() {
+        // 7 was answered, but the PUBACK was lost with the connection; 8
+        // waits for the session. After the reconnect the broker sends 7
+        // and 8 again: 7 is new to the client, 8 is known; 8's PUBACK
+        // goes after 7's (MQTT-4.6.0-2; seed 381 of the simulation).
+        let mut t = T::up(false, false);
+        t.incoming(7, QoS::AtLeastOnce, false);
+        t.incoming(8, QoS::AtLeastOnce, false);
+        let ids: Vec<DeliveryId> = t
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message { delivery, .. } => delivery,
+                _ => None,
+            })
+            .collect();
+        t.cmd(Command::Ack(ids[0]));
+        assert_eq!(t.sent(), [MqttPacket::PubAck(7)]);
+        t.c.handle_transport_down("reset");
+        t.events();
+        t.c.handle_transport_up(t.now);
+        t.sent();
+        t.pkt(MqttPacket::ConnAck { session_present: true, code: 0 });
+        t.events();
+        t.incoming(7, QoS::AtLeastOnce, true);
+        let [Event::Message { delivery: Some(again), .. }] = t.events()[..] else { panic!() };
+        t.incoming(8, QoS::AtLeastOnce, true);
+        assert!(t.events().is_empty(), "8 is not delivered twice");
+        t.cmd(Command::Ack(ids[1]));
+        assert!(t.sent().is_empty(), "8's PUBACK waits for 7's");
+        t.cmd(Command::Ack(again));
+        assert_eq!(t.sent(), [MqttPacket::PubAck(7), MqttPacket::PubAck(8)]);
     }
 
     #[test]

@@ -618,6 +618,9 @@ impl Session {
     pub fn handle_upstream(&mut self, event: Event, now: Instant) {
         match event {
             Event::Connected { session_present } => {
+                if !session_present {
+                    self.forget_packet_ids();
+                }
                 if !session_present && !self.connecting_clean {
                     // The broker lost the session (a restart without
                     // persistence, say): subscribe again to what the
@@ -879,6 +882,12 @@ impl Session {
             let Some(step) = self.plan.pop_front() else { break };
             match step {
                 Step::Connect { clean, with_will } => {
+                    if !self.upstream_open {
+                        // Messages the last upstream delivered and nobody
+                        // acknowledged: their upstream is gone, and the
+                        // broker sends them again on the new one.
+                        self.queue.retain(|d| d.delivery.is_none());
+                    }
                     if !self.upstream_open && !clean {
                         // A new upstream: it learns what is in flight.
                         self.restore_upstream(now);

@@ -394,6 +394,9 @@ impl Session {
             s.plan.push_back(Step::Connect { clean: false, with_will: true });
             s.run_plan(now);
         }
+        // An active sensor gets what the session holds for it at once: it
+        // may have nothing more to say that would wake the queue.
+        s.pump(now);
         Ok((s, addr))
     }
 

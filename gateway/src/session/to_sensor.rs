@@ -117,6 +117,23 @@ impl Session {
         self.pump(now);
     }
 
+    /// The broker has no session for us (any more): the packet
+    /// identifiers of the messages held came from one it forgot, and a new
+    /// message may carry them again; a held message must not be taken for
+    /// its copy (after a restart, `Command::Restore`). Queued ones are
+    /// stored again without theirs.
+    pub(super) fn forget_packet_ids(&mut self) {
+        for d in self.queue.iter_mut() {
+            if d.packet_id != 0 {
+                d.packet_id = 0;
+                d.seq = 0;
+            }
+        }
+        for i in self.inflight.iter_mut() {
+            i.message.packet_id = 0;
+        }
+    }
+
     pub(super) fn drop_message(&mut self, delivery: Option<DeliveryId>, reason: DropReason) {
         if let Some(id) = delivery {
             self.commands.push_back(Command::Ack(id));

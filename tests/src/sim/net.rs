@@ -67,6 +67,9 @@ pub struct Datagram {
     pub to: Node,
     /// Its octets.
     pub data: Vec<u8>,
+    /// The gateway process that sent it (crashes before), for one from the
+    /// gateway.
+    pub epoch: u32,
 }
 
 /// The datagrams in flight, by arrival time.
@@ -110,11 +113,12 @@ impl Net {
         self.faulty = false;
     }
 
-    /// Sends `data` at `now`; `sensor` is the sender or the receiver.
-    pub fn send(&mut self, now: u64, sensor: usize, to: Node, data: Vec<u8>) {
+    /// Sends `data` at `now`; `sensor` is the sender or the receiver,
+    /// `epoch` the gateway process (for a datagram from the gateway).
+    pub fn send(&mut self, now: u64, sensor: usize, to: Node, data: Vec<u8>, epoch: u32) {
         if !self.faulty {
             let at = self.in_order(sensor, to, now + QUIET_DELAY);
-            self.put(at, Datagram { sensor, to, data });
+            self.put(at, Datagram { sensor, to, data, epoch });
             return;
         }
         let cut =
@@ -135,7 +139,7 @@ impl Net {
             } else {
                 now + delay
             };
-            self.put(at, Datagram { sensor, to, data: data.clone() });
+            self.put(at, Datagram { sensor, to, data: data.clone(), epoch });
         }
     }
 

@@ -3,7 +3,7 @@
 //! QoS 0/1/2 messages with unique payloads, maybe sleep and wake), and
 //! what it saw, for the invariants.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use mqttsn_client::{Client, Event, Millis, QoS, Settings, Topic, TopicFilter};
@@ -64,9 +64,42 @@ pub struct Sensor {
     pub acked: Vec<(Vec<u8>, QoS)>,
     /// Messages received: payload → times, by QoS (0, 1, 2).
     pub received: BTreeMap<Vec<u8>, [u32; 3]>,
-    /// Never lost its connection, never slept: it must get every message
-    /// the gateway acknowledged for it.
-    pub steady: bool,
+    /// The current session is CleanSession false (the last CONNECT the
+    /// gateway accepted said so).
+    pub persistent: bool,
+    /// CleanSession of the CONNECT waiting for its CONNACK.
+    connecting_clean: Option<bool>,
+    /// When the current session began at the gateway (docs/simulation.md,
+    /// "sessions"): every delivery the gateway acknowledged for it since
+    /// must reach it.
+    pub session_since: Millis,
+    /// A new session begins with the CONNECT the gateway accepts next.
+    pub session_pending: bool,
+    /// When the last CONNECT reached the gateway.
+    connect_seen: Millis,
+    /// QoS 2 messages received in the current session: payload → times,
+    /// and the connection it first came on and the gateway process that
+    /// sent it.
+    qos2_now: BTreeMap<Vec<u8>, (u32, u32, u32)>,
+    /// The gateway process that sent the datagram being read.
+    pub from_epoch: u32,
+    /// A QoS 2 message received twice on one connection of a session.
+    pub twice: Option<Vec<u8>>,
+    /// QoS 2 messages received twice in one session, again on a later
+    /// connection or from a gateway process restarted since (a known
+    /// issue, docs/simulation.md).
+    pub twice_after_loss: u32,
+    /// Connections lost or made again, and gateway crashes, so far.
+    pub losses: u32,
+    /// Connections lost and gateway crashes so far.
+    pub breaks: u32,
+    /// QoS 2 messages never received that the client answered with PUBREC
+    /// without delivering them, taking a MsgId held from a session before
+    /// a loss or a crash for a copy (a known issue, docs/simulation.md).
+    pub swallowed: BTreeSet<Vec<u8>>,
+    /// A QoS 2 message never received, just answered without delivery:
+    /// MsgId and payload, until the answer is seen.
+    pub unanswered: Option<(u16, Vec<u8>)>,
     /// Times it connected.
     pub connects: u32,
 }
@@ -112,7 +145,19 @@ impl Sensor {
             subscribing: BTreeMap::new(),
             acked: Vec::new(),
             received: BTreeMap::new(),
-            steady: true,
+            persistent: false,
+            connecting_clean: None,
+            session_since: 0,
+            session_pending: false,
+            connect_seen: 0,
+            qos2_now: BTreeMap::new(),
+            twice: None,
+            twice_after_loss: 0,
+            from_epoch: 0,
+            swallowed: BTreeSet::new(),
+            unanswered: None,
+            losses: 0,
+            breaks: 0,
             connects: 0,
         })
     }
@@ -143,6 +188,14 @@ impl Sensor {
         let topic = topic_of(self.n);
         let result = match &action {
             Action::Connect => self.client.connect(now, self.clean, 60, None).map(|_| {
+                // A clean session, or one after a clean one, is a new
+                // session.
+                if self.clean || !self.persistent {
+                    self.new_session(now);
+                }
+                self.connecting_clean = Some(self.clean);
+                // A new connection.
+                self.losses += 1;
                 // CleanSession only on the first connect: later ones
                 // resume the session.
                 self.clean = false;
@@ -168,7 +221,7 @@ impl Sensor {
                     }
                 })
             }
-            Action::Sleep(s) => self.client.sleep(now, *s).map(|_| self.steady = false),
+            Action::Sleep(s) => self.client.sleep(now, *s),
             Action::Wake => self.client.wake(now),
         };
         match result {
@@ -197,7 +250,17 @@ impl Sensor {
         };
         let mut acked = None;
         match e {
-            Event::Connected => self.connects += 1,
+            Event::Connected => {
+                self.connects += 1;
+                // The session began when the gateway took the CONNECT it
+                // accepted (a refused one ends the last session too).
+                if std::mem::take(&mut self.session_pending) {
+                    self.session_since = self.connect_seen;
+                }
+                if let Some(clean) = self.connecting_clean.take() {
+                    self.persistent = !clean;
+                }
+            }
             Event::Published { msg_id, result: Ok(()) } => {
                 if let Some(p) = self.sent.remove(&msg_id) {
                     self.acked.push(p.clone());
@@ -213,6 +276,16 @@ impl Sensor {
             Event::Message { payload, qos, .. } => {
                 let slot = self.received.entry(payload.to_vec()).or_default();
                 slot[usize::from(level(qos)).min(2)] += 1;
+                if qos == QoS::ExactlyOnce {
+                    let first = (0, self.losses, self.from_epoch);
+                    let n = self.qos2_now.entry(payload.to_vec()).or_insert(first);
+                    n.0 += 1;
+                    if n.0 > 1 && (n.1 != self.losses || n.2 != self.from_epoch) {
+                        self.twice_after_loss += 1;
+                    } else if n.0 > 1 && self.twice.is_none() {
+                        self.twice = Some(payload.to_vec());
+                    }
+                }
             }
             Event::ConnectRefused(_) | Event::GatewayLost | Event::DisconnectedByGateway => {
                 self.lost(now);
@@ -222,9 +295,35 @@ impl Sensor {
         (acked, line)
     }
 
+    /// A new session begins: what the gateway acknowledged for the last
+    /// one need not reach this one.
+    fn new_session(&mut self, now: Millis) {
+        self.session_since = now;
+        self.session_pending = true;
+        self.qos2_now.clear();
+    }
+
+    /// A CONNECT from this sensor reached the gateway at `now`.
+    pub fn connect_arrived(&mut self, now: Millis) {
+        self.connect_seen = now;
+    }
+
+    /// The gateway crashed: a clean session is gone with it.
+    pub fn gateway_crashed(&mut self, now: Millis) {
+        self.losses += 1;
+        self.breaks += 1;
+        if !self.persistent {
+            self.new_session(now);
+        }
+    }
+
     /// The connection is gone: connect again, register and subscribe.
     fn lost(&mut self, now: Millis) {
-        self.steady = false;
+        self.losses += 1;
+        self.breaks += 1;
+        if !self.persistent {
+            self.new_session(now);
+        }
         if self.plan.front() == Some(&Action::Wake) {
             return;
         }
