@@ -1045,6 +1045,11 @@ impl Config {
         })
     }
 
+    /// `broker.password`, as it goes upstream.
+    fn broker_password(&self) -> Option<bytes::Bytes> {
+        self.broker.password.as_ref().map(|p| bytes::Bytes::copy_from_slice(p.expose().as_bytes()))
+    }
+
     /// The pool of `gateway.mode = "aggregating"`, checked; `None` in
     /// transparent mode.
     pub fn pool_options(
@@ -1070,11 +1075,7 @@ impl Config {
             worker: 0,
             keep_alive: self.broker.keepalive_secs,
             username: self.broker.username.clone(),
-            password: self
-                .broker
-                .password
-                .as_ref()
-                .map(|p| bytes::Bytes::copy_from_slice(p.expose().as_bytes())),
+            password: self.broker_password(),
             own_client_id: own,
             max_offline: a.max_offline_messages,
         }))
@@ -1228,11 +1229,7 @@ impl Config {
         table.allow_unknown = allow_unknown;
         table.default_identity = Identity {
             username: self.broker.username.clone(),
-            password: self
-                .broker
-                .password
-                .as_ref()
-                .map(|p| bytes::Bytes::copy_from_slice(p.expose().as_bytes())),
+            password: self.broker_password(),
             client_cert: None,
         };
         let mut seen = std::collections::HashSet::new();

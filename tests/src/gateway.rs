@@ -348,3 +348,17 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Lowers this process's open files limit to `limit` (soft and hard), so
+/// that a gateway binary started after it inherits it; the binary is built
+/// first, since cargo needs more.
+pub fn lower_open_files(limit: usize) {
+    let _ = gateway_binary();
+    let pid = std::process::id().to_string();
+    let nofile = format!("--nofile={limit}:{limit}");
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &nofile])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success(), "prlimit {nofile} failed");
+}

@@ -26,15 +26,7 @@ fn sessions_take_no_descriptor_in_aggregating_mode() {
     let topic = unique("fd-agg");
     let mut watcher = MqttClient::connect(broker.port(), &unique("w"));
     watcher.subscribe(&format!("{topic}/#"), 1);
-    // Built (if need be) before the limit is lowered: cargo needs more.
-    let _ = mqttsn_tests::gateway::gateway_binary();
-    let pid = std::process::id().to_string();
-    let nofile = format!("--nofile={LIMIT}:{LIMIT}");
-    let status = std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &nofile])
-        .status()
-        .expect("prlimit (util-linux) runs");
-    assert!(status.success(), "prlimit {nofile} failed");
+    mqttsn_tests::gateway::lower_open_files(LIMIT);
     let gw = GatewayProcess::spawn(&["--listen", "127.0.0.1:0", "--broker", &broker.url()]);
     let mut sensors = Vec::new();
     for i in 0..SENSORS {

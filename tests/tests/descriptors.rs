@@ -19,15 +19,7 @@ const RESERVED: usize = 64;
 #[test]
 fn sessions_never_take_the_descriptors_the_gateway_needs() {
     let broker = Mosquitto::start();
-    // Built (if need be) before the limit is lowered: cargo needs more.
-    let _ = mqttsn_tests::gateway::gateway_binary();
-    let pid = std::process::id().to_string();
-    let nofile = format!("--nofile={LIMIT}:{LIMIT}");
-    let status = std::process::Command::new("prlimit")
-        .args(["--pid", &pid, &nofile])
-        .status()
-        .expect("prlimit (util-linux) runs");
-    assert!(status.success(), "prlimit {nofile} failed");
+    mqttsn_tests::gateway::lower_open_files(LIMIT);
     let gw = GatewayProcess::spawn(&["--listen", "127.0.0.1:0", "--broker", &broker.url()]);
     let budget = LIMIT - RESERVED;
     let mut sensors = Vec::new();

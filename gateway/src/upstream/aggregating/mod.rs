@@ -104,18 +104,6 @@ struct Sensor {
     offline: VecDeque<Offline>,
 }
 
-/// A message from the broker, as the pool's client hands it out.
-#[derive(Debug)]
-struct Incoming {
-    delivery: Option<DeliveryId>,
-    packet_id: u16,
-    topic: Arc<str>,
-    payload: Bytes,
-    qos: QoS,
-    retain: bool,
-    dup: bool,
-}
-
 #[derive(Debug)]
 struct Offline {
     topic: Arc<str>,
@@ -686,11 +674,7 @@ impl Aggregating {
             }
             self.conns[c].settling = None;
             while let Some(ev) = self.conns[c].held.pop_front() {
-                if let Event::Message { delivery, packet_id, topic, payload, qos, retain, dup } = ev
-                {
-                    let m = Incoming { delivery, packet_id, topic, payload, qos, retain, dup };
-                    self.fan_out(c, m, now);
-                }
+                self.fan_out(c, ev, now);
             }
         }
     }
@@ -820,10 +804,7 @@ impl Aggregating {
             ev @ Event::Message { .. } if self.conns[c].settling.is_some() => {
                 self.conns[c].held.push_back(ev);
             }
-            Event::Message { delivery, packet_id, topic, payload, qos, retain, dup } => {
-                let m = Incoming { delivery, packet_id, topic, payload, qos, retain, dup };
-                self.fan_out(c, m, now);
-            }
+            ev @ Event::Message { .. } => self.fan_out(c, ev, now),
         }
     }
 
@@ -870,8 +851,12 @@ impl Aggregating {
         }
     }
 
-    fn fan_out(&mut self, c: usize, m: Incoming, now: Instant) {
-        let Incoming { delivery, packet_id, topic, payload, qos, retain, dup } = m;
+    /// A message from the broker (an [`Event::Message`]) to the sessions
+    /// whose filters match it.
+    fn fan_out(&mut self, c: usize, m: Event, now: Instant) {
+        let Event::Message { delivery, packet_id, topic, payload, qos, retain, dup } = m else {
+            return;
+        };
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
         if retain {
