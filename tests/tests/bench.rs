@@ -120,7 +120,26 @@ fn sleeping_sensors_receive_their_buffer_on_waking() {
     assert_eq!((u(s, "sleepers"), u(s, "asleep"), u(s, "published")), (4, 4, 20), "{s}");
     assert_eq!((u(s, "delivered"), u(s, "lost"), u(s, "duplicates")), (20, 0, 0), "{s}");
     assert!(u(s, "wakes") >= 4, "{s}");
+    assert_eq!(u(s, "wakes_without_pingresp"), 0, "{s}");
     assert!(s["wake_latency_ms"]["max"].as_f64().is_some(), "{s}");
+    assert!(s["wake_seconds"].as_f64().is_some_and(|w| w > 0.0), "{s}");
+}
+
+#[test]
+fn sensors_spread_over_source_addresses() {
+    let broker = Mosquitto::start();
+    let gw = Gateway::start(broker.port());
+    let args = ["-c", "6", "-n", "5", "--source", "127.0.3.1", "--source-addresses", "3"];
+    let r = bench(gw.addr().port(), &broker, &args);
+    complete(&r, "gateway", 6, 30);
+    assert_eq!(r.json["options"]["source"], "127.0.3.1", "{}", r.json);
+    assert_eq!(u(&r.json, "options.source_addresses"), 3, "{}", r.json);
+    // More than one source address needs a gateway on IPv4 loopback.
+    let args = ["bench", "-h", "::1", "--source-addresses", "2"];
+    let out = Command::new(tools_binary()).args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--source-addresses 2") && err.contains("IPv4 loopback"), "{err}");
 }
 
 #[test]

@@ -173,6 +173,18 @@ const COMMANDS: &[(&str, &str, Env, How)] = &[
         Env::Bare,
         Skip(A_MEASUREMENT),
     ),
+    (
+        "docs/benchmarks.md",
+        "nice -n -19 scripts/bench-gateway -r 3 -l q0,q1,connect,sleep10k transparent=target/release/mqttsn-gateway 'aggregating=target/release/mqttsn-gateway@gateway.mode=\"aggregating\"'",
+        Env::Bare,
+        Skip(A_MEASUREMENT),
+    ),
+    (
+        "docs/benchmarks.md",
+        "nice -n -19 scripts/bench-gateway -r 1 -l c100k 'aggregating=target/release/mqttsn-gateway@gateway.mode=\"aggregating\"'",
+        Env::Bare,
+        Skip(A_MEASUREMENT),
+    ),
     ("docs/simulation.md", "cargo test -p mqttsn-tests --test simulation", Env::Bare, Run(Nothing)),
     (
         "docs/simulation.md",

@@ -554,6 +554,17 @@ struct BenchArgs {
     /// The broker's process: the same figures.
     #[arg(long, value_name = "PID")]
     broker_pid: Option<u32>,
+    /// Spread the sensors' sockets over this many source addresses,
+    /// 127.0.0.1, 127.0.0.2, ... (gateway on IPv4 loopback only); default:
+    /// one per 20,000 sensors, as each address has about 28,000 ephemeral
+    /// ports.
+    #[arg(long, value_name = "N")]
+    source_addresses: Option<u32>,
+    /// The first source address (default 127.0.0.1); several processes of
+    /// the tool at once, each under the descriptor limit, each take their
+    /// own, e.g. 127.0.1.1, 127.0.2.1, ...
+    #[arg(long, value_name = "ADDR")]
+    source: Option<std::net::Ipv4Addr>,
     /// Allow a gateway or broker that is not on a loopback address.
     #[arg(long)]
     allow_remote: bool,
@@ -611,6 +622,8 @@ fn bench_options(a: &BenchArgs) -> Result<BenchOptions, BenchError> {
         fanout: a.fanout,
         gateway_pid: a.gateway_pid,
         broker_pid: a.broker_pid,
+        source_addresses: a.source_addresses,
+        source: a.source,
         allow_remote: a.allow_remote,
         progress: a.progress || std::io::stderr().is_terminal(),
     })

@@ -113,13 +113,14 @@ async fn run_local(o: BenchOptions) -> Result<BenchReport, BenchError> {
             o.size
         ));
     }
-    let limit = procstat::raise_open_files();
     let needed = u64::from(o.sensors) + 64;
+    let limit = procstat::raise_open_files(needed);
     if limit.soft < needed {
         return Err(BenchError::Limit(format!(
             "{} sensors need about {needed} open files (one socket each), but this process \
-             may open only {} (hard limit {}): lower --sensors, raise the hard limit \
-             (ulimit -Hn, LimitNOFILE), or run several processes",
+             may open only {} (hard limit {}, which only a privileged process may raise): \
+             lower --sensors, raise the hard limit (ulimit -Hn, LimitNOFILE), or run \
+             several processes, each with its own --source",
             o.sensors,
             limit.soft,
             limit.hard.map_or("unlimited".into(), |h| h.to_string()),
@@ -399,8 +400,16 @@ async fn run_pass(
             let c = direct::DirectClient::new(i, &ctx, t.broker);
             tasks.push(tokio::task::spawn_local(c.run()));
         } else {
-            let s = sensor::Sensor::new(i, &ctx, t.gateway).map_err(|e| {
-                BenchError::Io(format!("sensor {i}: cannot open its UDP socket: {e}"))
+            let source = t.sources.of(i);
+            let s = sensor::Sensor::new(i, &ctx, t.gateway, source).map_err(|e| {
+                BenchError::Io(format!(
+                    "sensor {i}: cannot open its UDP socket on {source}: {e}{}",
+                    if e.kind() == std::io::ErrorKind::AddrInUse {
+                        " (no ephemeral port left there: more --source-addresses)"
+                    } else {
+                        ""
+                    }
+                ))
             })?;
             tasks.push(tokio::task::spawn_local(s.run()));
         }
@@ -484,11 +493,14 @@ async fn run_pass(
     if let Some(f) = &feeder {
         ctx.sleep_expected.borrow_mut().clone_from(&f.published);
     }
+    let mut wake_time = None;
     if roles.sleepers() > 0 && clock.cut.is_none() {
+        let wake_start = Instant::now();
         let until = (Instant::now() + o.drain.max(Duration::from_secs(1)) * 3).min(clock.deadline);
         ctx.wake_until.set(Some(until));
         let _ = phase_tx.send(Phase::Wake);
         clock.wait(|| Live::get(&live.sleepers_done) >= Live::get(&live.asleep)).await;
+        wake_time = Some(wake_start.elapsed());
     }
 
     let subscriber = match subscriber.await {
@@ -527,6 +539,7 @@ async fn run_pass(
         down,
         down_subscribers,
         sleep: feeder,
+        wake_time,
         cut_short: clock.cut,
     })
 }

@@ -1,7 +1,7 @@
 //! What a run is asked to do, checked before anything is sent: the
 //! addresses (loopback only unless allowed), the numbers, the QoS mix.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::schedule::QosMix;
@@ -77,6 +77,14 @@ pub struct BenchOptions {
     pub gateway_pid: Option<u32>,
     /// The broker's process, for CPU and memory.
     pub broker_pid: Option<u32>,
+    /// Source addresses the sensors' sockets are spread over (127.0.0.1,
+    /// 127.0.0.2, ...); `None`: as many as the sensors need, at most
+    /// [`SENSORS_PER_ADDRESS`] on each, when the gateway is on IPv4
+    /// loopback.
+    pub source_addresses: Option<u32>,
+    /// The first of them (default 127.0.0.1): several processes of the
+    /// tool, each under the descriptor limit, each take their own.
+    pub source: Option<Ipv4Addr>,
     /// Allow addresses off this machine.
     pub allow_remote: bool,
     /// Print a progress line every second.
@@ -113,11 +121,22 @@ impl Default for BenchOptions {
             fanout: 1,
             gateway_pid: None,
             broker_pid: None,
+            source_addresses: None,
+            source: None,
             allow_remote: false,
             progress: false,
         }
     }
 }
+
+/// Sensors given one source address at most when `--source-addresses`
+/// is not set: each takes an ephemeral UDP port of its address, and
+/// Linux's default range (32768 to 60999) holds 28,232 of them, some taken
+/// by other programs.
+pub const SENSORS_PER_ADDRESS: u32 = 20_000;
+
+/// The most source addresses: 127.0.0.1 to 127.1.0.0.
+pub const MAX_SOURCE_ADDRESSES: u32 = 65_536;
 
 /// The addresses a run talks to, resolved and checked.
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +145,85 @@ pub struct Targets {
     pub gateway: SocketAddr,
     /// The broker (TCP).
     pub broker: SocketAddr,
+    /// Where the sensors' sockets are bound.
+    pub sources: Sources,
+}
+
+/// The local addresses the sensors' sockets are bound to, in turn: sensor
+/// I takes address I modulo the count, so each address holds an equal
+/// share (and the gateway's per-address bounds see an equal share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sources {
+    /// The first address (127.0.0.1 for a gateway on IPv4 loopback).
+    pub first: IpAddr,
+    /// How many, counting up from `first`; more than one only on IPv4
+    /// loopback.
+    pub count: u32,
+}
+
+impl Sources {
+    /// The sources for `sensors` sensors sending to `gateway`, `asked`
+    /// addresses or as many as needed.
+    fn new(
+        gateway: SocketAddr,
+        sensors: u32,
+        asked: Option<u32>,
+        from: Option<Ipv4Addr>,
+    ) -> Result<Self, BenchError> {
+        let first: IpAddr = match (gateway.ip().to_canonical().is_loopback(), gateway.is_ipv4()) {
+            (true, true) => from.unwrap_or(Ipv4Addr::new(127, 0, 0, 1)).into(),
+            (true, false) => Ipv6Addr::LOCALHOST.into(),
+            (false, true) => Ipv4Addr::UNSPECIFIED.into(),
+            (false, false) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let spreads = first.is_ipv4() && first.is_loopback();
+        if let Some(f) = from.filter(|_| !spreads) {
+            return Err(BenchError::Usage(format!(
+                "--source {f}: only for a gateway on an IPv4 loopback address (it is {gateway})"
+            )));
+        }
+        if !first.is_unspecified() && first.is_ipv4() && !first.is_loopback() {
+            return Err(BenchError::Usage(format!("--source {first}: not in 127.0.0.0/8")));
+        }
+        let count = match asked {
+            Some(0) => {
+                return Err(BenchError::Usage("--source-addresses: at least 1".into()));
+            }
+            Some(n) if n > MAX_SOURCE_ADDRESSES => {
+                return Err(BenchError::Usage(format!(
+                    "--source-addresses {n}: at most {MAX_SOURCE_ADDRESSES}"
+                )));
+            }
+            Some(n) if n > 1 && !spreads => {
+                return Err(BenchError::Usage(format!(
+                    "--source-addresses {n}: sources are spread over 127.0.0.0/8 only, so the \
+                     gateway must be on an IPv4 loopback address (it is {gateway})"
+                )));
+            }
+            Some(n) => n,
+            None if spreads => sensors.div_ceil(SENSORS_PER_ADDRESS).max(1),
+            None => 1,
+        };
+        if let IpAddr::V4(a) = first {
+            let last = u64::from(u32::from(a)) + u64::from(count) - 1;
+            if count > 1 && last > u64::from(u32::from(Ipv4Addr::new(127, 255, 255, 254))) {
+                return Err(BenchError::Usage(format!(
+                    "--source {a} with {count} source addresses: past 127.255.255.254"
+                )));
+            }
+        }
+        Ok(Self { first, count })
+    }
+
+    /// The address of client `index`.
+    pub fn of(&self, index: u32) -> IpAddr {
+        match self.first {
+            IpAddr::V4(a) if self.count > 1 => {
+                Ipv4Addr::from(u32::from(a).wrapping_add(index % self.count)).into()
+            }
+            a => a,
+        }
+    }
 }
 
 fn resolve(what: &str, s: &str) -> Result<SocketAddr, BenchError> {
@@ -214,7 +312,8 @@ impl BenchOptions {
                 }
             }
         }
-        Ok(Targets { gateway, broker })
+        let sources = Sources::new(gateway, self.sensors, self.source_addresses, self.source)?;
+        Ok(Targets { gateway, broker, sources })
     }
 
     /// Sensors that sleep.
@@ -235,6 +334,42 @@ mod tests {
         assert_eq!(a("127.0.0.1"), "127.0.0.1:1883");
         assert_eq!(a("[::1]:7"), "[::1]:7");
         assert!(broker_addr("mqtts://x:1").is_err());
+    }
+
+    #[test]
+    fn sources_spread_over_loopback_as_needed() {
+        let gw: SocketAddr = ([127, 0, 0, 1], 1884).into();
+        let s = |n, asked| Sources::new(gw, n, asked, None).ok();
+        let one = Sources { first: Ipv4Addr::new(127, 0, 0, 1).into(), count: 1 };
+        assert_eq!(s(10, None), Some(one));
+        assert_eq!(s(SENSORS_PER_ADDRESS, None).map(|s| s.count), Some(1));
+        assert_eq!(s(SENSORS_PER_ADDRESS + 1, None).map(|s| s.count), Some(2));
+        let five = s(100_000, None);
+        assert_eq!(five.map(|s| s.count), Some(5));
+        let at = |i| five.map(|s| s.of(i).to_string()).unwrap_or_default();
+        assert_eq!(
+            [at(0), at(1), at(4), at(5)],
+            ["127.0.0.1", "127.0.0.2", "127.0.0.5", "127.0.0.1"]
+        );
+        let wide = s(10, Some(300)).map(|s| s.of(299).to_string());
+        assert_eq!(wide.as_deref(), Some("127.0.1.44"));
+        assert!(s(10, Some(0)).is_none());
+        assert!(s(10, Some(MAX_SOURCE_ADDRESSES + 1)).is_none());
+        // From another first address, for a second process.
+        let from = |a: [u8; 4], n, asked| Sources::new(gw, n, asked, Some(a.into()));
+        let second = from([127, 0, 1, 1], 30_000, None).map(|s| s.of(1).to_string()).ok();
+        assert_eq!(second.as_deref(), Some("127.0.1.2"));
+        assert!(from([10, 0, 0, 1], 10, None).is_err());
+        assert!(from([127, 255, 255, 254], 10, Some(2)).is_err());
+        // Elsewhere: one address, the unspecified one; more are refused.
+        let v6: SocketAddr = "[::1]:1884".parse().unwrap_or(gw);
+        assert_eq!(Sources::new(v6, 100_000, None, None).map(|s| s.of(7)).ok(), Some(v6.ip()));
+        assert!(Sources::new(v6, 10, Some(2), None).is_err());
+        assert!(Sources::new(v6, 10, None, Some([127, 0, 0, 2].into())).is_err());
+        let far: SocketAddr = ([192, 0, 2, 1], 1884).into();
+        let any = Sources::new(far, 100_000, None, None).map(|s| s.of(3).to_string()).ok();
+        assert_eq!(any.as_deref(), Some("0.0.0.0"));
+        assert!(Sources::new(far, 10, Some(2), None).is_err());
     }
 
     #[test]

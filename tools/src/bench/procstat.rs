@@ -84,12 +84,19 @@ pub struct FileLimit {
 }
 
 /// Raises the soft open-file limit to the hard one (no-op when it is
-/// already there) and returns what is in force.
-pub fn raise_open_files() -> FileLimit {
+/// already there); when `needed` is above the hard limit too, tries to
+/// raise both to `needed`, which only a process allowed to
+/// (`CAP_SYS_RESOURCE`) may do, up to `fs.nr_open`. Returns what is in
+/// force.
+pub fn raise_open_files(needed: u64) -> FileLimit {
     let Rlimit { current, maximum } = getrlimit(Resource::Nofile);
     if maximum != current {
         // Best effort: a refused raise leaves the old limit, reported below.
         let _ = setrlimit(Resource::Nofile, Rlimit { current: maximum, maximum });
+    }
+    if maximum.is_some_and(|m| m < needed) {
+        let _ =
+            setrlimit(Resource::Nofile, Rlimit { current: Some(needed), maximum: Some(needed) });
     }
     let now = getrlimit(Resource::Nofile);
     FileLimit { soft: now.current.unwrap_or(u64::MAX), hard: now.maximum }
@@ -111,7 +118,9 @@ mod tests {
 
     #[test]
     fn open_file_limit_is_raised() {
-        let l = raise_open_files();
+        let l = raise_open_files(0);
         assert!(l.hard.is_none_or(|h| l.soft == h), "{l:?}");
+        // Asking for no more than is in force changes nothing.
+        assert_eq!(raise_open_files(l.soft), l);
     }
 }

@@ -67,6 +67,8 @@ pub struct PassData {
     pub down_subscribers: Vec<u64>,
     /// The publisher for sleepers.
     pub sleep: Option<PublisherResult>,
+    /// The wake phase, start to the last sleeper done.
+    pub wake_time: Option<Duration>,
     /// Why the pass was cut short, if it was.
     pub cut_short: Option<&'static str>,
 }
@@ -258,6 +260,11 @@ pub struct SleepReport {
     pub duplicates: u64,
     /// Wake-ups (PINGREQ ... PINGRESP).
     pub wakes: u64,
+    /// Of those, ended without a PINGRESP (every PINGREQ unanswered).
+    pub wakes_without_pingresp: u64,
+    /// From the wake phase's start until the last sleeper had everything
+    /// (or gave up).
+    pub wake_seconds: Option<f64>,
     /// One wake-up: PINGREQ to PINGRESP (direct mode: CONNECT to the last
     /// queued message).
     pub wake_latency_ms: Option<Percentiles>,
@@ -504,6 +511,8 @@ impl PassReport {
                 lost: published.saturating_sub(t.unique),
                 duplicates: t.duplicates,
                 wakes: rs.iter().map(|r| r.wakes).sum(),
+                wakes_without_pingresp: rs.iter().map(|r| r.wakes_without_pingresp).sum(),
+                wake_seconds: secs(d.wake_time),
                 wake_latency_ms: pct(&d.latencies.wake),
                 latency_ms: pct(&t.latency),
             }
@@ -604,6 +613,10 @@ pub struct OptionsEcho {
     pub down_qos: u8,
     /// `--fanout`.
     pub fanout: u32,
+    /// The first source address of the sensors.
+    pub source: String,
+    /// The source addresses the sensors were spread over.
+    pub source_addresses: u32,
 }
 
 /// The whole run.
@@ -700,6 +713,8 @@ impl BenchReport {
                 down_rate: o.down_rate,
                 down_qos: o.down_qos,
                 fanout: o.fanout,
+                source: t.sources.first.to_string(),
+                source_addresses: t.sources.count,
             },
             warnings,
             gateway,
@@ -870,8 +885,16 @@ fn human_pass(s: &mut String, p: &PassReport, r: Option<&Value>) {
     if let Some(sl) = &p.sleep {
         let _ = writeln!(
             s,
-            "  sleep     {} of {} asleep, {} published, {} delivered, {} lost, {} wakes",
-            sl.asleep, sl.sleepers, sl.published, sl.delivered, sl.lost, sl.wakes
+            "  sleep     {} of {} asleep, {} published, {} delivered, {} lost, {} wakes \
+             ({} without PINGRESP) in {:.2} s",
+            sl.asleep,
+            sl.sleepers,
+            sl.published,
+            sl.delivered,
+            sl.lost,
+            sl.wakes,
+            sl.wakes_without_pingresp,
+            sl.wake_seconds.unwrap_or(0.0)
         );
         let _ = writeln!(s, "            wake {}", lat(&sl.wake_latency_ms));
     }

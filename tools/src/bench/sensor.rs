@@ -68,16 +68,15 @@ fn codec_qos(q: u8) -> QoS {
 }
 
 impl Sensor {
-    /// A sensor with its socket bound (on loopback when the gateway is)
-    /// and connected to the gateway.
-    pub fn new(index: u32, ctx: &Ctx, gateway: SocketAddr) -> std::io::Result<Self> {
-        let bind: SocketAddr = match (gateway.ip().is_loopback(), gateway.is_ipv4()) {
-            (true, true) => ([127, 0, 0, 1], 0).into(),
-            (true, false) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
-            (false, true) => ([0, 0, 0, 0], 0).into(),
-            (false, false) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let std_sock = std::net::UdpSocket::bind(bind)?;
+    /// A sensor with its socket bound to `source` (an ephemeral port) and
+    /// connected to the gateway.
+    pub fn new(
+        index: u32,
+        ctx: &Ctx,
+        gateway: SocketAddr,
+        source: std::net::IpAddr,
+    ) -> std::io::Result<Self> {
+        let std_sock = std::net::UdpSocket::bind(SocketAddr::new(source, 0))?;
         std_sock.connect(gateway)?;
         std_sock.set_nonblocking(true)?;
         let sock = UdpSocket::from_std(std_sock)?;
@@ -511,6 +510,7 @@ impl Sensor {
             // Each message that arrives restarts the wait: the gateway
             // sends the buffer one message at a time.
             let mut tries = 0;
+            let mut answered = false;
             'wake: loop {
                 self.send_packet(&ping);
                 let mut deadline = tokio::time::Instant::now() + o.retry;
@@ -522,6 +522,7 @@ impl Sensor {
                             }
                             let before = self.inbox.sleep.unique();
                             if self.drain(&mut pingresp).is_some() {
+                                answered = true;
                                 break 'wake;
                             }
                             if self.inbox.sleep.unique() > before {
@@ -543,6 +544,7 @@ impl Sensor {
             }
             self.ctx.latencies.borrow_mut().wake.record(start.elapsed());
             self.res.wakes += 1;
+            self.res.wakes_without_pingresp += u64::from(!answered);
             let expected = self.ctx.sleep_expected.borrow().get(j as usize).copied().unwrap_or(0);
             let until = self.ctx.wake_until.get();
             if self.inbox.sleep.unique() >= expected || until.is_none_or(|u| Instant::now() >= u) {

@@ -232,6 +232,8 @@ pub struct ClientResult {
     pub sleep_unique: u64,
     /// Wake-ups.
     pub wakes: u64,
+    /// Of those, ended without a PINGRESP (every PINGREQ unanswered).
+    pub wakes_without_pingresp: u64,
     /// REGISTERs the gateway sent it.
     pub registers: u64,
     /// Datagrams the socket refused to send.
