@@ -421,24 +421,13 @@ fn mqttsn_pub_and_sub_over_dtls() {
     assert!(!out.status.success());
     assert!(watch.recv_within(Duration::from_millis(500)).is_none());
     // `mqttsn sub` over DTLS receives what the broker sends.
-    let mut sub = Command::new(&tools)
+    let sub = Command::new(&tools)
         .args(["sub", "-h", &host, "-p", &port, "-i", "tool-sub", "--psk", KEY, "-t", &topic])
         .args(["-q", "1", "-C", "1", "-W", "10"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
-    // Published until the subscription is in place and the tool exits.
-    for _ in 0..50 {
-        if sub.try_wait().unwrap().is_some() {
-            break;
-        }
-        publisher.publish(&topic, b"to the tool", 1, false);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = sub.wait_with_output().unwrap();
-    assert!(out.status.success(), "mqttsn sub: {:?}", out.status);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("to the tool"));
+    sub_receives(sub, &broker, &topic, "to the tool");
 }
 
 /// `mqttsn pub`/`sub --dtls-version 1.3` through the gateway binary to a
@@ -489,24 +478,14 @@ fn mqttsn_pub_and_sub_over_dtls13() {
     let out = pub13("tool13-psk", "not mine");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"), "not its ClientId");
     // `mqttsn sub` over 1.3 receives what the broker sends.
-    let mut sub = Command::new(&tools)
+    let sub = Command::new(&tools)
         .args(["sub", "-h", &host, "-p", &port, "-i", "tool13-cert", "--cafile", &ca])
         .args(["--cert", &cert, "--key", &key, "--dtls-version", "1.3"])
         .args(["-t", &topic, "-q", "1", "-C", "1", "-W", "10"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
-    for _ in 0..50 {
-        if sub.try_wait().unwrap().is_some() {
-            break;
-        }
-        publisher.publish(&topic, b"to the 1.3 tool", 1, false);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = sub.wait_with_output().unwrap();
-    assert!(out.status.success(), "mqttsn sub: {:?}", out.status);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("to the 1.3 tool"));
+    sub_receives(sub, &broker, &topic, "to the 1.3 tool");
     while watch.recv_within(Duration::from_millis(300)).is_some() {}
     // A PSK with 1.3 is a usage error; with auto it is 1.2.
     let out = Command::new(&tools)
@@ -583,4 +562,20 @@ fn a_reload_changes_the_keys() {
         client_id: b"old-key",
     }));
     s.expect_silence(Duration::from_secs(2));
+}
+
+/// A running `mqttsn sub -C 1` gets `payload`, published on `topic` until
+/// its subscription is in place and it exits.
+fn sub_receives(mut sub: std::process::Child, broker: &Mosquitto, topic: &str, payload: &str) {
+    let mut publisher = MqttClient::connect(broker.port(), &unique("pub"));
+    for _ in 0..50 {
+        if sub.try_wait().unwrap().is_some() {
+            break;
+        }
+        publisher.publish(topic, payload.as_bytes(), 1, false);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success(), "mqttsn sub: {:?}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(payload));
 }

@@ -807,6 +807,17 @@ mod tests {
             out
         }
 
+        /// The delivery ids of the messages among the events.
+        fn deliveries(&mut self) -> Vec<DeliveryId> {
+            self.events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Message { delivery, .. } => delivery,
+                    _ => None,
+                })
+                .collect()
+        }
+
         fn events(&mut self) -> Vec<Event> {
             std::iter::from_fn(|| self.c.poll_event()).collect()
         }
@@ -877,14 +888,7 @@ mod tests {
         t.incoming(10, QoS::AtLeastOnce, false);
         t.incoming(11, QoS::ExactlyOnce, false);
         t.incoming(12, QoS::AtLeastOnce, false);
-        let ids: Vec<DeliveryId> = t
-            .events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Message { delivery, .. } => delivery,
-                _ => None,
-            })
-            .collect();
+        let ids = t.deliveries();
         assert_eq!(ids.len(), 3);
         t.cmd(Command::Ack(ids[2]));
         t.cmd(Command::Ack(ids[1]));
@@ -1056,14 +1060,7 @@ mod tests {
         let mut t = T::up(false, false);
         t.incoming(7, QoS::AtLeastOnce, false);
         t.incoming(8, QoS::AtLeastOnce, false);
-        let ids: Vec<DeliveryId> = t
-            .events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Message { delivery, .. } => delivery,
-                _ => None,
-            })
-            .collect();
+        let ids = t.deliveries();
         t.cmd(Command::Ack(ids[0]));
         assert_eq!(t.sent(), [MqttPacket::PubAck(7)]);
         t.c.handle_transport_down("reset");
